@@ -1,0 +1,98 @@
+//! A handler version: a component that has been validated, compiled and
+//! pre-linked, so serving a connection only has to instantiate it.
+//!
+//! Every way a file can fail to be a handler is reported here, in one line
+//! that says what is wrong and what to do about it.
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow, bail};
+use wasmparser::Parser;
+use wasmtime::component::Component;
+
+use crate::bindings::PluginPre;
+use crate::sandbox::{ConnState, Sandbox};
+
+/// The interface a handler must export: the `handler` of `wit/plugin.wit`.
+pub const HANDLER_EXPORT: &str = "hotsock:plugin/handler@0.1.0";
+
+/// A compiled, validated handler component, ready to instantiate per connection.
+pub struct Handler {
+    name: String,
+    imports: Vec<String>,
+    pre: PluginPre<ConnState>,
+}
+
+impl Handler {
+    /// Reads, validates and compiles the handler component at `path`.
+    pub fn load(sandbox: &Sandbox, path: &Path) -> Result<Self> {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| {
+            anyhow!(
+                "cannot read handler `{name}`: {e}; pass the path of a handler component \
+                 (`make build` writes the default one to target/wasm32-wasip2/release/guest_handler.wasm)"
+            )
+        })?;
+        Self::from_bytes(sandbox, name, &bytes)
+    }
+
+    /// Validates and compiles a handler component held in memory; `name` is
+    /// how errors and logs refer to it.
+    pub fn from_bytes(sandbox: &Sandbox, name: String, bytes: &[u8]) -> Result<Self> {
+        if Parser::is_core_wasm(bytes) {
+            bail!(
+                "`{name}` is a core WebAssembly module, not a component: build the handler with \
+                 `cargo build --target wasm32-wasip2`, or wrap the module with `wasm-tools component new`"
+            );
+        }
+        if !Parser::is_component(bytes) {
+            bail!(
+                "`{name}` is not a WebAssembly component (it lacks the `\\0asm` component header): \
+                 pass a handler built for wasm32-wasip2 against wit/plugin.wit"
+            );
+        }
+        let component = Component::new(sandbox.engine(), bytes)
+            .map_err(|e| anyhow!("`{name}` is not a valid component: {e:#}"))?;
+
+        let ty = component.component_type();
+        let engine = sandbox.engine();
+        if ty.get_export(engine, HANDLER_EXPORT).is_none() {
+            let exports: Vec<_> = ty.exports(engine).map(|(n, _)| n).collect();
+            let exports = match exports.is_empty() {
+                true => "nothing".to_string(),
+                false => exports.join(", "),
+            };
+            bail!(
+                "`{name}` does not export `{HANDLER_EXPORT}` (it exports {exports}): build it as a \
+                 library against wit/plugin.wit, world `plugin`"
+            );
+        }
+        let imports = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+
+        let pre = sandbox.linker().instantiate_pre(&component).map_err(|e| {
+            anyhow!(
+                "`{name}` needs an import hotsock does not provide ({e:#}): a handler may import \
+                 only `hotsock:plugin/types` and WASI 0.2 interfaces"
+            )
+        })?;
+        let pre = PluginPre::new(pre).map_err(|e| {
+            anyhow!("`{name}` exports `{HANDLER_EXPORT}` with the wrong shape ({e:#}): rebuild it against wit/plugin.wit")
+        })?;
+        Ok(Handler { name, imports, pre })
+    }
+
+    /// Where the handler came from, for logs and errors.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The interfaces the handler imports, as named in the component.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
+    /// The pre-linked component, instantiated once per connection.
+    pub(crate) fn pre(&self) -> &PluginPre<ConnState> {
+        &self.pre
+    }
+}

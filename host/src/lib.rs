@@ -1,0 +1,32 @@
+//! hotsock: the classic thread-per-connection TCP server, with the per-client
+//! logic in a sandboxed WebAssembly component.
+//!
+//! # Layout
+//!
+//! - [`config`]: the command line, and every default as a named constant.
+//! - [`server`]: listening sockets, the accept loop, one thread per
+//!   connection, and draining on shutdown.
+//! - [`sandbox`]: the wasmtime engine and linker, and the per-connection store
+//!   that decides what a guest can reach.
+//! - [`handler`]: loading and validating a handler component, with errors that
+//!   say what to do.
+//! - [`connection`]: one client, as the `connection` resource the guest reads
+//!   and writes.
+//! - [`console`]: guest stdout and stderr, forwarded to the host log.
+//! - [`bindings`]: the `bindgen!` of `wit/plugin.wit`, nothing else.
+//!
+//! A connection's life: [`server`] accepts it and starts its thread, which asks
+//! [`sandbox`] to instantiate the [`handler`] in a fresh store holding the
+//! [`connection`], and calls `handle`. When `handle` returns or traps, the store
+//! is dropped and the socket closed with it.
+
+#![warn(missing_docs)]
+
+#[allow(missing_docs)]
+pub mod bindings;
+pub mod config;
+pub mod connection;
+pub mod console;
+pub mod handler;
+pub mod sandbox;
+pub mod server;

@@ -1,0 +1,291 @@
+//! The thread server: listening sockets, the accept loop, one OS thread per
+//! connection, and a graceful drain on shutdown.
+//!
+//! One accept thread waits on every listener at once (`--addr` may be given
+//! several times). Each accepted client gets its own thread, which runs a fresh
+//! instance of the handler until the handler returns. A failing connection is
+//! logged and closed; it never stops the server.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use log::{info, warn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::connection::Connection;
+use crate::handler::Handler;
+use crate::sandbox::Sandbox;
+
+/// How long to wait before accepting again after `accept` failed for a reason
+/// other than the client (typically out of file descriptors): long enough for
+/// closing connections to free some, short enough that clients barely notice.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The poll token of the waker that stops the accept loop; listeners use their
+/// index in the listener list.
+const STOP: Token = Token(usize::MAX);
+
+/// How the server behaves, as opposed to what it serves.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long open connections may run on after a stop is requested.
+    pub drain_timeout: Duration,
+}
+
+/// Binds one listener per address, in order. Port 0 picks a free port; ask the
+/// listener for its `local_addr` to learn which.
+pub fn bind(addrs: &[String]) -> Result<Vec<TcpListener>> {
+    addrs
+        .iter()
+        .map(|addr| {
+            TcpListener::bind(addr).map_err(|e| {
+                let hint = match e.kind() {
+                    io::ErrorKind::AddrInUse => {
+                        "; another process is listening there: choose another --addr, or port 0 for any free port"
+                    }
+                    io::ErrorKind::PermissionDenied => "; ports below 1024 need privileges: choose a higher port",
+                    _ => "",
+                };
+                anyhow::anyhow!("cannot listen on {addr}: {e}{hint}")
+            })
+        })
+        .collect()
+}
+
+/// Asks a running [`Server`] to stop accepting and drain. Cheap to clone.
+#[derive(Clone)]
+pub struct Stopper(Arc<Waker>);
+
+impl Stopper {
+    /// Requests the stop; the server's [`Server::run`] then drains and returns.
+    pub fn stop(&self) {
+        if let Err(e) = self.0.wake() {
+            // Only fails if the poll instance is gone, i.e. the server already stopped.
+            warn!("cannot wake the accept loop: {e}");
+        }
+    }
+}
+
+/// A thread-per-connection server over already bound listeners.
+pub struct Server {
+    sandbox: Arc<Sandbox>,
+    handler: Arc<Handler>,
+    listeners: Vec<TcpListener>,
+    settings: Settings,
+    poll: Poll,
+    stopper: Stopper,
+    active: Arc<Active>,
+    next_id: u64,
+}
+
+impl Server {
+    /// Prepares to serve `handler` on `listeners`; nothing is accepted until [`Server::run`].
+    pub fn new(
+        sandbox: Arc<Sandbox>,
+        handler: Arc<Handler>,
+        listeners: Vec<TcpListener>,
+        settings: Settings,
+    ) -> Result<Self> {
+        let poll = Poll::new().context("cannot create the accept poller")?;
+        let waker = Waker::new(poll.registry(), STOP).context("cannot create the stop waker")?;
+        for (i, listener) in listeners.iter().enumerate() {
+            listener.set_nonblocking(true)?;
+            poll.registry()
+                .register(
+                    &mut SourceFd(&listener.as_raw_fd()),
+                    Token(i),
+                    Interest::READABLE,
+                )
+                .context("cannot watch a listener")?;
+        }
+        Ok(Server {
+            sandbox,
+            handler,
+            listeners,
+            settings,
+            poll,
+            stopper: Stopper(Arc::new(waker)),
+            active: Arc::new(Active::default()),
+            next_id: 1,
+        })
+    }
+
+    /// A handle that makes [`Server::run`] stop accepting and drain.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Accepts and serves clients until stopped, then closes the listeners and
+    /// waits up to the drain timeout for open connections to finish.
+    pub fn run(mut self) -> Result<()> {
+        self.accept_until_stopped()?;
+        // Closing the listeners makes new clients fail fast instead of
+        // queueing in a backlog nobody will read.
+        self.listeners.clear();
+        self.drain();
+        Ok(())
+    }
+
+    fn accept_until_stopped(&mut self) -> Result<()> {
+        let mut events = Events::with_capacity(64);
+        // Listeners are edge-triggered: after an `accept` error the rest of the
+        // backlog raises no new event, so retry on a timer until it is empty.
+        let mut retry = false;
+        loop {
+            let timeout = retry.then_some(ACCEPT_BACKOFF);
+            match self.poll.poll(&mut events, timeout) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                result => result.context("waiting for connections failed")?,
+            }
+            if events.iter().any(|e| e.token() == STOP) {
+                return Ok(());
+            }
+            let ready: Vec<usize> = match retry && events.is_empty() {
+                true => (0..self.listeners.len()).collect(),
+                false => events.iter().map(|e| e.token().0).collect(),
+            };
+            retry = false;
+            for i in ready {
+                retry |= !self.accept_backlog(i);
+            }
+        }
+    }
+
+    /// Accepts every client queued on listener `i`. Returns false if it had to
+    /// stop early on an error, leaving clients in the backlog.
+    fn accept_backlog(&mut self, i: usize) -> bool {
+        loop {
+            match self.listeners[i].accept() {
+                Ok((stream, peer)) => self.dispatch(stream, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                // The client gave up between connecting and our accept.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    warn!("accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Starts the connection's own thread.
+    fn dispatch(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let slot = Slot::take(&self.active);
+        let (sandbox, handler) = (Arc::clone(&self.sandbox), Arc::clone(&self.handler));
+        let spawned = thread::Builder::new()
+            .name(format!("conn-{id}"))
+            .spawn(move || {
+                serve_connection(&sandbox, &handler, id, peer, stream);
+                drop(slot);
+            });
+        if let Err(e) = spawned {
+            // The closure, with its socket and slot, is dropped: the client sees a close.
+            warn!("conn {id} {peer}: cannot start a thread for it ({e}); closing it");
+        }
+    }
+
+    fn drain(&self) {
+        let open = self.active.count();
+        if open == 0 {
+            info!("stopped; no open connections");
+            return;
+        }
+        let timeout = self.settings.drain_timeout;
+        info!(
+            "stopped accepting; waiting up to {timeout:?} for {open} open connection(s) to finish"
+        );
+        match self.active.wait_idle(timeout) {
+            0 => info!("all connections finished"),
+            left => warn!("drain timeout: exiting with {left} connection(s) still open"),
+        }
+    }
+}
+
+/// Serves one client on the current thread, from the first byte to the close.
+fn serve_connection(
+    sandbox: &Sandbox,
+    handler: &Handler,
+    id: u64,
+    peer: SocketAddr,
+    stream: TcpStream,
+) {
+    // Accepted sockets inherit non-blocking mode from the listener on some
+    // platforms; the guest's `read` and `write` are meant to block.
+    if let Err(e) = stream.set_nonblocking(false) {
+        warn!("conn {id} {peer}: cannot make the socket blocking ({e}); closing it");
+        return;
+    }
+    // Replies are usually one small write each: do not hold them back waiting
+    // for an ACK that delayed-ACK on the client holds back in turn.
+    if let Err(e) = stream.set_nodelay(true) {
+        warn!("conn {id} {peer}: cannot set TCP_NODELAY ({e}); replies may be delayed");
+    }
+    info!("conn {id} {peer}: connected");
+    let started = Instant::now();
+    match sandbox.serve(handler, Connection::new(id, peer, stream)) {
+        Ok(Ok(())) => info!("conn {id} {peer}: closed after {:.1?}", started.elapsed()),
+        Ok(Err(message)) => warn!("conn {id} {peer}: handler returned an error: {message}"),
+        Err(e) => warn!("conn {id} {peer}: handler trapped: {e:?}"),
+    }
+}
+
+/// The number of open connections, and a way to wait for it to reach zero.
+#[derive(Default)]
+struct Active {
+    count: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl Active {
+    fn lock(&self) -> MutexGuard<'_, usize> {
+        // The count stays consistent even if a holder panicked: every change
+        // is a single `+= 1` or `-= 1`.
+        self.count.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count(&self) -> usize {
+        *self.lock()
+    }
+
+    /// Waits until no connection is open or `timeout` passes; returns how many are still open.
+    fn wait_idle(&self, timeout: Duration) -> usize {
+        let (count, _) = self
+            .idle
+            .wait_timeout_while(self.lock(), timeout, |open| *open > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *count
+    }
+}
+
+/// One open connection's place in [`Active`]; dropping it frees the place, so
+/// the count cannot leak whichever way the connection ends.
+struct Slot(Arc<Active>);
+
+impl Slot {
+    fn take(active: &Arc<Active>) -> Self {
+        *active.lock() += 1;
+        Slot(Arc::clone(active))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.0.lock();
+        *open -= 1;
+        if *open == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}

@@ -2,8 +2,11 @@
 //!
 //! For each chunk a client sends (up to 1024 bytes), reply
 //! `Echo=>{chunk} at {time}`, until the client closes. The chunk is echoed as
-//! the bytes it was, UTF-8 or not. The time is UTC, formatted like Python's
-//! `time.ctime()`: a handler has no time zone database to find local time in.
+//! the bytes it was, UTF-8 or not; only a line ending at its end moves to the
+//! end of the reply, so `nc` users type `hello` and read
+//! `Echo=>hello at Mon Nov 23 04:12:00 2026` on a line of its own. The time is
+//! UTC, formatted like Python's `time.ctime()`: a handler has no time zone
+//! database to find local time in.
 
 wit_bindgen::generate!({ path: "../wit", world: "plugin" });
 
@@ -21,9 +24,14 @@ impl Guest for Echo {
             if chunk.is_empty() {
                 break;
             }
+            let line = chunk
+                .strip_suffix(b"\r\n")
+                .or_else(|| chunk.strip_suffix(b"\n"));
+            let (data, eol) = chunk.split_at(line.map_or(chunk.len(), <[u8]>::len));
             let mut reply = b"Echo=>".to_vec();
-            reply.extend_from_slice(&chunk);
+            reply.extend_from_slice(data);
             reply.extend_from_slice(format!(" at {}", ctime(SystemTime::now())).as_bytes());
+            reply.extend_from_slice(eol);
             if conn.write(&reply).is_err() {
                 break;
             }

@@ -68,12 +68,11 @@ impl Lines {
 
     fn emit(&mut self) {
         let line = self.pending.strip_suffix(b"\r").unwrap_or(&self.pending);
-        log::log!(
-            self.level,
-            "{}: {}",
-            self.label,
-            String::from_utf8_lossy(line)
-        );
+        // Blank lines carry nothing and only split up a guest's panic report.
+        if !line.is_empty() {
+            let line = String::from_utf8_lossy(line);
+            log::log!(self.level, "{}: {line}", self.label);
+        }
         self.pending.clear();
     }
 }

@@ -8,13 +8,22 @@
 use anyhow::Result;
 use log::Level;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::{Config, Engine, Store, Trap, WasmBacktrace};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::Plugin;
 use crate::connection::Connection;
 use crate::console::Console;
 use crate::handler::Handler;
+
+/// Deepest a guest's stack may grow before it traps with a stack overflow:
+/// wasmtime's default, which ordinary recursive code stays well inside.
+pub const MAX_WASM_STACK: usize = 512 * 1024;
+
+/// Stack of each connection thread. The guest runs on it, so it needs
+/// [`MAX_WASM_STACK`] plus room for the host frames around and beneath the
+/// guest (wasmtime, WASI, logging). Untouched pages cost no memory.
+pub const CONNECTION_THREAD_STACK: usize = MAX_WASM_STACK + 1024 * 1024;
 
 /// The data of one connection's store: everything the guest can reach.
 pub struct ConnState {
@@ -34,6 +43,24 @@ impl WasiView for ConnState {
 /// How one connection's handler ended, short of a trap.
 pub type HandlerResult = Result<(), String>;
 
+/// Says in one line why a connection's instance failed, followed by the
+/// guest's backtrace when there is one, for the plugin author.
+pub fn describe_failure(error: &wasmtime::Error) -> String {
+    let mut text = match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("handler failed: {error:#}"),
+    };
+    if let Some(backtrace) = error.downcast_ref::<WasmBacktrace>() {
+        // wasmtime's rendering knows about inlined frames and DWARF; only its
+        // "error while executing at" header line is replaced.
+        let rendered = backtrace.to_string();
+        let frames = rendered.split_once('\n').map_or("", |(_, frames)| frames);
+        text.push_str("\nguest backtrace:\n");
+        text.push_str(frames);
+    }
+    text
+}
+
 /// The engine and linker shared by every handler version and connection.
 pub struct Sandbox {
     engine: Engine,
@@ -45,6 +72,7 @@ impl Sandbox {
     pub fn new() -> Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
+        config.max_wasm_stack(MAX_WASM_STACK);
         let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
 
         let mut linker = Linker::new(&engine);

@@ -20,7 +20,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::connection::Connection;
 use crate::handler::Handler;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{CONNECTION_THREAD_STACK, Sandbox, describe_failure};
 
 /// How long to wait before accepting again after `accept` failed for a reason
 /// other than the client (typically out of file descriptors): long enough for
@@ -186,6 +186,7 @@ impl Server {
         let (sandbox, handler) = (Arc::clone(&self.sandbox), Arc::clone(&self.handler));
         let spawned = thread::Builder::new()
             .name(format!("conn-{id}"))
+            .stack_size(CONNECTION_THREAD_STACK)
             .spawn(move || {
                 serve_connection(&sandbox, &handler, id, peer, stream);
                 drop(slot);
@@ -237,7 +238,7 @@ fn serve_connection(
     match sandbox.serve(handler, Connection::new(id, peer, stream)) {
         Ok(Ok(())) => info!("conn {id} {peer}: closed after {:.1?}", started.elapsed()),
         Ok(Err(message)) => warn!("conn {id} {peer}: handler returned an error: {message}"),
-        Err(e) => warn!("conn {id} {peer}: handler trapped: {e:?}"),
+        Err(e) => warn!("conn {id} {peer}: {}", describe_failure(&e)),
     }
 }
 

@@ -1,0 +1,103 @@
+//! A file that is not a usable handler stops `serve` and `check` with one
+//! clear line and a non-zero exit, before anything listens.
+
+use std::path::Path;
+
+use crate::util::{hotsock, wasm};
+
+/// Runs `serve` and `check` on `handler`; both must fail with one line that
+/// contains `expected`.
+fn rejects(handler: &Path, expected: &str) {
+    for args in [&["serve", "--addr", "127.0.0.1:0"][..], &["check"]] {
+        let output = hotsock()
+            .args(args)
+            .arg(handler)
+            .output()
+            .expect("hotsock runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{args:?} accepted {}",
+            handler.display()
+        );
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            output.stdout.is_empty(),
+            "{args:?} printed {:?}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let lines: Vec<_> = stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "{args:?} should explain in one line:\n{stderr}"
+        );
+        assert!(lines[0].starts_with("error: "), "{args:?}: {stderr}");
+        assert!(
+            lines[0].contains(expected),
+            "{args:?}: expected {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+fn file_with(bytes: &[u8]) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".wasm").tempfile().unwrap();
+    std::io::Write::write_all(&mut file, bytes).unwrap();
+    file
+}
+
+#[test]
+fn a_missing_file() {
+    rejects(
+        Path::new("/nonexistent/handler.wasm"),
+        "cannot read handler",
+    );
+}
+
+#[test]
+fn a_file_that_is_not_wasm() {
+    let file = file_with(b"#!/bin/sh\necho hello\n");
+    rejects(file.path(), "is not a WebAssembly component");
+}
+
+#[test]
+fn a_core_module_instead_of_a_component() {
+    // The smallest valid core module: magic and version 1.
+    let file = file_with(b"\0asm\x01\0\0\0");
+    rejects(
+        file.path(),
+        "is a core WebAssembly module, not a component: build the handler with `cargo build --target wasm32-wasip2`",
+    );
+}
+
+#[test]
+fn a_truncated_component() {
+    let file = file_with(b"\0asm\x0d\0\x01\0\x07");
+    rejects(file.path(), "is not a valid component");
+}
+
+#[test]
+fn a_component_of_another_world() {
+    // A WASI command: it exports wasi:cli/run instead of the handler.
+    rejects(
+        &wasm("not-a-handler"),
+        "does not export `hotsock:plugin/handler@0.1.0` (it exports wasi:cli/run",
+    );
+}
+
+#[test]
+fn check_accepts_the_default_handler() {
+    let output = hotsock()
+        .arg("check")
+        .arg(wasm("guest_handler"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("is a hotsock handler"), "{stdout}");
+    assert!(stdout.contains("hotsock:plugin/types@0.1.0"), "{stdout}");
+}

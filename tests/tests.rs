@@ -1,0 +1,14 @@
+//! Integration tests: each one starts the real `hotsock` binary on
+//! 127.0.0.1:0 and talks to it over TCP. `make test` builds the guest
+//! components they load (the default handler and the fixtures in
+//! `tests/fixtures/`) before running them.
+
+mod util;
+
+mod bad_handler;
+mod cli;
+mod concurrency;
+mod echo;
+mod guest_output;
+mod isolation;
+mod shutdown;

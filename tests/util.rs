@@ -1,0 +1,309 @@
+//! Starting the real server and talking to it.
+
+#![allow(dead_code)] // each test module uses its own subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Upper bound on any single wait in the tests, so a broken server fails a
+/// test instead of hanging it.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The path of a guest component, built by `make test` into the workspace's
+/// target directory (found from this test binary's own path, so a custom
+/// `CARGO_TARGET_DIR` works too).
+pub fn wasm(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    // target/<profile>/deps/tests-<hash>
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("the test binary is inside a target directory");
+    let path = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `make test`, which builds the guest components before the tests",
+        path.display()
+    );
+    path
+}
+
+/// The `hotsock` binary under test.
+pub fn hotsock() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hotsock"))
+}
+
+/// A running `hotsock serve`, killed when dropped.
+pub struct Server {
+    child: Child,
+    /// The addresses it printed as `listening on ...`, in order.
+    pub addrs: Vec<SocketAddr>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Serves the named guest component on 127.0.0.1:0.
+    pub fn start(guest: &str) -> Self {
+        Self::start_with(guest, &[])
+    }
+
+    /// Serves the named guest with extra `serve` options; listens on
+    /// 127.0.0.1:0 unless `args` has an `--addr` of its own.
+    pub fn start_with(guest: &str, args: &[&str]) -> Self {
+        let mut cmd = hotsock();
+        cmd.arg("serve").args(args);
+        let listeners = args.iter().filter(|a| **a == "--addr").count();
+        if listeners == 0 {
+            cmd.args(["--addr", "127.0.0.1:0"]);
+        }
+        cmd.arg(wasm(guest));
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("hotsock starts");
+
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = BufReader::new(child.stderr.take().expect("stderr is piped"));
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+
+        let (tx, rx) = mpsc::channel();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server {
+            child,
+            addrs: Vec::new(),
+            log,
+        };
+        let deadline = Instant::now() + TIMEOUT;
+        while server.addrs.len() < listeners.max(1) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let addr = line
+                        .strip_prefix("listening on ")
+                        .unwrap_or_else(|| panic!("unexpected stdout line: {line}"));
+                    server.addrs.push(addr.parse().expect("a socket address"));
+                }
+                Err(_) => panic!(
+                    "hotsock did not start listening; its log:\n{}",
+                    server.log()
+                ),
+            }
+        }
+        server
+    }
+
+    /// The first listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// A new client connection to the first listener.
+    pub fn connect(&self) -> TcpStream {
+        connect(self.addr())
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log has a line containing every one of `needles`, and
+    /// returns that line.
+    pub fn wait_for_log(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needles:?}; the log:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal to the server process.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "kill({pid}, {signal})"
+        );
+    }
+
+    /// Waits for the server to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hotsock did not exit within {timeout:?}; its log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects with timeouts, so a silent server fails the test instead of hanging it.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect to hotsock");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    stream
+}
+
+/// Reads until `done` holds for everything read so far; panics on EOF or timeout first.
+pub fn read_until(stream: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0; 64 * 1024];
+    while !done(&buf) {
+        let n = stream
+            .read(&mut chunk)
+            .unwrap_or_else(|e| panic!("reading a reply failed after {} bytes: {e}", buf.len()));
+        assert!(
+            n > 0,
+            "connection closed after {} bytes: {:?}",
+            buf.len(),
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    buf
+}
+
+/// True once the peer has closed the connection (EOF or reset), after
+/// discarding anything it sent first.
+pub fn is_closed(stream: &mut TcpStream) -> bool {
+    let mut chunk = [0; 1024];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Sends a message to the `probe` fixture and returns its reply.
+pub fn ask(stream: &mut TcpStream, message: &str) -> String {
+    stream
+        .write_all(message.as_bytes())
+        .expect("send to hotsock");
+    reply(stream)
+}
+
+/// Reads one reply of the `probe` fixture, without its newline.
+pub fn reply(stream: &mut TcpStream) -> String {
+    let reply = read_until(stream, |b| b.ends_with(b"\n"));
+    String::from_utf8(reply)
+        .expect("probe replies in UTF-8")
+        .trim_end()
+        .to_string()
+}
+
+/// Sends `payload` to the default echo handler and returns what it echoed,
+/// unwrapped from its `Echo=>... at ...` replies, once all of it is back.
+pub fn echo(stream: &mut TcpStream, payload: &[u8]) -> Vec<Vec<u8>> {
+    let mut writer = stream.try_clone().expect("clone the socket");
+    let payload_len = payload.len();
+    let payload = payload.to_vec();
+    // Write from another thread: the replies to a large payload would fill
+    // the socket buffers while we are still writing.
+    let sending = thread::spawn(move || writer.write_all(&payload));
+    let replies = read_until(stream, |b| {
+        echo_chunks(b)
+            .is_some_and(|chunks| chunks.iter().map(|c| c.len()).sum::<usize>() == payload_len)
+    });
+    sending.join().unwrap().expect("send to hotsock");
+    echo_chunks(&replies).expect("whole replies")
+}
+
+/// Splits a stream of `Echo=>{chunk} at {ctime}` replies into their chunks.
+/// A chunk's trailing line ending comes after the time, and is put back.
+/// `None` unless it is a whole number of well-formed replies.
+pub fn echo_chunks(mut stream: &[u8]) -> Option<Vec<Vec<u8>>> {
+    const SUFFIX: usize = " at ".len() + CTIME_LEN;
+    let mut chunks = Vec::new();
+    while !stream.is_empty() {
+        stream = stream.strip_prefix(b"Echo=>")?;
+        let (end, eol) = (0..=stream.len().checked_sub(SUFFIX)?).find_map(|i| {
+            let rest = &stream[i + SUFFIX..];
+            let eol = [&b"\r\n"[..], b"\n", b""]
+                .into_iter()
+                .find(|eol| rest.starts_with(eol))?;
+            let after = &rest[eol.len()..];
+            (stream[i..].starts_with(b" at ")
+                && is_ctime(&stream[i + 4..i + SUFFIX])
+                && (after.is_empty() || after.starts_with(b"Echo=>")))
+            .then_some((i, eol))
+        })?;
+        chunks.push([&stream[..end], eol].concat());
+        stream = &stream[end + SUFFIX + eol.len()..];
+    }
+    Some(chunks)
+}
+
+const CTIME_LEN: usize = "Mon Nov 23 04:12:00 2026".len();
+
+/// True for a time formatted like Python's `time.ctime()`: `Mon Nov  3 04:12:00 2026`.
+pub fn is_ctime(text: &[u8]) -> bool {
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let Ok(text) = std::str::from_utf8(text) else {
+        return false;
+    };
+    let digits = |range: std::ops::Range<usize>| text[range].bytes().all(|b| b.is_ascii_digit());
+    text.len() == CTIME_LEN
+        && text.is_ascii()
+        && DAYS.contains(&&text[0..3])
+        && MONTHS.contains(&&text[4..7])
+        && text.as_bytes()[8].is_ascii_digit() | (text.as_bytes()[8] == b' ')
+        && digits(9..10)
+        && digits(11..13)
+        && digits(14..16)
+        && digits(17..19)
+        && digits(20..24)
+        && [3, 7, 10, 19].iter().all(|&i| text.as_bytes()[i] == b' ')
+        && [13, 16].iter().all(|&i| text.as_bytes()[i] == b':')
+}

@@ -6,11 +6,11 @@ use crate::util::{Server, ask};
 fn guest_stdout_and_stderr_are_logged_with_the_connection_id_and_peer() {
     let server = Server::start("probe");
     let mut client = server.connect();
-    let name = format!("conn {}", ask(&mut client, "whoami"));
+    let name = format!("conn {} v1-", ask(&mut client, "whoami"));
     assert_eq!(ask(&mut client, "print hello from the guest"), "printed");
     assert_eq!(ask(&mut client, "eprint something went wrong"), "printed");
-    server.wait_for_log(&[&format!("{name} stdout: hello from the guest")]);
-    server.wait_for_log(&[&format!("{name} stderr: something went wrong")]);
+    server.wait_for_log(&[&name, " stdout: hello from the guest"]);
+    server.wait_for_log(&[&name, " stderr: something went wrong"]);
 }
 
 #[test]

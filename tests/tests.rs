@@ -5,6 +5,7 @@
 
 mod util;
 
+mod admin;
 mod bad_handler;
 mod cli;
 mod concurrency;
@@ -12,3 +13,4 @@ mod echo;
 mod guest_output;
 mod isolation;
 mod shutdown;
+mod swap;

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -46,6 +46,8 @@ pub struct Server {
     child: Child,
     /// The addresses it printed as `listening on ...`, in order.
     pub addrs: Vec<SocketAddr>,
+    /// The address it printed as `admin listening on ...`, with `--admin`.
+    pub admin: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
 }
 
@@ -58,13 +60,19 @@ impl Server {
     /// Serves the named guest with extra `serve` options; listens on
     /// 127.0.0.1:0 unless `args` has an `--addr` of its own.
     pub fn start_with(guest: &str, args: &[&str]) -> Self {
+        Self::start_path(&wasm(guest), args)
+    }
+
+    /// Serves the handler component at `handler`, like [`Server::start_with`].
+    pub fn start_path(handler: &Path, args: &[&str]) -> Self {
         let mut cmd = hotsock();
         cmd.arg("serve").args(args);
         let listeners = args.iter().filter(|a| **a == "--addr").count();
+        let admin = args.contains(&"--admin");
         if listeners == 0 {
             cmd.args(["--addr", "127.0.0.1:0"]);
         }
-        cmd.arg(wasm(guest));
+        cmd.arg(handler);
         cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -94,22 +102,24 @@ impl Server {
         let mut server = Server {
             child,
             addrs: Vec::new(),
+            admin: None,
             log,
         };
         let deadline = Instant::now() + TIMEOUT;
-        while server.addrs.len() < listeners.max(1) {
+        while server.addrs.len() < listeners.max(1) || server.admin.is_none() && admin {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    let addr = line
-                        .strip_prefix("listening on ")
-                        .unwrap_or_else(|| panic!("unexpected stdout line: {line}"));
-                    server.addrs.push(addr.parse().expect("a socket address"));
-                }
-                Err(_) => panic!(
+            let Ok(line) = rx.recv_timeout(left) else {
+                panic!(
                     "hotsock did not start listening; its log:\n{}",
                     server.log()
-                ),
+                );
+            };
+            if let Some(addr) = line.strip_prefix("admin listening on ") {
+                server.admin = Some(addr.parse().expect("a socket address"));
+            } else if let Some(addr) = line.strip_prefix("listening on ") {
+                server.addrs.push(addr.parse().expect("a socket address"));
+            } else {
+                panic!("unexpected stdout line: {line}");
             }
         }
         server
@@ -306,4 +316,59 @@ pub fn is_ctime(text: &[u8]) -> bool {
         && digits(20..24)
         && [3, 7, 10, 19].iter().all(|&i| text.as_bytes()[i] == b' ')
         && [13, 16].iter().all(|&i| text.as_bytes()[i] == b':')
+}
+
+impl Server {
+    /// The admin API's address; the server must have been started with `--admin`.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin.expect("started with --admin")
+    }
+
+    /// `GET /status` of the admin API.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = http(self.admin(), "GET", "/status", b"");
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("/proc");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .expect("VmRSS");
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("a number")
+    }
+}
+
+/// One request to the admin API, as curl would send it: the status code and JSON body.
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let mut stream = connect(addr);
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("an HTTP response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP headers");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (code, serde_json::from_str(body).expect("a JSON body"))
 }

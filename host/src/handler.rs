@@ -16,6 +16,17 @@ use crate::sandbox::{ConnState, Sandbox};
 /// The interface a handler must export: the `handler` of `wit/plugin.wit`.
 pub const HANDLER_EXPORT: &str = "hotsock:plugin/handler@0.1.0";
 
+/// Reads a handler component file, with an error that says what to do.
+pub fn read_component(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        anyhow!(
+            "cannot read handler `{}`: {e}; pass the path of a handler component \
+             (`make build` writes the default one to target/wasm32-wasip2/release/guest_handler.wasm)",
+            path.display()
+        )
+    })
+}
+
 /// A compiled, validated handler component, ready to instantiate per connection.
 pub struct Handler {
     name: String,
@@ -26,14 +37,7 @@ pub struct Handler {
 impl Handler {
     /// Reads, validates and compiles the handler component at `path`.
     pub fn load(sandbox: &Sandbox, path: &Path) -> Result<Self> {
-        let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| {
-            anyhow!(
-                "cannot read handler `{name}`: {e}; pass the path of a handler component \
-                 (`make build` writes the default one to target/wasm32-wasip2/release/guest_handler.wasm)"
-            )
-        })?;
-        Self::from_bytes(sandbox, name, &bytes)
+        Self::from_bytes(sandbox, path.display().to_string(), &read_component(path)?)
     }
 
     /// Validates and compiles a handler component held in memory; `name` is

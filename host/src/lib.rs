@@ -6,6 +6,10 @@
 //! - [`config`]: the command line, and every default as a named constant.
 //! - [`server`]: listening sockets, the accept loop, one thread per
 //!   connection, and draining on shutdown.
+//! - [`registry`]: handler versions: the current one, swapping, rollback,
+//!   per-version statistics, and pinning each connection to one version.
+//! - [`reload`]: reloading the handler file on SIGHUP and with `--watch`.
+//! - [`admin`]: the optional HTTP admin API (status, swap, rollback) and its client.
 //! - [`sandbox`]: the wasmtime engine and linker, and the per-connection store
 //!   that decides what a guest can reach.
 //! - [`handler`]: loading and validating a handler component, with errors that
@@ -15,18 +19,22 @@
 //! - [`console`]: guest stdout and stderr, forwarded to the host log.
 //! - [`bindings`]: the `bindgen!` of `wit/plugin.wit`, nothing else.
 //!
-//! A connection's life: [`server`] accepts it and starts its thread, which asks
-//! [`sandbox`] to instantiate the [`handler`] in a fresh store holding the
-//! [`connection`], and calls `handle`. When `handle` returns or traps, the store
-//! is dropped and the socket closed with it.
+//! A connection's life: [`server`] accepts it, pins the [`registry`]'s current
+//! version to it, and starts its thread, which asks [`sandbox`] to instantiate
+//! that version's [`handler`] in a fresh store holding the [`connection`], and
+//! calls `handle`. When `handle` returns or traps, the store is dropped and the
+//! socket closed with it; a swap meanwhile only affects later connections.
 
 #![warn(missing_docs)]
 
+pub mod admin;
 #[allow(missing_docs)]
 pub mod bindings;
 pub mod config;
 pub mod connection;
 pub mod console;
 pub mod handler;
+pub mod registry;
+pub mod reload;
 pub mod sandbox;
 pub mod server;

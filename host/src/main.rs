@@ -9,11 +9,14 @@ use std::thread;
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use log::{info, warn};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use hotsock::config::{CheckArgs, Cli, Command, ServeArgs};
-use hotsock::handler::{HANDLER_EXPORT, Handler};
+use hotsock::admin::{self, Client};
+use hotsock::config::{AdminArgs, CheckArgs, Cli, Command, ServeArgs, StatusArgs, SwapArgs};
+use hotsock::handler::{HANDLER_EXPORT, Handler, read_component};
+use hotsock::registry::{Policy, Registry};
+use hotsock::reload::{Reloader, Trigger};
 use hotsock::sandbox::Sandbox;
 use hotsock::server::{self, Server, Settings, Stopper};
 
@@ -26,6 +29,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(args),
+        Command::Swap(args) => swap(args),
+        Command::Status(args) => status(args),
+        Command::Rollback(args) => rollback(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -38,24 +44,51 @@ fn main() -> ExitCode {
 
 fn serve(args: ServeArgs) -> Result<()> {
     let sandbox = Arc::new(Sandbox::new()?);
+    let policy = Policy {
+        rollback_on_traps: args.rollback_on_traps,
+        drain_deadline: args.drain_deadline,
+    };
     // Validate the handler before binding, so a bad file fails fast and a
     // script never sees `listening on` for a server that cannot serve.
-    let handler = Arc::new(Handler::load(&sandbox, &args.handler)?);
+    let bytes = read_component(&args.handler)?;
+    let source = args.handler.display().to_string();
+    let registry = Arc::new(Registry::new(sandbox, policy, source, &bytes)?);
     let listeners = server::bind(&args.addrs)?;
+    let admin = match &args.admin {
+        Some(addr) => Some(admin::bind(addr, args.admin_allow_remote)?),
+        None => None,
+    };
+
+    let reloader = Reloader::spawn(Arc::clone(&registry), args.handler.clone())?;
+    // Kept alive for as long as the server runs: dropping it ends the watch.
+    let _watcher = match args.watch {
+        true => Some(reloader.watch(&args.handler)?),
+        false => None,
+    };
     let settings = Settings {
         drain_timeout: args.drain_timeout,
     };
-    let addrs = listeners
-        .iter()
-        .map(|l| l.local_addr())
-        .collect::<Result<Vec<_>, _>>()?;
-    let server = Server::new(sandbox, Arc::clone(&handler), listeners, settings)?;
-    stop_on_signals(server.stopper())?;
+    let mut announce = Vec::new();
+    for listener in &listeners {
+        announce.push(format!("listening on {}", listener.local_addr()?));
+    }
+    if let Some(admin) = &admin {
+        announce.push(format!("admin listening on {}", admin.local_addr()?));
+    }
+    let server = Server::new(Arc::clone(&registry), listeners, settings)?;
+    handle_signals(server.stopper(), reloader)?;
+    if let Some(admin) = admin {
+        admin::spawn(admin, Arc::clone(&registry))?;
+    }
 
-    info!("serving handler `{}`", handler.name());
+    info!(
+        "serving handler {} as {}",
+        args.handler.display(),
+        registry.current().id()
+    );
     let mut stdout = std::io::stdout().lock();
-    for addr in addrs {
-        writeln!(stdout, "listening on {addr}")?;
+    for line in announce {
+        writeln!(stdout, "{line}")?;
     }
     // Scripts wait for these lines before connecting; do not leave them in a buffer.
     stdout.flush()?;
@@ -72,24 +105,75 @@ fn check(args: CheckArgs) -> Result<()> {
     Ok(())
 }
 
-/// The first SIGINT or SIGTERM drains the server; a second one exits at once,
-/// for an operator who does not want to wait.
-fn stop_on_signals(stopper: Stopper) -> Result<()> {
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
+fn swap(args: SwapArgs) -> Result<()> {
+    let component = read_component(&args.handler)?;
+    let source = std::path::absolute(&args.handler)?.display().to_string();
+    let answer = Client::new(args.admin.admin)
+        .swap(&source, &component)
+        .context("swap rejected")?;
+    match answer["swapped"].as_bool() {
+        Some(true) => println!(
+            "swapped: {} -> {}",
+            answer["replaced"].as_str().unwrap_or("?"),
+            answer["current"].as_str().unwrap_or("?")
+        ),
+        _ => println!(
+            "unchanged: {} is already serving this component",
+            answer["current"].as_str().unwrap_or("?")
+        ),
+    }
+    Ok(())
+}
+
+fn status(args: StatusArgs) -> Result<()> {
+    let status = Client::new(args.admin.admin).status()?;
+    match args.json {
+        true => println!("{}", serde_json::to_string_pretty(&status)?),
+        false => print!("{}", admin::render_status(&status)),
+    }
+    Ok(())
+}
+
+fn rollback(args: AdminArgs) -> Result<()> {
+    let answer = Client::new(args.admin)
+        .rollback()
+        .context("rollback refused")?;
+    println!(
+        "rolled back: {} -> {}",
+        answer["replaced"].as_str().unwrap_or("?"),
+        answer["current"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+/// SIGHUP reloads the handler. The first SIGINT or SIGTERM drains the server;
+/// a second one exits at once, for an operator who does not want to wait.
+fn handle_signals(stopper: Stopper, reloader: Reloader) -> Result<()> {
+    let mut signals =
+        Signals::new([SIGHUP, SIGINT, SIGTERM]).context("cannot install signal handlers")?;
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let mut signals = signals.forever();
-            if let Some(signal) = signals.next() {
-                info!("received {}: shutting down", signal_name(signal));
-                stopper.stop();
-            }
-            if let Some(signal) = signals.next() {
-                warn!(
-                    "received {} again: exiting without waiting for open connections",
-                    signal_name(signal)
-                );
-                std::process::exit(128 + signal);
+            let mut stopping = false;
+            for signal in signals.forever() {
+                let name = signal_name(signal);
+                match signal {
+                    SIGHUP => {
+                        info!("received SIGHUP: reloading the handler");
+                        reloader.request(Trigger::Signal);
+                    }
+                    _ if !stopping => {
+                        info!("received {name}: shutting down");
+                        stopper.stop();
+                        stopping = true;
+                    }
+                    _ => {
+                        warn!(
+                            "received {name} again: exiting without waiting for open connections"
+                        );
+                        std::process::exit(128 + signal);
+                    }
+                }
             }
         })
         .context("cannot start the signal thread")?;
@@ -98,6 +182,7 @@ fn stop_on_signals(stopper: Stopper) -> Result<()> {
 
 fn signal_name(signal: i32) -> &'static str {
     match signal {
+        SIGHUP => "SIGHUP",
         SIGINT => "SIGINT",
         SIGTERM => "SIGTERM",
         _ => "a signal",

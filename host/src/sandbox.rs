@@ -95,10 +95,15 @@ impl Sandbox {
     ///
     /// `Err` is a trap or a failed instantiation; `Ok(Err(_))` is the handler's
     /// own error. Either way the connection is closed when this returns,
-    /// because the store that owns it is dropped.
-    pub fn serve(&self, handler: &Handler, conn: Connection) -> wasmtime::Result<HandlerResult> {
-        let label = format!("conn {} {}", conn.id(), conn.peer());
-        let mut store = Store::new(&self.engine, self.conn_state(&label));
+    /// because the store that owns it is dropped. `label` names the
+    /// connection in the log lines of the guest's output.
+    pub fn serve(
+        &self,
+        handler: &Handler,
+        conn: Connection,
+        label: &str,
+    ) -> wasmtime::Result<HandlerResult> {
+        let mut store = Store::new(&self.engine, self.conn_state(label));
         let conn = store.data_mut().table.push(conn)?;
         let plugin = handler.pre().instantiate(&mut store)?;
         plugin

@@ -19,8 +19,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::connection::Connection;
-use crate::handler::Handler;
-use crate::sandbox::{CONNECTION_THREAD_STACK, Sandbox, describe_failure};
+use crate::registry::{Pinned, Registry};
+use crate::sandbox::{CONNECTION_THREAD_STACK, describe_failure};
 
 /// How long to wait before accepting again after `accept` failed for a reason
 /// other than the client (typically out of file descriptors): long enough for
@@ -41,21 +41,22 @@ pub struct Settings {
 /// Binds one listener per address, in order. Port 0 picks a free port; ask the
 /// listener for its `local_addr` to learn which.
 pub fn bind(addrs: &[String]) -> Result<Vec<TcpListener>> {
-    addrs
-        .iter()
-        .map(|addr| {
-            TcpListener::bind(addr).map_err(|e| {
-                let hint = match e.kind() {
-                    io::ErrorKind::AddrInUse => {
-                        "; another process is listening there: choose another --addr, or port 0 for any free port"
-                    }
-                    io::ErrorKind::PermissionDenied => "; ports below 1024 need privileges: choose a higher port",
-                    _ => "",
-                };
-                anyhow::anyhow!("cannot listen on {addr}: {e}{hint}")
-            })
-        })
-        .collect()
+    addrs.iter().map(|addr| bind_one(addr, "--addr")).collect()
+}
+
+/// Binds `addr`, given by the command-line option `option`, with an error that
+/// says what to do.
+pub fn bind_one(addr: &str, option: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).map_err(|e| {
+        let hint = match e.kind() {
+            io::ErrorKind::AddrInUse => {
+                format!("; another process is listening there: choose another {option}, or port 0 for any free port")
+            }
+            io::ErrorKind::PermissionDenied => "; ports below 1024 need privileges: choose a higher port".into(),
+            _ => String::new(),
+        };
+        anyhow::anyhow!("cannot listen on {addr}: {e}{hint}")
+    })
 }
 
 /// Asks a running [`Server`] to stop accepting and drain. Cheap to clone.
@@ -74,8 +75,7 @@ impl Stopper {
 
 /// A thread-per-connection server over already bound listeners.
 pub struct Server {
-    sandbox: Arc<Sandbox>,
-    handler: Arc<Handler>,
+    registry: Arc<Registry>,
     listeners: Vec<TcpListener>,
     settings: Settings,
     poll: Poll,
@@ -85,10 +85,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Prepares to serve `handler` on `listeners`; nothing is accepted until [`Server::run`].
+    /// Prepares to serve the registry's current handler on `listeners`;
+    /// nothing is accepted until [`Server::run`].
     pub fn new(
-        sandbox: Arc<Sandbox>,
-        handler: Arc<Handler>,
+        registry: Arc<Registry>,
         listeners: Vec<TcpListener>,
         settings: Settings,
     ) -> Result<Self> {
@@ -105,8 +105,7 @@ impl Server {
                 .context("cannot watch a listener")?;
         }
         Ok(Server {
-            sandbox,
-            handler,
+            registry,
             listeners,
             settings,
             poll,
@@ -178,18 +177,20 @@ impl Server {
         }
     }
 
-    /// Starts the connection's own thread.
+    /// Pins the current handler version for the connection and starts the
+    /// connection's own thread.
     fn dispatch(&mut self, stream: TcpStream, peer: SocketAddr) {
         let id = self.next_id;
         self.next_id += 1;
         let slot = Slot::take(&self.active);
-        let (sandbox, handler) = (Arc::clone(&self.sandbox), Arc::clone(&self.handler));
+        let pinned = self.registry.pin(id, &stream);
+        let registry = Arc::clone(&self.registry);
         let spawned = thread::Builder::new()
             .name(format!("conn-{id}"))
             .stack_size(CONNECTION_THREAD_STACK)
             .spawn(move || {
-                serve_connection(&sandbox, &handler, id, peer, stream);
-                drop(slot);
+                serve_connection(&registry, &pinned, id, peer, stream);
+                drop((pinned, slot));
             });
         if let Err(e) = spawned {
             // The closure, with its socket and slot, is dropped: the client sees a close.
@@ -214,31 +215,38 @@ impl Server {
     }
 }
 
-/// Serves one client on the current thread, from the first byte to the close.
+/// Serves one client on the current thread, from the first byte to the close,
+/// with the handler version it was pinned to when accepted.
 fn serve_connection(
-    sandbox: &Sandbox,
-    handler: &Handler,
+    registry: &Arc<Registry>,
+    pinned: &Pinned,
     id: u64,
     peer: SocketAddr,
     stream: TcpStream,
 ) {
+    // Every log line of the connection names it, its client and its version.
+    let label = format!("conn {id} {peer} {}", pinned.id());
     // Accepted sockets inherit non-blocking mode from the listener on some
     // platforms; the guest's `read` and `write` are meant to block.
     if let Err(e) = stream.set_nonblocking(false) {
-        warn!("conn {id} {peer}: cannot make the socket blocking ({e}); closing it");
+        warn!("{label}: cannot make the socket blocking ({e}); closing it");
         return;
     }
     // Replies are usually one small write each: do not hold them back waiting
     // for an ACK that delayed-ACK on the client holds back in turn.
     if let Err(e) = stream.set_nodelay(true) {
-        warn!("conn {id} {peer}: cannot set TCP_NODELAY ({e}); replies may be delayed");
+        warn!("{label}: cannot set TCP_NODELAY ({e}); replies may be delayed");
     }
-    info!("conn {id} {peer}: connected");
+    info!("{label}: connected");
     let started = Instant::now();
-    match sandbox.serve(handler, Connection::new(id, peer, stream)) {
-        Ok(Ok(())) => info!("conn {id} {peer}: closed after {:.1?}", started.elapsed()),
-        Ok(Err(message)) => warn!("conn {id} {peer}: handler returned an error: {message}"),
-        Err(e) => warn!("conn {id} {peer}: {}", describe_failure(&e)),
+    let conn = Connection::new(id, peer, stream);
+    match registry.sandbox().serve(pinned.handler(), conn, &label) {
+        Ok(Ok(())) => info!("{label}: closed after {:.1?}", started.elapsed()),
+        Ok(Err(message)) => warn!("{label}: handler returned an error: {message}"),
+        Err(e) => {
+            warn!("{label}: {}", describe_failure(&e));
+            registry.record_trap(pinned);
+        }
     }
 }
 

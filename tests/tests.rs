@@ -5,12 +5,15 @@
 
 mod util;
 
+mod abuse;
 mod admin;
 mod bad_handler;
+mod capabilities;
 mod cli;
 mod concurrency;
 mod echo;
 mod guest_output;
 mod isolation;
+mod limits;
 mod shutdown;
 mod swap;

@@ -372,3 +372,67 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, se
         .expect("a status code");
     (code, serde_json::from_str(body).expect("a JSON body"))
 }
+
+/// A client doing a round trip every 50 ms on a connection of its own, for as
+/// long as a test runs, to show that what happens elsewhere does not touch it.
+pub struct Bystander {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: thread::JoinHandle<(usize, Duration, Vec<String>)>,
+}
+
+impl Bystander {
+    /// Connects to `addr` and starts the round trips. Works with the default
+    /// echo handler and the probe fixture alike: both answer `ping N\n` with a
+    /// line containing `ping N`.
+    pub fn start(addr: SocketAddr) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let mut stream = connect(addr);
+        let thread = thread::spawn(move || {
+            let (mut trips, mut slowest, mut errors) = (0, Duration::ZERO, Vec::new());
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) && errors.is_empty() {
+                let message = format!("ping {trips}");
+                let started = Instant::now();
+                match round_trip_line(&mut stream, &message) {
+                    Ok(reply) if reply.contains(&message) => {}
+                    Ok(reply) => errors.push(format!("{message:?} got {reply:?}")),
+                    Err(e) => errors.push(format!("{message:?} failed: {e}")),
+                }
+                slowest = slowest.max(started.elapsed());
+                trips += 1;
+                thread::sleep(Duration::from_millis(50));
+            }
+            (trips, slowest, errors)
+        });
+        Bystander { stop, thread }
+    }
+
+    /// Stops, and asserts that every round trip succeeded within a second.
+    pub fn finish(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (trips, slowest, errors) = self.thread.join().expect("the bystander thread");
+        assert!(errors.is_empty(), "the bystander saw errors: {errors:?}");
+        assert!(trips > 0, "the bystander made no round trip");
+        assert!(
+            slowest < Duration::from_secs(1),
+            "the bystander's slowest round trip took {slowest:?}"
+        );
+    }
+}
+
+/// Sends `message` and a newline, and reads one reply line, without panicking.
+fn round_trip_line(stream: &mut TcpStream, message: &str) -> std::io::Result<String> {
+    stream.write_all(format!("{message}\n").as_bytes())?;
+    let mut reply = Vec::new();
+    let mut byte = [0; 1];
+    while !reply.ends_with(b"\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        reply.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}

@@ -20,9 +20,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use log::{debug, warn};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tiny_http::{Header, Method, Request, Response};
 
+use crate::admission::{Admission, AdmissionStatus};
 use crate::registry::{Registry, Status, Swapped};
 
 /// Largest component `POST /handler` accepts. Rust handlers are around
@@ -37,6 +39,16 @@ pub const SOURCE_HEADER: &str = "X-Hotsock-Source";
 /// How long the client waits for an answer: a large component can take a
 /// while to compile before the server replies.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What `GET /status` answers: connection counts, and the handler versions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// Open, admitted and refused connections.
+    pub connections: AdmissionStatus,
+    /// The handler versions and rollbacks.
+    #[serde(flatten)]
+    pub handlers: Status,
+}
 
 /// Binds the admin listener, refusing non-loopback addresses unless `allow_remote`.
 pub fn bind(addr: &str, allow_remote: bool) -> Result<TcpListener> {
@@ -58,17 +70,21 @@ pub fn bind(addr: &str, allow_remote: bool) -> Result<TcpListener> {
 
 /// Serves the admin API on `listener` from a thread of its own, and each
 /// request from a thread of its own, so a slow upload never delays `/status`.
-pub fn spawn(listener: TcpListener, registry: Arc<Registry>) -> Result<()> {
+pub fn spawn(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    admission: Arc<Admission>,
+) -> Result<()> {
     let server = tiny_http::Server::from_listener(listener, None)
         .map_err(|e| anyhow!("cannot start the admin API: {e}"))?;
     thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
             for request in server.incoming_requests() {
-                let registry = Arc::clone(&registry);
+                let (registry, admission) = (Arc::clone(&registry), Arc::clone(&admission));
                 let spawned = thread::Builder::new()
                     .name("admin-request".into())
-                    .spawn(move || respond(&registry, request));
+                    .spawn(move || respond(&registry, &admission, request));
                 if let Err(e) = spawned {
                     warn!("admin: cannot start a thread for a request: {e}");
                 }
@@ -78,8 +94,8 @@ pub fn spawn(listener: TcpListener, registry: Arc<Registry>) -> Result<()> {
     Ok(())
 }
 
-fn respond(registry: &Arc<Registry>, mut request: Request) {
-    let (code, body) = route(registry, &mut request);
+fn respond(registry: &Arc<Registry>, admission: &Admission, mut request: Request) {
+    let (code, body) = route(registry, admission, &mut request);
     let json = Header::from_bytes("Content-Type", "application/json").expect("a valid header");
     let response = Response::from_string(format!("{body:#}\n"))
         .with_status_code(code)
@@ -89,7 +105,7 @@ fn respond(registry: &Arc<Registry>, mut request: Request) {
     }
 }
 
-fn route(registry: &Arc<Registry>, request: &mut Request) -> (u16, Value) {
+fn route(registry: &Arc<Registry>, admission: &Admission, request: &mut Request) -> (u16, Value) {
     let path = request
         .url()
         .split('?')
@@ -97,7 +113,13 @@ fn route(registry: &Arc<Registry>, request: &mut Request) -> (u16, Value) {
         .unwrap_or_default()
         .to_string();
     match (request.method(), path.as_str()) {
-        (Method::Get, "/status") => (200, json!(registry.status())),
+        (Method::Get, "/status") => {
+            let status = ServerStatus {
+                connections: admission.status(),
+                handlers: registry.status(),
+            };
+            (200, json!(status))
+        }
         (Method::Post, "/handler") => upload(registry, request),
         (Method::Post, "/rollback") => match registry.rollback("manual: POST /rollback") {
             Ok((current, replaced)) => (
@@ -185,7 +207,7 @@ impl Client {
     }
 
     /// `GET /status`.
-    pub fn status(&self) -> Result<Status> {
+    pub fn status(&self) -> Result<ServerStatus> {
         let body = self.call("GET", "/status", None)?;
         serde_json::from_value(body)
             .context("the server's /status answer is not what this hotsock expects")
@@ -261,8 +283,14 @@ fn parse_response(response: &[u8]) -> Result<(u16, Value)> {
 }
 
 /// `hotsock status` as a table, for people; `--json` gives the raw answer.
-pub fn render_status(status: &Status) -> String {
-    let mut out = format!("current: {}\n", status.current);
+pub fn render_status(status: &ServerStatus) -> String {
+    let c = &status.connections;
+    let mut out = format!(
+        "connections: {} open of {} max, {} accepted, {} refused, full {} time(s)\n",
+        c.active, c.max, c.accepted, c.refused, c.saturated
+    );
+    let status = &status.handlers;
+    out.push_str(&format!("current: {}\n", status.current));
     out.push_str(&format!(
         "{:<14} {:<9} {:<21} {:>7} {:>8} {:>6}  SOURCE\n",
         "VERSION", "STATE", "LOADED AT", "ACTIVE", "SERVED", "TRAPS"

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::admission::WhenFull;
+use crate::limits::parse_size;
+use crate::sandbox::Preopen;
+
 /// Where `serve` listens unless told otherwise: the textbook thread server's
 /// port, on loopback so that a fresh install exposes nothing to the network.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50007";
@@ -14,6 +18,25 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:50007";
 /// for a request in flight to finish, short enough for a service manager's
 /// stop timeout (systemd's default is 90 s).
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
+
+/// Most linear memory one connection's instance may have. The default echo
+/// handler needs about 1 MiB; 64 MiB leaves ample room for real handlers while
+/// a thousand runaway ones cannot exhaust a small server.
+pub const DEFAULT_MAX_MEMORY: &str = "64MiB";
+
+/// Longest a handler may compute without returning to the host (a `read`,
+/// `write`, sleep or any other host call). Far above what answering a message
+/// takes, far below what a client would wait for.
+pub const DEFAULT_CPU_BUDGET: &str = "1s";
+
+/// Longest a `read` or `write` waits for the client. Long enough for a person
+/// typing into `nc`, short enough that silent clients do not hold a thread
+/// and an instance forever.
+pub const DEFAULT_IDLE_TIMEOUT: &str = "5m";
+
+/// Most connections served at once; it also sizes the instance pool.
+/// wasmtime's own pool default, and comfortably within one machine's threads.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1000;
 
 /// The environment variable `swap`, `status` and `rollback` read the admin
 /// address from when `--admin` is not given.
@@ -33,7 +56,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve TCP clients: one thread and one fresh handler instance per connection.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check that a file is a handler component this hotsock can serve, without serving it.
     Check(CheckArgs),
     /// Swap a new handler component into a running server (needs `serve --admin`).
@@ -94,6 +117,56 @@ pub struct ServeArgs {
     /// 100 connections trap.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub rollback_on_traps: Option<u64>,
+
+    /// Most linear memory a connection's handler instance may use (e.g.
+    /// 16MiB, 1GiB). A handler that needs more fails with "memory limit
+    /// exceeded"; only its own connection is affected.
+    #[arg(long, value_name = "SIZE", default_value = DEFAULT_MAX_MEMORY, value_parser = parse_size, help_heading = "Limits")]
+    pub max_memory: usize,
+
+    /// Longest a handler may compute without returning to the host (a read,
+    /// write, sleep or other host call). Time spent waiting is never charged.
+    /// A handler over budget is stopped and its connection closed.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_CPU_BUDGET, value_parser = parse_duration, help_heading = "Limits")]
+    pub cpu_budget: Duration,
+
+    /// Longest a read waits for the client to send something, or a write for
+    /// it to take data; then the handler gets `timed-out`.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_IDLE_TIMEOUT, value_parser = parse_duration, help_heading = "Limits")]
+    pub idle_timeout: Duration,
+
+    /// Longest a connection may stay open, however active (off by default).
+    /// Stops clients that trickle a byte now and then from holding a
+    /// connection forever.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = "Limits")]
+    pub max_connection_time: Option<Duration>,
+
+    /// Most connections served at once. It also sizes the pool of handler
+    /// instances, so the two always agree.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..=100_000), help_heading = "Limits")]
+    pub max_connections: u32,
+
+    /// What happens to a new client while all --max-connections are busy:
+    /// `wait` leaves it in the listen backlog until a slot frees, `close`
+    /// accepts and closes it at once.
+    #[arg(long, value_name = "POLICY", value_enum, default_value_t = WhenFull::Wait, help_heading = "Limits")]
+    pub when_full: WhenFull,
+
+    /// Give handlers an environment variable, as KEY=VALUE. Repeatable.
+    /// Handlers get no environment unless granted.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env, help_heading = "Capabilities")]
+    pub env: Vec<(String, String)>,
+
+    /// Let handlers read a host directory, as HOST::GUEST (or just HOST, seen
+    /// under the same path). Read-only. Repeatable. Handlers get no files
+    /// unless granted.
+    #[arg(long = "dir", value_name = "HOST::GUEST", value_parser = parse_read_only_dir, help_heading = "Capabilities")]
+    pub dirs: Vec<Preopen>,
+
+    /// Like --dir, but handlers may also create, change and delete files there.
+    #[arg(long = "dir-rw", value_name = "HOST::GUEST", value_parser = parse_writable_dir, help_heading = "Capabilities")]
+    pub dirs_rw: Vec<Preopen>,
 }
 
 /// Options of `hotsock check`.
@@ -135,6 +208,35 @@ pub struct StatusArgs {
     /// Print the raw JSON of `GET /status` instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Parses `--env KEY=VALUE`.
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
+}
+
+fn parse_read_only_dir(text: &str) -> Result<Preopen, String> {
+    parse_dir(text, false)
+}
+
+fn parse_writable_dir(text: &str) -> Result<Preopen, String> {
+    parse_dir(text, true)
+}
+
+/// Parses `HOST::GUEST`, or `HOST` alone for the same path on both sides.
+fn parse_dir(text: &str, writable: bool) -> Result<Preopen, String> {
+    let (host, guest) = text.split_once("::").unwrap_or((text, text));
+    if host.is_empty() || guest.is_empty() {
+        return Err(format!("`{text}` is not HOST::GUEST"));
+    }
+    Ok(Preopen {
+        host: host.into(),
+        guest: guest.to_string(),
+        writable,
+    })
 }
 
 /// Parses a human duration such as `10s`, `500ms` or `1m 30s`.

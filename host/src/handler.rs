@@ -82,6 +82,7 @@ impl Handler {
         let pre = PluginPre::new(pre).map_err(|e| {
             anyhow!("`{name}` exports `{HANDLER_EXPORT}` with the wrong shape ({e:#}): rebuild it against wit/plugin.wit")
         })?;
+        sandbox.trial(&pre, &name)?;
         Ok(Handler { name, imports, pre })
     }
 

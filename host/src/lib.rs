@@ -6,12 +6,15 @@
 //! - [`config`]: the command line, and every default as a named constant.
 //! - [`server`]: listening sockets, the accept loop, one thread per
 //!   connection, and draining on shutdown.
+//! - [`admission`]: `--max-connections`, as slots that free themselves.
 //! - [`registry`]: handler versions: the current one, swapping, rollback,
 //!   per-version statistics, and pinning each connection to one version.
 //! - [`reload`]: reloading the handler file on SIGHUP and with `--watch`.
 //! - [`admin`]: the optional HTTP admin API (status, swap, rollback) and its client.
-//! - [`sandbox`]: the wasmtime engine and linker, and the per-connection store
-//!   that decides what a guest can reach.
+//! - [`sandbox`]: the wasmtime engine, instance pool and linker, the epoch
+//!   ticker, and the per-connection store that decides what a guest can reach.
+//! - [`limits`]: every per-connection limit, applied in one function, and how
+//!   hitting one is reported.
 //! - [`handler`]: loading and validating a handler component, with errors that
 //!   say what to do.
 //! - [`connection`]: one client, as the `connection` resource the guest reads
@@ -28,12 +31,14 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admission;
 #[allow(missing_docs)]
 pub mod bindings;
 pub mod config;
 pub mod connection;
 pub mod console;
 pub mod handler;
+pub mod limits;
 pub mod registry;
 pub mod reload;
 pub mod sandbox;

@@ -15,9 +15,10 @@ use signal_hook::iterator::Signals;
 use hotsock::admin::{self, Client};
 use hotsock::config::{AdminArgs, CheckArgs, Cli, Command, ServeArgs, StatusArgs, SwapArgs};
 use hotsock::handler::{HANDLER_EXPORT, Handler, read_component};
+use hotsock::limits::Limits;
 use hotsock::registry::{Policy, Registry};
 use hotsock::reload::{Reloader, Trigger};
-use hotsock::sandbox::Sandbox;
+use hotsock::sandbox::{Capabilities, Sandbox};
 use hotsock::server::{self, Server, Settings, Stopper};
 
 fn main() -> ExitCode {
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Check(args) => check(args),
         Command::Swap(args) => swap(args),
         Command::Status(args) => status(args),
@@ -43,7 +44,18 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
-    let sandbox = Arc::new(Sandbox::new()?);
+    let limits = Limits {
+        max_memory: args.max_memory,
+        cpu_budget: args.cpu_budget,
+        idle_timeout: args.idle_timeout,
+        max_connection_time: args.max_connection_time,
+        max_connections: args.max_connections,
+    };
+    let capabilities = Capabilities {
+        env: args.env.clone(),
+        dirs: args.dirs.iter().chain(&args.dirs_rw).cloned().collect(),
+    };
+    let sandbox = Arc::new(Sandbox::new(limits, capabilities)?);
     let policy = Policy {
         rollback_on_traps: args.rollback_on_traps,
         drain_deadline: args.drain_deadline,
@@ -67,6 +79,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     };
     let settings = Settings {
         drain_timeout: args.drain_timeout,
+        when_full: args.when_full,
     };
     let mut announce = Vec::new();
     for listener in &listeners {
@@ -78,7 +91,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let server = Server::new(Arc::clone(&registry), listeners, settings)?;
     handle_signals(server.stopper(), reloader)?;
     if let Some(admin) = admin {
-        admin::spawn(admin, Arc::clone(&registry))?;
+        admin::spawn(admin, Arc::clone(&registry), server.admission())?;
     }
 
     info!(
@@ -97,7 +110,8 @@ fn serve(args: ServeArgs) -> Result<()> {
 }
 
 fn check(args: CheckArgs) -> Result<()> {
-    let sandbox = Sandbox::new()?;
+    // Checked against the default limits: what `serve` would apply.
+    let sandbox = Sandbox::new(Limits::default(), Capabilities::default())?;
     let handler = Handler::load(&sandbox, &args.handler)?;
     println!("ok: `{}` is a hotsock handler", handler.name());
     println!("  exports: {HANDLER_EXPORT}");

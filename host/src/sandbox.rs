@@ -1,20 +1,29 @@
-//! The WebAssembly side: engine, linker, and the per-connection store.
+//! The WebAssembly side: engine, linker, what a guest may reach, and the
+//! per-connection store.
 //!
-//! Costs are paid at the lifetime they belong to: the [`Sandbox`] (engine and
-//! linker) once per process, a [`Handler`] (compiled component and
-//! `InstancePre`) once per handler version, and only a `Store` plus an
-//! instantiation per connection.
+//! Costs are paid at the lifetime they belong to: the [`Sandbox`] (engine,
+//! instance pool, linker, epoch ticker) once per process, a [`Handler`]
+//! (compiled component and `InstancePre`) once per handler version, and only
+//! a `Store` plus an instantiation per connection.
 
-use anyhow::Result;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+
+use anyhow::{Context as _, Result, anyhow};
 use log::Level;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, Trap, WasmBacktrace};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::{
+    Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::bindings::Plugin;
+use crate::bindings::{Plugin, PluginPre};
 use crate::connection::Connection;
 use crate::console::Console;
 use crate::handler::Handler;
+use crate::limits::{EPOCH_TICK, Failure, Limits, Meter, guest_backtrace};
 
 /// Deepest a guest's stack may grow before it traps with a stack overflow:
 /// wasmtime's default, which ordinary recursive code stays well inside.
@@ -25,10 +34,19 @@ pub const MAX_WASM_STACK: usize = 512 * 1024;
 /// guest (wasmtime, WASI, logging). Untouched pages cost no memory.
 pub const CONNECTION_THREAD_STACK: usize = MAX_WASM_STACK + 1024 * 1024;
 
+/// What one handler may use of the instance pool. Every pool slot can hold
+/// any handler within these, which is what lets `--max-connections` size the
+/// pool exactly. A Rust handler needs 1 memory, a few core instances and
+/// tables; languages that link a runtime out of several modules need more.
+const CORE_INSTANCES_PER_HANDLER: u32 = 32;
+const MEMORIES_PER_HANDLER: u32 = 2;
+const TABLES_PER_HANDLER: u32 = 32;
+
 /// The data of one connection's store: everything the guest can reach.
 pub struct ConnState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
+    pub(crate) meter: Meter,
 }
 
 impl WasiView for ConnState {
@@ -40,45 +58,78 @@ impl WasiView for ConnState {
     }
 }
 
-/// How one connection's handler ended, short of a trap.
-pub type HandlerResult = Result<(), String>;
-
-/// Says in one line why a connection's instance failed, followed by the
-/// guest's backtrace when there is one, for the plugin author.
-pub fn describe_failure(error: &wasmtime::Error) -> String {
-    let mut text = match error.downcast_ref::<Trap>() {
-        Some(trap) => trap.to_string(),
-        None => format!("handler failed: {error:#}"),
-    };
-    if let Some(backtrace) = error.downcast_ref::<WasmBacktrace>() {
-        // wasmtime's rendering knows about inlined frames and DWARF; only its
-        // "error while executing at" header line is replaced.
-        let rendered = backtrace.to_string();
-        let frames = rendered.split_once('\n').map_or("", |(_, frames)| frames);
-        text.push_str("\nguest backtrace:\n");
-        text.push_str(frames);
-    }
-    text
+/// What a guest may reach beyond the connection: nothing unless granted.
+#[derive(Debug, Clone, Default)]
+pub struct Capabilities {
+    /// Environment variables, `--env KEY=VALUE`.
+    pub env: Vec<(String, String)>,
+    /// Preopened directories, `--dir` and `--dir-rw`.
+    pub dirs: Vec<Preopen>,
 }
 
-/// The engine and linker shared by every handler version and connection.
+/// A host directory a guest may open, and under which path.
+#[derive(Debug, Clone)]
+pub struct Preopen {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// The path the guest sees it as.
+    pub guest: String,
+    /// Whether the guest may create, change and delete files in it.
+    pub writable: bool,
+}
+
+/// How one connection ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// `handle` returned `Ok`, or the guest called `exit(0)`.
+    Finished,
+    /// `handle` returned an error message.
+    HandlerError(String),
+    /// The instance was stopped: a trap, a limit, a non-zero exit.
+    Failed {
+        /// Why, in an operator's words.
+        failure: Failure,
+        /// The guest's backtrace, if one was captured.
+        backtrace: Option<String>,
+    },
+}
+
+/// The engine, linker and limits shared by every handler version and connection.
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<ConnState>,
+    limits: Limits,
+    capabilities: Capabilities,
+    /// Held while validating a handler: its trial instance uses the one pool
+    /// slot kept back for that, so it never competes with connections.
+    trial_slot: Mutex<()>,
+    _ticker: EpochTicker,
 }
 
 impl Sandbox {
-    /// Configures the engine and links WASI preview 2 plus `hotsock:plugin/types`.
-    pub fn new() -> Result<Self> {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        config.max_wasm_stack(MAX_WASM_STACK);
-        let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
-
+    /// Configures the engine and its instance pool for `limits`, links WASI
+    /// preview 2 plus `hotsock:plugin/types`, and starts the epoch ticker.
+    pub fn new(limits: Limits, capabilities: Capabilities) -> Result<Self> {
+        for dir in &capabilities.dirs {
+            anyhow::ensure!(
+                dir.host.is_dir(),
+                "--dir {}: no such directory on this machine",
+                dir.host.display()
+            );
+        }
+        let engine = Engine::new(&engine_config(&limits)).map_err(anyhow::Error::from)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
         Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(anyhow::Error::from)?;
-        Ok(Sandbox { engine, linker })
+        let ticker = EpochTicker::start(engine.weak())?;
+        Ok(Sandbox {
+            engine,
+            linker,
+            limits,
+            capabilities,
+            trial_slot: Mutex::new(()),
+            _ticker: ticker,
+        })
     }
 
     /// The engine handlers are compiled for.
@@ -91,39 +142,165 @@ impl Sandbox {
         &self.linker
     }
 
-    /// Runs `handler` on `conn` in a fresh instance until it returns.
-    ///
-    /// `Err` is a trap or a failed instantiation; `Ok(Err(_))` is the handler's
-    /// own error. Either way the connection is closed when this returns,
-    /// because the store that owns it is dropped. `label` names the
-    /// connection in the log lines of the guest's output.
-    pub fn serve(
-        &self,
-        handler: &Handler,
-        conn: Connection,
-        label: &str,
-    ) -> wasmtime::Result<HandlerResult> {
-        let mut store = Store::new(&self.engine, self.conn_state(label));
-        let conn = store.data_mut().table.push(conn)?;
-        let plugin = handler.pre().instantiate(&mut store)?;
-        plugin
-            .hotsock_plugin_handler()
-            .call_handle(&mut store, conn)
+    /// The limits every connection runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
-    /// Deny-by-default WASI: no preopened directories, no environment, no
-    /// sockets; stdout and stderr go to the host log under `label`.
-    fn conn_state(&self, label: &str) -> ConnState {
-        let wasi = WasiCtx::builder()
-            .stdout(Console::new(format!("{label} stdout"), Level::Info))
+    /// Instantiates a handler once, under the same limits as a connection, so
+    /// a handler that cannot start (too big for the pool, over the memory
+    /// limit, trapping in its initialisation) is rejected before it serves.
+    pub(crate) fn trial(&self, pre: &PluginPre<ConnState>, name: &str) -> Result<()> {
+        let _slot = self.trial_slot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut store = Store::new(&self.engine, self.conn_state(&format!("checking {name}"))?);
+        self.limits.confine(&mut store, None)?;
+        match pre.instantiate(&mut store) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let why = Failure::classify(&e, &self.limits, &store.data().meter).map_or_else(
+                    || "it exited during initialisation".to_string(),
+                    |f| f.to_string(),
+                );
+                Err(anyhow!("`{name}` cannot be instantiated: {why}"))
+            }
+        }
+    }
+
+    /// Runs `handler` on `conn` in a fresh instance until it returns. Either
+    /// way the connection is closed when this returns, because the store that
+    /// owns it is dropped.
+    pub fn serve(&self, handler: &Handler, mut conn: Connection) -> Outcome {
+        let state = match self.conn_state(conn.label()) {
+            Ok(state) => state,
+            Err(e) => return failed(Failure::Other(format!("{e:#}")), None),
+        };
+        let mut store = Store::new(&self.engine, state);
+        if let Err(e) = self.limits.confine(&mut store, Some(&mut conn)) {
+            return failed(
+                Failure::Other(format!("cannot set the socket timeouts: {e}")),
+                None,
+            );
+        }
+        let result = store
+            .data_mut()
+            .table
+            .push(conn)
+            .map_err(wasmtime::Error::from)
+            .and_then(|conn| {
+                let plugin = handler.pre().instantiate(&mut store)?;
+                plugin
+                    .hotsock_plugin_handler()
+                    .call_handle(&mut store, conn)
+            });
+        match result {
+            Ok(Ok(())) => Outcome::Finished,
+            Ok(Err(message)) => Outcome::HandlerError(message),
+            Err(e) => match Failure::classify(&e, &self.limits, &store.data().meter) {
+                None => Outcome::Finished,
+                Some(failure) => {
+                    let backtrace = failure
+                        .is_guest_fault()
+                        .then(|| guest_backtrace(&e))
+                        .flatten();
+                    failed(failure, backtrace)
+                }
+            },
+        }
+    }
+
+    /// Deny-by-default WASI: no sockets, and only the environment and
+    /// directories the operator granted; stdout and stderr go to the host log
+    /// under `label`.
+    fn conn_state(&self, label: &str) -> Result<ConnState> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(Console::new(format!("{label} stdout"), Level::Info))
             .stderr(Console::new(format!("{label} stderr"), Level::Warn))
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        ConnState {
-            wasi,
+            .allow_ip_name_lookup(false);
+        for (key, value) in &self.capabilities.env {
+            wasi.env(key, value);
+        }
+        for dir in &self.capabilities.dirs {
+            let perms = match dir.writable {
+                true => FsPerms::ReadWrite,
+                false => FsPerms::ReadOnly,
+            };
+            wasi.preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("cannot open --dir {}", dir.host.display()))?;
+        }
+        Ok(ConnState {
+            wasi: wasi.build(),
             table: ResourceTable::new(),
+            meter: Meter::default(),
+        })
+    }
+}
+
+fn failed(failure: Failure, backtrace: Option<String>) -> Outcome {
+    Outcome::Failed { failure, backtrace }
+}
+
+/// The engine configuration: epoch interruption for the CPU budget, and an
+/// instance pool sized by `--max-connections`.
+fn engine_config(limits: &Limits) -> Config {
+    // One slot per connection, plus one for validating a new handler.
+    let slots = limits.max_connections.saturating_add(1);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(slots)
+        .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_HANDLER))
+        .max_core_instances_per_component(CORE_INSTANCES_PER_HANDLER)
+        .total_memories(slots.saturating_mul(MEMORIES_PER_HANDLER))
+        .max_memories_per_component(MEMORIES_PER_HANDLER)
+        .total_tables(slots.saturating_mul(TABLES_PER_HANDLER))
+        .max_tables_per_component(TABLES_PER_HANDLER)
+        .max_memory_size(limits.max_memory);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .max_wasm_stack(MAX_WASM_STACK)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// The one thread that advances the engine's epoch every [`EPOCH_TICK`], for
+/// every store's CPU budget at once. It holds only a weak reference to the
+/// engine, and is stopped and joined when dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: EngineWeak) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    thread::sleep(EPOCH_TICK);
+                    match engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .context("cannot start the epoch ticker")?;
+        Ok(EpochTicker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

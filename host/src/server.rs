@@ -9,7 +9,8 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,24 +19,28 @@ use log::{info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::admission::{Admission, WhenFull};
 use crate::connection::Connection;
 use crate::registry::{Pinned, Registry};
-use crate::sandbox::{CONNECTION_THREAD_STACK, describe_failure};
+use crate::sandbox::{CONNECTION_THREAD_STACK, Outcome};
 
 /// How long to wait before accepting again after `accept` failed for a reason
 /// other than the client (typically out of file descriptors): long enough for
 /// closing connections to free some, short enough that clients barely notice.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The poll token of the waker that stops the accept loop; listeners use their
-/// index in the listener list.
-const STOP: Token = Token(usize::MAX);
+/// The poll token of the waker, which wakes the accept loop to stop, or to
+/// accept again once a connection slot is free. Listeners use their index in
+/// the listener list.
+const WAKE: Token = Token(usize::MAX);
 
 /// How the server behaves, as opposed to what it serves.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// How long open connections may run on after a stop is requested.
     pub drain_timeout: Duration,
+    /// What to do with new clients while every connection slot is taken.
+    pub when_full: WhenFull,
 }
 
 /// Binds one listener per address, in order. Port 0 picks a free port; ask the
@@ -61,12 +66,16 @@ pub fn bind_one(addr: &str, option: &str) -> Result<TcpListener> {
 
 /// Asks a running [`Server`] to stop accepting and drain. Cheap to clone.
 #[derive(Clone)]
-pub struct Stopper(Arc<Waker>);
+pub struct Stopper {
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+}
 
 impl Stopper {
     /// Requests the stop; the server's [`Server::run`] then drains and returns.
     pub fn stop(&self) {
-        if let Err(e) = self.0.wake() {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
             // Only fails if the poll instance is gone, i.e. the server already stopped.
             warn!("cannot wake the accept loop: {e}");
         }
@@ -80,20 +89,33 @@ pub struct Server {
     settings: Settings,
     poll: Poll,
     stopper: Stopper,
-    active: Arc<Active>,
+    admission: Arc<Admission>,
     next_id: u64,
+}
+
+/// How accepting from one listener's backlog ended.
+enum Backlog {
+    /// Every queued client was accepted.
+    Empty,
+    /// Every connection slot is taken; the rest wait in the backlog.
+    Full,
+    /// `accept` failed; try again after [`ACCEPT_BACKOFF`].
+    Failed,
 }
 
 impl Server {
     /// Prepares to serve the registry's current handler on `listeners`;
-    /// nothing is accepted until [`Server::run`].
+    /// nothing is accepted until [`Server::run`]. At most the sandbox's
+    /// `max_connections` are served at once: the number that sized its
+    /// instance pool, so the two cannot disagree.
     pub fn new(
         registry: Arc<Registry>,
         listeners: Vec<TcpListener>,
         settings: Settings,
     ) -> Result<Self> {
         let poll = Poll::new().context("cannot create the accept poller")?;
-        let waker = Waker::new(poll.registry(), STOP).context("cannot create the stop waker")?;
+        let waker =
+            Arc::new(Waker::new(poll.registry(), WAKE).context("cannot create the accept waker")?);
         for (i, listener) in listeners.iter().enumerate() {
             listener.set_nonblocking(true)?;
             poll.registry()
@@ -104,13 +126,18 @@ impl Server {
                 )
                 .context("cannot watch a listener")?;
         }
+        let max = registry.sandbox().limits().max_connections;
+        let admission = Arc::new(Admission::new(max, settings.when_full, Arc::clone(&waker)));
         Ok(Server {
             registry,
             listeners,
             settings,
             poll,
-            stopper: Stopper(Arc::new(waker)),
-            active: Arc::new(Active::default()),
+            stopper: Stopper {
+                waker,
+                stop: Arc::new(AtomicBool::new(false)),
+            },
+            admission,
             next_id: 1,
         })
     }
@@ -118,6 +145,11 @@ impl Server {
     /// A handle that makes [`Server::run`] stop accepting and drain.
     pub fn stopper(&self) -> Stopper {
         self.stopper.clone()
+    }
+
+    /// The connection counts, for the admin API.
+    pub fn admission(&self) -> Arc<Admission> {
+        Arc::clone(&self.admission)
     }
 
     /// Accepts and serves clients until stopped, then closes the listeners and
@@ -133,8 +165,10 @@ impl Server {
 
     fn accept_until_stopped(&mut self) -> Result<()> {
         let mut events = Events::with_capacity(64);
-        // Listeners are edge-triggered: after an `accept` error the rest of the
-        // backlog raises no new event, so retry on a timer until it is empty.
+        // Listeners are edge-triggered: clients left in a backlog (after an
+        // `accept` error, or while full) raise no new event. So after an
+        // error, retry on a timer; when woken (a slot freed up), try every
+        // listener.
         let mut retry = false;
         loop {
             let timeout = retry.then_some(ACCEPT_BACKOFF);
@@ -142,27 +176,36 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 result => result.context("waiting for connections failed")?,
             }
-            if events.iter().any(|e| e.token() == STOP) {
+            if self.stopper.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            let ready: Vec<usize> = match retry && events.is_empty() {
+            let every_listener = events.is_empty() || events.iter().any(|e| e.token() == WAKE);
+            let ready: Vec<usize> = match every_listener {
                 true => (0..self.listeners.len()).collect(),
                 false => events.iter().map(|e| e.token().0).collect(),
             };
             retry = false;
             for i in ready {
-                retry |= !self.accept_backlog(i);
+                match self.accept_backlog(i) {
+                    Backlog::Empty => {}
+                    // A freed slot wakes us; the others wait until then.
+                    Backlog::Full => break,
+                    Backlog::Failed => retry = true,
+                }
             }
         }
     }
 
-    /// Accepts every client queued on listener `i`. Returns false if it had to
-    /// stop early on an error, leaving clients in the backlog.
-    fn accept_backlog(&mut self, i: usize) -> bool {
+    /// Accepts the clients queued on listener `i`, as long as there is room.
+    fn accept_backlog(&mut self, i: usize) -> Backlog {
         loop {
+            if self.admission.policy() == WhenFull::Wait && self.admission.is_full() {
+                self.admission.log_full();
+                return Backlog::Full;
+            }
             match self.listeners[i].accept() {
                 Ok((stream, peer)) => self.dispatch(stream, peer),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Backlog::Empty,
                 // The client gave up between connecting and our accept.
                 Err(e)
                     if matches!(
@@ -171,18 +214,22 @@ impl Server {
                     ) => {}
                 Err(e) => {
                     warn!("accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
-                    return false;
+                    return Backlog::Failed;
                 }
             }
         }
     }
 
-    /// Pins the current handler version for the connection and starts the
-    /// connection's own thread.
+    /// Admits the connection, pins the current handler version for it and
+    /// starts its own thread; or, when full under `--when-full close`, closes it.
     fn dispatch(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let Some(slot) = self.admission.try_admit() else {
+            // Dropping the socket closes it: the client sees the connection end at once.
+            self.admission.refuse();
+            return;
+        };
         let id = self.next_id;
         self.next_id += 1;
-        let slot = Slot::take(&self.active);
         let pinned = self.registry.pin(id, &stream);
         let registry = Arc::clone(&self.registry);
         let spawned = thread::Builder::new()
@@ -199,7 +246,7 @@ impl Server {
     }
 
     fn drain(&self) {
-        let open = self.active.count();
+        let open = self.admission.open();
         if open == 0 {
             info!("stopped; no open connections");
             return;
@@ -208,7 +255,7 @@ impl Server {
         info!(
             "stopped accepting; waiting up to {timeout:?} for {open} open connection(s) to finish"
         );
-        match self.active.wait_idle(timeout) {
+        match self.admission.wait_idle(timeout) {
             0 => info!("all connections finished"),
             left => warn!("drain timeout: exiting with {left} connection(s) still open"),
         }
@@ -239,62 +286,16 @@ fn serve_connection(
     }
     info!("{label}: connected");
     let started = Instant::now();
-    let conn = Connection::new(id, peer, stream);
-    match registry.sandbox().serve(pinned.handler(), conn, &label) {
-        Ok(Ok(())) => info!("{label}: closed after {:.1?}", started.elapsed()),
-        Ok(Err(message)) => warn!("{label}: handler returned an error: {message}"),
-        Err(e) => {
-            warn!("{label}: {}", describe_failure(&e));
+    let conn = Connection::new(id, peer, stream, label.clone());
+    match registry.sandbox().serve(pinned.handler(), conn) {
+        Outcome::Finished => info!("{label}: closed after {:.1?}", started.elapsed()),
+        Outcome::HandlerError(message) => warn!("{label}: handler returned an error: {message}"),
+        Outcome::Failed { failure, backtrace } => {
+            match backtrace {
+                Some(frames) => warn!("{label}: {failure}\nguest backtrace:\n{frames}"),
+                None => warn!("{label}: {failure}"),
+            }
             registry.record_trap(pinned);
-        }
-    }
-}
-
-/// The number of open connections, and a way to wait for it to reach zero.
-#[derive(Default)]
-struct Active {
-    count: Mutex<usize>,
-    idle: Condvar,
-}
-
-impl Active {
-    fn lock(&self) -> MutexGuard<'_, usize> {
-        // The count stays consistent even if a holder panicked: every change
-        // is a single `+= 1` or `-= 1`.
-        self.count.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn count(&self) -> usize {
-        *self.lock()
-    }
-
-    /// Waits until no connection is open or `timeout` passes; returns how many are still open.
-    fn wait_idle(&self, timeout: Duration) -> usize {
-        let (count, _) = self
-            .idle
-            .wait_timeout_while(self.lock(), timeout, |open| *open > 0)
-            .unwrap_or_else(|e| e.into_inner());
-        *count
-    }
-}
-
-/// One open connection's place in [`Active`]; dropping it frees the place, so
-/// the count cannot leak whichever way the connection ends.
-struct Slot(Arc<Active>);
-
-impl Slot {
-    fn take(active: &Arc<Active>) -> Self {
-        *active.lock() += 1;
-        Slot(Arc::clone(active))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self.0.lock();
-        *open -= 1;
-        if *open == 0 {
-            self.0.idle.notify_all();
         }
     }
 }

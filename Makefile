@@ -11,7 +11,7 @@ HANDLER     := $(WASM_DIR)/guest_handler.wasm
 HOTSOCK     := target/release/hotsock
 
 # Guest components: the default handler, and the fixtures only tests load.
-GUESTS   := -p guest-handler
+GUESTS   := -p guest-handler -p slow-echo -p greet -p whoami
 FIXTURES := -p probe -p not-a-handler
 
 .PHONY: all setup build guests run test lint fmt clean

@@ -13,6 +13,7 @@ mod cli;
 mod concurrency;
 mod echo;
 mod guest_output;
+mod handlers;
 mod isolation;
 mod limits;
 mod shutdown;

@@ -1,48 +1,77 @@
 # hotsock's one entry point, for people and for CI (.ci/run calls `make lint test`).
 #   make run    install what is needed, build, serve the default echo handler on $(ADDR)
-#   make test   install what is needed, build the guests, run every test
+#   make test   install what is needed, build every handler, run every test
 #   make lint   rustfmt check and clippy (warnings are errors) on host and guests
 
 CARGO       ?= cargo
+PYTHON      ?= python3
 ADDR        ?= 127.0.0.1:50007
 WASM_TARGET := wasm32-wasip2
 WASM_DIR    := target/$(WASM_TARGET)/release
 HANDLER     := $(WASM_DIR)/guest_handler.wasm
 HOTSOCK     := target/release/hotsock
 
-# Guest components: the default handler, and the fixtures only tests load.
+# Rust guest components: the default handler and the examples in handlers/,
+# and the fixtures only tests load.
 GUESTS   := -p guest-handler -p slow-echo -p greet -p whoami
 FIXTURES := -p probe -p not-a-handler
 
-.PHONY: all setup build guests run test lint fmt clean
+# Python handlers are built with componentize-py, installed into .venv at the
+# version `hotsock new --lang python` tells users to install.
+VENV                    := .venv
+COMPONENTIZE_PY_VERSION := $(shell sed -n 's/.*COMPONENTIZE_PY_VERSION: &str = "\(.*\)";/\1/p' host/src/scaffold.rs)
+COMPONENTIZE_PY         := $(VENV)/bin/componentize-py
+COMPONENTIZE_PY_STAMP   := $(VENV)/.componentize-py-$(COMPONENTIZE_PY_VERSION)
+PY_HANDLERS             := $(WASM_DIR)/python_echo.wasm
+
+.PHONY: all setup rust-setup build guests python-handlers run test handler-cost lint fmt clean
 
 all: build
 
 ## Install everything the build and tests need (idempotent).
-setup:
+setup: rust-setup $(COMPONENTIZE_PY_STAMP)
+
+rust-setup:
 	rustup target add $(WASM_TARGET)
 	rustup component add rustfmt clippy
 
-## Build the default handler and the host (release).
-build: setup
+$(COMPONENTIZE_PY_STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
+	touch $@
+
+## Build the host and every handler, Rust and Python (release).
+build: setup python-handlers
 	$(CARGO) build --release --target $(WASM_TARGET) $(GUESTS)
 	$(CARGO) build --release -p hotsock
 
-## Build every guest component, test fixtures included.
-guests: setup
+## Build every Rust guest component, test fixtures included.
+guests: rust-setup
 	$(CARGO) build --release --target $(WASM_TARGET) $(GUESTS) $(FIXTURES)
 
+python-handlers: $(PY_HANDLERS)
+
+$(WASM_DIR)/python_echo.wasm: handlers/python-echo/app.py wit/plugin.wit $(COMPONENTIZE_PY_STAMP)
+	mkdir -p $(WASM_DIR)
+	$(COMPONENTIZE_PY) --quiet -d wit -w plugin componentize -p handlers/python-echo app -o $@
+
 ## Serve the default echo handler on $(ADDR); try `nc 127.0.0.1 50007`.
-run: build
+run: rust-setup
+	$(CARGO) build --release --target $(WASM_TARGET) -p guest-handler
+	$(CARGO) build --release -p hotsock
 	$(HOTSOCK) serve --addr $(ADDR) $(HANDLER)
 
 ## Run all tests: the real server over TCP, and the guests' unit tests.
-test: guests
+test: setup guests python-handlers
 	$(CARGO) test --release -p hotsock
 	$(CARGO) test -p guest-handler
 
+## What a handler costs: start-up (compiling, then cached), new connection, memory per connection.
+handler-cost: build
+	$(PYTHON) bench/handler_cost.py $(HOTSOCK) rust-echo=$(HANDLER) python-echo=$(WASM_DIR)/python_echo.wasm
+
 ## Formatting and clippy, warnings as errors, for host and guests.
-lint: setup
+lint: rust-setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy -p hotsock --all-targets -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) $(GUESTS) $(FIXTURES) --all-targets -- -D warnings

@@ -1,12 +1,14 @@
-//! The default handler behaves like the textbook thread server's echo.
+//! The default handler behaves like the textbook thread server's echo, and
+//! so does its Python twin (`handlers/python-echo`): every check here runs
+//! against both.
 
 use std::io::Write;
+use std::time::{Duration, Instant};
 
-use crate::util::{Server, echo, echo_chunks, is_ctime, read_until};
+use crate::util::{Server, connect, echo, echo_chunks, is_ctime, read_until};
 
-#[test]
-fn replies_echo_data_at_time() {
-    let server = Server::start("guest_handler");
+/// One `Echo=>DATA at TIME` reply per message, TIME like `time.ctime()`.
+fn replies_echo_data_at_time(server: &Server) {
     let mut client = server.connect();
     client.write_all(b"hello").unwrap();
     let reply = read_until(&mut client, |b| {
@@ -22,9 +24,8 @@ fn replies_echo_data_at_time() {
     );
 }
 
-#[test]
-fn a_line_gets_a_line_back_like_nc_users_expect() {
-    let server = Server::start("guest_handler");
+/// A trailing line ending moves to the end of the reply: a line in, a line out.
+fn a_line_gets_a_line_back(server: &Server) {
     let mut client = server.connect();
     for (line, eol) in [("hello\n", "\n"), ("dos\r\n", "\r\n")] {
         client.write_all(line.as_bytes()).unwrap();
@@ -42,9 +43,7 @@ fn a_line_gets_a_line_back_like_nc_users_expect() {
     }
 }
 
-#[test]
-fn answers_every_message_on_one_connection() {
-    let server = Server::start("guest_handler");
+fn answers_every_message_on_one_connection(server: &Server) {
     let mut client = server.connect();
     for i in 0..20 {
         let message = format!("message {i}");
@@ -52,18 +51,14 @@ fn answers_every_message_on_one_connection() {
     }
 }
 
-#[test]
-fn echoes_binary_data_byte_for_byte() {
-    let server = Server::start("guest_handler");
+fn echoes_binary_data_byte_for_byte(server: &Server) {
     let mut client = server.connect();
     // Every byte value, so invalid UTF-8 and NULs included.
     let payload: Vec<u8> = (0..=255).collect();
     assert_eq!(echo(&mut client, &payload).concat(), payload);
 }
 
-#[test]
-fn echoes_all_of_a_message_larger_than_1024_bytes() {
-    let server = Server::start("guest_handler");
+fn echoes_all_of_a_message_larger_than_1024_bytes(server: &Server) {
     let mut client = server.connect();
     let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let chunks = echo(&mut client, &payload);
@@ -79,6 +74,61 @@ fn echoes_all_of_a_message_larger_than_1024_bytes() {
     assert_eq!(chunks.concat(), payload);
 }
 
+/// Every echo check, on one server.
+fn passes_the_echo_tests(server: &Server) {
+    replies_echo_data_at_time(server);
+    a_line_gets_a_line_back(server);
+    answers_every_message_on_one_connection(server);
+    echoes_binary_data_byte_for_byte(server);
+    echoes_all_of_a_message_larger_than_1024_bytes(server);
+}
+
+#[test]
+fn rust_replies_echo_data_at_time() {
+    replies_echo_data_at_time(&Server::start("guest_handler"));
+}
+
+#[test]
+fn rust_gives_a_line_back_for_a_line_like_nc_users_expect() {
+    a_line_gets_a_line_back(&Server::start("guest_handler"));
+}
+
+#[test]
+fn rust_answers_every_message_on_one_connection() {
+    answers_every_message_on_one_connection(&Server::start("guest_handler"));
+}
+
+#[test]
+fn rust_echoes_binary_data_byte_for_byte() {
+    echoes_binary_data_byte_for_byte(&Server::start("guest_handler"));
+}
+
+#[test]
+fn rust_echoes_all_of_a_message_larger_than_1024_bytes() {
+    echoes_all_of_a_message_larger_than_1024_bytes(&Server::start("guest_handler"));
+}
+
+/// The Python handler passes the same tests, under the unchanged host. Its
+/// first start compiles 18 MB of component (seconds); the second loads the
+/// compiled code from the cache and must take well under a second.
+#[test]
+fn python_passes_the_echo_tests_and_starts_fast_from_the_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let args = ["--cache-dir", cache.path().to_str().unwrap()];
+    let cold = Server::start_with("python_echo", &args);
+    passes_the_echo_tests(&cold);
+    drop(cold);
+
+    let started = Instant::now();
+    let warm = Server::start_with("python_echo", &args);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "the second start took {took:?}"
+    );
+    replies_echo_data_at_time(&warm);
+}
+
 #[test]
 fn serves_every_listener() {
     let server = Server::start_with(
@@ -88,7 +138,7 @@ fn serves_every_listener() {
     assert_eq!(server.addrs.len(), 2);
     assert_ne!(server.addrs[0], server.addrs[1]);
     for addr in &server.addrs {
-        let mut client = crate::util::connect(*addr);
+        let mut client = connect(*addr);
         assert_eq!(echo(&mut client, b"which port?"), [b"which port?"]);
     }
 }

@@ -1,7 +1,8 @@
 //! Integration tests: each one starts the real `hotsock` binary on
 //! 127.0.0.1:0 and talks to it over TCP. `make test` builds the guest
-//! components they load (the default handler and the fixtures in
-//! `tests/fixtures/`) before running them.
+//! components they load (the default handler, the example handlers in
+//! `handlers/`, and the fixtures in `tests/fixtures/`) and installs
+//! componentize-py before running them.
 
 mod util;
 
@@ -10,11 +11,14 @@ mod admin;
 mod bad_handler;
 mod capabilities;
 mod cli;
+mod client;
+mod compile;
 mod concurrency;
 mod echo;
 mod guest_output;
 mod handlers;
 mod isolation;
 mod limits;
+mod scaffold;
 mod shutdown;
 mod swap;

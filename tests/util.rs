@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 /// test instead of hanging it.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Upper bound on a server's start: compiling an 18 MB Python handler takes
+/// tens of seconds on a busy two-core machine when it is not cached yet.
+pub const START_TIMEOUT: Duration = Duration::from_secs(180);
+
 /// The path of a guest component, built by `make test` into the workspace's
 /// target directory (found from this test binary's own path, so a custom
 /// `CARGO_TARGET_DIR` works too).
@@ -105,7 +109,7 @@ impl Server {
             admin: None,
             log,
         };
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + START_TIMEOUT;
         while server.addrs.len() < listeners.max(1) || server.admin.is_none() && admin {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = rx.recv_timeout(left) else {
@@ -435,4 +439,32 @@ fn round_trip_line(stream: &mut TcpStream, message: &str) -> std::io::Result<Str
         reply.push(byte[0]);
     }
     Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ is inside the repository")
+        .to_path_buf()
+}
+
+/// componentize-py, installed into the repository's `.venv` by `make setup`.
+pub fn componentize_py() -> PathBuf {
+    let path = repo_root().join(".venv/bin/componentize-py");
+    assert!(
+        path.exists(),
+        "{} is missing: run `make test`, which installs it",
+        path.display()
+    );
+    path
+}
+
+/// Sends `line` with a newline to a handler that echoes bytes back unchanged
+/// (the scaffolds' template), and returns the echoed line without its newline.
+pub fn echo_line(stream: &mut TcpStream, line: &str) -> String {
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .expect("send to hotsock");
+    reply(stream)
 }

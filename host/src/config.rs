@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::admission::WhenFull;
+use crate::cache::CACHE_DIR_ENV;
 use crate::limits::parse_size;
 use crate::sandbox::Preopen;
 
@@ -65,6 +66,12 @@ pub enum Command {
     Status(StatusArgs),
     /// Return a running server to its previous handler version (needs `serve --admin`).
     Rollback(AdminArgs),
+    /// Precompile a handler to native code (.cwasm), which `serve` and `swap` load without compiling.
+    Compile(CompileArgs),
+    /// Talk to a line-based server: send each line typed (or piped in), print each reply.
+    Client(ClientArgs),
+    /// Create a new handler project that builds to a component with one command.
+    New(NewArgs),
 }
 
 /// Options of `hotsock serve`.
@@ -167,14 +174,110 @@ pub struct ServeArgs {
     /// Like --dir, but handlers may also create, change and delete files there.
     #[arg(long = "dir-rw", value_name = "HOST::GUEST", value_parser = parse_writable_dir, help_heading = "Capabilities")]
     pub dirs_rw: Vec<Preopen>,
+
+    /// Where compiled handlers are cached.
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// Where compiled handler code is cached between runs.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Directory for compiled handler code, so a second start with the same
+    /// handler skips compiling [default: $XDG_CACHE_HOME/hotsock, else ~/.cache/hotsock]
+    #[arg(long, value_name = "DIR", env = CACHE_DIR_ENV, help_heading = "Cache")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Compile every handler afresh, without reading or writing the cache.
+    #[arg(long, conflicts_with = "cache_dir", help_heading = "Cache")]
+    pub no_cache: bool,
+}
+
+impl CacheArgs {
+    /// The cache directory to use, if any.
+    pub fn dir(&self) -> Option<PathBuf> {
+        match self.no_cache {
+            true => None,
+            false => self.cache_dir.clone().or_else(crate::cache::default_dir),
+        }
+    }
 }
 
 /// Options of `hotsock check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// The handler component (.wasm) to validate.
+    /// The handler component (.wasm, or .cwasm from `hotsock compile`) to validate.
     #[arg(value_name = "HANDLER")]
     pub handler: PathBuf,
+
+    /// Where compiled handlers are cached.
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// Options of `hotsock compile`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+A .cwasm file is native code for this hotsock version and its default engine settings; \
+load only .cwasm files you compiled yourself.")]
+pub struct CompileArgs {
+    /// The handler component (.wasm) to compile. It is fully validated first.
+    #[arg(value_name = "HANDLER")]
+    pub handler: PathBuf,
+
+    /// Where to write the compiled handler [default: HANDLER with the extension .cwasm].
+    #[arg(short, long, value_name = "FILE.cwasm")]
+    pub output: Option<PathBuf>,
+
+    /// Where compiled handlers are cached.
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// Options of `hotsock client`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+With a terminal, it prompts `-> ` for each line; typing `quit` ends the session. \
+With stdin from a pipe or file, it sends each line and prints each reply, without prompts.")]
+pub struct ClientArgs {
+    /// The server, as HOST:PORT.
+    #[arg(value_name = "ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: String,
+
+    /// Send this message to the server before closing when `quit` is typed,
+    /// e.g. `--quit-message --quit--` for the classic interactive server.
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+    pub quit_message: Option<String>,
+
+    /// Send each line with its newline (by default a line goes without it,
+    /// like the classic client).
+    #[arg(long)]
+    pub newline: bool,
+
+    /// Longest to wait for a reply before giving up.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// The languages `hotsock new` can scaffold a handler in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// A Rust crate built with cargo and wit-bindgen.
+    Rust,
+    /// A Python module built with componentize-py.
+    Python,
+}
+
+/// Options of `hotsock new`.
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// The handler's name; the project is created in a directory of that name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// The language to write the handler in.
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    pub lang: Lang,
 }
 
 /// Where to find a running server's admin API.

@@ -20,6 +20,9 @@
 //! - [`connection`]: one client, as the `connection` resource the guest reads
 //!   and writes.
 //! - [`console`]: guest stdout and stderr, forwarded to the host log.
+//! - [`cache`]: compiled handler code on disk, so a second start is fast.
+//! - [`client`]: `hotsock client`, the classic interactive line client.
+//! - [`scaffold`]: `hotsock new`, a handler project to start from.
 //! - [`bindings`]: the `bindgen!` of `wit/plugin.wit`, nothing else.
 //!
 //! A connection's life: [`server`] accepts it, pins the [`registry`]'s current
@@ -34,6 +37,8 @@ pub mod admin;
 pub mod admission;
 #[allow(missing_docs)]
 pub mod bindings;
+pub mod cache;
+pub mod client;
 pub mod config;
 pub mod connection;
 pub mod console;
@@ -42,4 +47,5 @@ pub mod limits;
 pub mod registry;
 pub mod reload;
 pub mod sandbox;
+pub mod scaffold;
 pub mod server;

@@ -13,12 +13,16 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use hotsock::admin::{self, Client};
-use hotsock::config::{AdminArgs, CheckArgs, Cli, Command, ServeArgs, StatusArgs, SwapArgs};
+use hotsock::client;
+use hotsock::config::{
+    AdminArgs, CheckArgs, Cli, Command, CompileArgs, NewArgs, ServeArgs, StatusArgs, SwapArgs,
+};
 use hotsock::handler::{HANDLER_EXPORT, Handler, read_component};
 use hotsock::limits::Limits;
 use hotsock::registry::{Policy, Registry};
 use hotsock::reload::{Reloader, Trigger};
 use hotsock::sandbox::{Capabilities, Sandbox};
+use hotsock::scaffold;
 use hotsock::server::{self, Server, Settings, Stopper};
 
 fn main() -> ExitCode {
@@ -33,6 +37,9 @@ fn main() -> ExitCode {
         Command::Swap(args) => swap(args),
         Command::Status(args) => status(args),
         Command::Rollback(args) => rollback(args),
+        Command::Compile(args) => compile(args),
+        Command::Client(args) => client::run(&args),
+        Command::New(args) => new(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -55,7 +62,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         env: args.env.clone(),
         dirs: args.dirs.iter().chain(&args.dirs_rw).cloned().collect(),
     };
-    let sandbox = Arc::new(Sandbox::new(limits, capabilities)?);
+    let sandbox = Arc::new(Sandbox::new(limits, capabilities, args.cache.dir())?);
     let policy = Policy {
         rollback_on_traps: args.rollback_on_traps,
         drain_deadline: args.drain_deadline,
@@ -111,11 +118,40 @@ fn serve(args: ServeArgs) -> Result<()> {
 
 fn check(args: CheckArgs) -> Result<()> {
     // Checked against the default limits: what `serve` would apply.
-    let sandbox = Sandbox::new(Limits::default(), Capabilities::default())?;
+    let sandbox = Sandbox::new(Limits::default(), Capabilities::default(), args.cache.dir())?;
     let handler = Handler::load(&sandbox, &args.handler)?;
     println!("ok: `{}` is a hotsock handler", handler.name());
     println!("  exports: {HANDLER_EXPORT}");
     println!("  imports: {}", handler.imports().join(", "));
+    Ok(())
+}
+
+fn compile(args: CompileArgs) -> Result<()> {
+    let output = args
+        .output
+        .unwrap_or_else(|| args.handler.with_extension("cwasm"));
+    // The default limits and settings, so `serve` with defaults can load it.
+    let sandbox = Sandbox::new(Limits::default(), Capabilities::default(), args.cache.dir())?;
+    let handler = Handler::load(&sandbox, &args.handler)?;
+    std::fs::write(&output, handler.precompiled()?)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    println!(
+        "compiled {} to {}",
+        args.handler.display(),
+        output.display()
+    );
+    Ok(())
+}
+
+fn new(args: NewArgs) -> Result<()> {
+    let dir = scaffold::create(std::path::Path::new("."), &args.name, args.lang)?;
+    println!("created {}; build it with:", dir.display());
+    println!(
+        "  cd {} && {}",
+        dir.display(),
+        scaffold::build_command(&args.name, args.lang)
+    );
+    println!("and see its README.md for serving and swapping it");
     Ok(())
 }
 

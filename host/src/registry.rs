@@ -19,9 +19,8 @@ use anyhow::{Result, bail};
 use arc_swap::ArcSwap;
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::handler::Handler;
+use crate::handler::{Handler, sha256_hex};
 use crate::sandbox::Sandbox;
 
 /// A new version is on probation for this many of its first connections:
@@ -177,7 +176,7 @@ impl Registry {
         bytes: &[u8],
     ) -> Result<Self> {
         let handler = Handler::from_bytes(&sandbox, source.clone(), bytes)?;
-        let first = Version::new(1, sha256_hex(bytes), source, handler, false);
+        let first = Version::new(1, handler.sha256().to_string(), source, handler, false);
         Ok(Registry {
             sandbox,
             policy,
@@ -235,7 +234,7 @@ impl Registry {
             return Ok(Swapped::Unchanged(current));
         }
         let started = Instant::now();
-        let handler = Handler::from_bytes(&self.sandbox, source.clone(), bytes)?;
+        let handler = Handler::compile(&self.sandbox, source.clone(), bytes, &sha256)?;
         let compiled_in = started.elapsed();
 
         let mut history = lock(&self.history);
@@ -446,13 +445,6 @@ pub struct RollbackRecord {
     pub to: String,
     /// Who or what asked for it.
     pub reason: String,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked:

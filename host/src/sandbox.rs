@@ -12,14 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use anyhow::{Context as _, Result, anyhow};
-use log::Level;
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use log::{Level, warn};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
 };
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::{Plugin, PluginPre};
+use crate::cache::CodeCache;
 use crate::connection::Connection;
 use crate::console::Console;
 use crate::handler::Handler;
@@ -94,6 +95,15 @@ pub enum Outcome {
     },
 }
 
+/// Where a component's compiled code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compiled {
+    /// Compiled just now: worth storing in the cache once validated.
+    Fresh,
+    /// Loaded as native code, from the cache or a .cwasm file: nothing to store.
+    Loaded,
+}
+
 /// The engine, linker and limits shared by every handler version and connection.
 pub struct Sandbox {
     engine: Engine,
@@ -103,13 +113,20 @@ pub struct Sandbox {
     /// Held while validating a handler: its trial instance uses the one pool
     /// slot kept back for that, so it never competes with connections.
     trial_slot: Mutex<()>,
+    cache: CodeCache,
     _ticker: EpochTicker,
 }
 
 impl Sandbox {
     /// Configures the engine and its instance pool for `limits`, links WASI
     /// preview 2 plus `hotsock:plugin/types`, and starts the epoch ticker.
-    pub fn new(limits: Limits, capabilities: Capabilities) -> Result<Self> {
+    ///
+    /// Compiled handlers are cached in `cache_dir`, if given.
+    pub fn new(
+        limits: Limits,
+        capabilities: Capabilities,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Self> {
         for dir in &capabilities.dirs {
             anyhow::ensure!(
                 dir.host.is_dir(),
@@ -122,14 +139,45 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
         Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(anyhow::Error::from)?;
         let ticker = EpochTicker::start(engine.weak())?;
+        let cache = CodeCache::new(&engine, cache_dir);
         Ok(Sandbox {
             engine,
             linker,
             limits,
             capabilities,
             trial_slot: Mutex::new(()),
+            cache,
             _ticker: ticker,
         })
+    }
+
+    /// Loads a component's compiled code from the cache, or compiles it.
+    /// Says which, so that only a fresh compilation is stored once validated.
+    pub(crate) fn compile(
+        &self,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> wasmtime::Result<(Component, Compiled)> {
+        match self.cache.load(&self.engine, sha256) {
+            Some(component) => Ok((component, Compiled::Loaded)),
+            None => Ok((Component::new(&self.engine, bytes)?, Compiled::Fresh)),
+        }
+    }
+
+    /// Stores a validated component's compiled code in the cache.
+    pub(crate) fn remember(&self, component: &Component, sha256: &str) {
+        self.cache.store(component, sha256);
+    }
+
+    /// Loads a precompiled component (`hotsock compile` output).
+    pub(crate) fn load_precompiled(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
+        warn!("loading precompiled native code: only load .cwasm files you compiled yourself");
+        // SAFETY: precompiled code is native code. The operator handed this
+        // file to hotsock (on the command line, or through the admin API,
+        // which only listens on loopback unless explicitly opened), which is
+        // the trust `hotsock compile` output needs; wasmtime still checks that
+        // it was compiled for this engine's version and settings.
+        unsafe { Component::deserialize(&self.engine, bytes) }
     }
 
     /// The engine handlers are compiled for.

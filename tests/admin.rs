@@ -1,7 +1,7 @@
 //! The admin API: off by default, loopback only unless allowed, and plain
 //! HTTP + JSON that curl and scripts can use.
 
-use crate::util::{Server, hotsock, http, wasm};
+use crate::util::{Server, error_of, hotsock, http, unused_port, wasm};
 
 #[test]
 fn status_is_json_with_the_current_version() {
@@ -68,13 +68,11 @@ fn the_admin_api_is_off_unless_asked_for() {
 
 #[test]
 fn a_non_loopback_admin_address_needs_explicit_consent() {
-    let output = hotsock()
-        .args(["serve", "--addr", "127.0.0.1:0", "--admin", "0.0.0.0:0"])
-        .arg(wasm("guest_handler"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = error_of(
+        hotsock()
+            .args(["serve", "--addr", "127.0.0.1:0", "--admin", "0.0.0.0:0"])
+            .arg(wasm("guest_handler")),
+    );
     assert!(
         stderr.contains("not a loopback address") && stderr.contains("--admin-allow-remote"),
         "{stderr}"
@@ -89,18 +87,8 @@ fn a_non_loopback_admin_address_needs_explicit_consent() {
 
 #[test]
 fn client_commands_explain_an_unreachable_server() {
-    // A port nothing listens on: bind one, then free it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let output = hotsock()
-        .args(["status", "--admin", &format!("127.0.0.1:{port}")])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1));
+    let stderr =
+        error_of(hotsock().args(["status", "--admin", &format!("127.0.0.1:{}", unused_port())]));
     assert!(
         stderr.contains("cannot reach the admin API") && stderr.contains("hotsock serve --admin"),
         "{stderr}"

@@ -1,7 +1,7 @@
 //! Handlers get no files, no environment and no sockets unless the operator
 //! grants them.
 
-use crate::util::{Server, ask};
+use crate::util::{Server, ask, error_of, hotsock, wasm};
 
 #[test]
 fn files_environment_and_sockets_are_denied_by_default() {
@@ -68,19 +68,17 @@ fn granted_environment_and_directories_are_reachable() {
 
 #[test]
 fn a_missing_granted_directory_is_a_clear_error() {
-    let output = crate::util::hotsock()
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--dir",
-            "/nonexistent/dir::/data",
-        ])
-        .arg(crate::util::wasm("probe"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = error_of(
+        hotsock()
+            .args([
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--dir",
+                "/nonexistent/dir::/data",
+            ])
+            .arg(wasm("probe")),
+    );
     assert!(
         stderr.contains("--dir /nonexistent/dir: no such directory"),
         "{stderr}"

@@ -2,7 +2,7 @@
 
 use std::net::TcpListener;
 
-use crate::util::{hotsock, wasm};
+use crate::util::{error_of, hotsock, wasm};
 
 fn help(subcommand: &str) -> String {
     let output = hotsock().args([subcommand, "--help"]).output().unwrap();
@@ -38,13 +38,11 @@ fn check_help_names_its_argument() {
 fn an_address_in_use_is_a_clear_error() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let output = hotsock()
-        .args(["serve", "--addr", &addr])
-        .arg(wasm("guest_handler"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = error_of(
+        hotsock()
+            .args(["serve", "--addr", &addr])
+            .arg(wasm("guest_handler")),
+    );
     assert!(
         stderr.contains(&format!("cannot listen on {addr}")),
         "{stderr}"

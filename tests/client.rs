@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::{Output, Stdio};
 
-use crate::util::{Server, hotsock, is_ctime};
+use crate::util::{Server, error_of, hotsock, is_ctime, unused_port};
 
 /// Runs `hotsock client` against `server` with `input` on stdin.
 fn client(server: &Server, args: &[&str], input: &str) -> Output {
@@ -74,16 +74,6 @@ fn a_server_that_closes_is_reported() {
 
 #[test]
 fn an_unreachable_server_is_a_clear_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let output = hotsock()
-        .args(["client", &format!("127.0.0.1:{port}")])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect to 127.0.0.1:"));
+    let stderr = error_of(hotsock().args(["client", &format!("127.0.0.1:{}", unused_port())]));
+    assert!(stderr.contains("cannot connect to 127.0.0.1:"), "{stderr}");
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::util::{Server, ask, echo, hotsock, wasm};
+use crate::util::{Server, ask, echo, error_of, hotsock, wasm};
 
 fn compile(handler: &Path, output: &Path) {
     let done = hotsock()
@@ -62,9 +62,7 @@ fn a_damaged_precompiled_file_is_rejected_clearly() {
     compile(&wasm("guest_handler"), &cwasm);
     let bytes = std::fs::read(&cwasm).unwrap();
     std::fs::write(&cwasm, &bytes[..bytes.len() / 2]).unwrap();
-    let output = hotsock().arg("check").arg(&cwasm).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = error_of(hotsock().arg("check").arg(&cwasm));
     assert!(
         stderr.contains("not a precompiled component this hotsock can load"),
         "{stderr}"

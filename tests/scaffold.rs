@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::util::{Server, componentize_py, echo_line, hotsock, repo_root};
+use crate::util::{Server, componentize_py, echo_line, error_of, hotsock, repo_root};
 
 fn scaffold(parent: &Path, name: &str, lang: &str) {
     let output = hotsock()
@@ -83,11 +83,6 @@ fn a_python_handler_scaffolds_builds_and_serves() {
 fn an_existing_directory_is_not_overwritten() {
     let parent = tempfile::tempdir().unwrap();
     std::fs::create_dir(parent.path().join("taken")).unwrap();
-    let output = hotsock()
-        .current_dir(parent.path())
-        .args(["new", "taken"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("already exists"));
+    let stderr = error_of(hotsock().current_dir(parent.path()).args(["new", "taken"]));
+    assert!(stderr.contains("already exists"), "{stderr}");
 }

@@ -468,3 +468,22 @@ pub fn echo_line(stream: &mut TcpStream, line: &str) -> String {
         .expect("send to hotsock");
     reply(stream)
 }
+
+/// Runs `command` (a `hotsock` invocation) with stdin closed, expects it to
+/// fail with exit status 1, and returns what it printed on stderr.
+pub fn error_of(command: &mut Command) -> String {
+    let output = command.stdin(Stdio::null()).output().expect("hotsock runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{command:?} did not fail as expected:\n{stderr}"
+    );
+    stderr
+}
+
+/// A loopback port nothing listens on: bound, then freed.
+pub fn unused_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("a bound address").port()
+}

@@ -15,19 +15,25 @@ pub fn echo_reply(chunk: &[u8], now: SystemTime) -> Vec<u8> {
         .strip_suffix(b"\r\n")
         .or_else(|| chunk.strip_suffix(b"\n"));
     let (data, eol) = chunk.split_at(line.map_or(chunk.len(), <[u8]>::len));
-    let mut reply = b"Echo=>".to_vec();
+    // One allocation of the right size: this runs for every message.
+    let mut reply = Vec::with_capacity(chunk.len() + 34);
+    reply.extend_from_slice(b"Echo=>");
     reply.extend_from_slice(data);
-    reply.extend_from_slice(format!(" at {}", ctime(now)).as_bytes());
+    reply.extend_from_slice(b" at ");
+    reply.extend_from_slice(&ctime(now));
     reply.extend_from_slice(eol);
     reply
 }
 
 /// `Mon Nov 23 04:12:00 2026`, in UTC: the format of Python's `time.ctime()`,
-/// without local time, because a handler has no time zone database.
-pub fn ctime(now: SystemTime) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+/// without local time, because a handler has no time zone database. Filled
+/// in digit by digit rather than through `format!`, which costs more than
+/// the rest of a reply.
+pub fn ctime(now: SystemTime) -> [u8; 24] {
+    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
     ];
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (days, time) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -40,14 +46,27 @@ pub fn ctime(now: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{} {} {day:2} {:02}:{:02}:{:02} {year}",
-        DAYS[days.rem_euclid(7) as usize],
-        MONTHS[month as usize - 1],
-        time / 3600,
-        time / 60 % 60,
-        time % 60,
-    )
+
+    let mut out = *b"Www Mmm dd hh:mm:ss yyyy";
+    out[0..3].copy_from_slice(DAYS[days.rem_euclid(7) as usize]);
+    out[4..7].copy_from_slice(MONTHS[month as usize - 1]);
+    digits(&mut out[8..10], day);
+    if day < 10 {
+        out[8] = b' '; // Python pads the day with a space, not a zero
+    }
+    digits(&mut out[11..13], time / 3600);
+    digits(&mut out[14..16], time / 60 % 60);
+    digits(&mut out[17..19], time % 60);
+    digits(&mut out[20..24], year);
+    out
+}
+
+/// Writes `value` in decimal, zero-padded, filling `out` exactly.
+fn digits(out: &mut [u8], mut value: i64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 #[cfg(test)]
@@ -65,7 +84,10 @@ mod tests {
             (4_107_542_399, "Sun Feb 28 23:59:59 2100"),
             (4_107_542_400, "Mon Mar  1 00:00:00 2100"),
         ] {
-            assert_eq!(ctime(UNIX_EPOCH + Duration::from_secs(secs)), expected);
+            assert_eq!(
+                &ctime(UNIX_EPOCH + Duration::from_secs(secs)),
+                expected.as_bytes()
+            );
         }
     }
 

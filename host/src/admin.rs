@@ -26,6 +26,7 @@ use tiny_http::{Header, Method, Request, Response};
 
 use crate::admission::{Admission, AdmissionStatus};
 use crate::registry::{Registry, Status, Swapped};
+use crate::sandbox::background_priority;
 
 /// Largest component `POST /handler` accepts. Rust handlers are around
 /// 100 KiB and Python ones around 20 MiB; this leaves room while keeping a
@@ -82,9 +83,14 @@ pub fn spawn(
         .spawn(move || {
             for request in server.incoming_requests() {
                 let (registry, admission) = (Arc::clone(&registry), Arc::clone(&admission));
-                let spawned = thread::Builder::new()
-                    .name("admin-request".into())
-                    .spawn(move || respond(&registry, &admission, request));
+                let spawned =
+                    thread::Builder::new()
+                        .name("admin-request".into())
+                        .spawn(move || {
+                            // A swap validates and compiles on this thread.
+                            background_priority();
+                            respond(&registry, &admission, request)
+                        });
                 if let Err(e) = spawned {
                     warn!("admin: cannot start a thread for a request: {e}");
                 }

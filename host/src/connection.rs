@@ -2,18 +2,19 @@
 //!
 //! The handler only ever holds a `borrow<connection>`; the host owns the socket
 //! and closes it when `handle` returns, whatever the guest did. Reads and
-//! writes block the guest, never longer than the idle timeout, and data goes
-//! straight between the guest and the socket: the host buffers nothing.
+//! writes block the guest, never longer than the idle timeout (the
+//! [`crate::watchdog`] sees to that), and data goes straight between the guest
+//! and the socket: the host buffers nothing.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
 
 use log::info;
 use wasmtime::component::Resource;
 
 use crate::bindings::hotsock::plugin::types::{ErrorCode, Host, HostConnection};
 use crate::sandbox::ConnState;
+use crate::watchdog::{Expiry, Wait, Watch, Watchdog};
 
 /// The most one `read` hands to a guest, whatever `max` it asks for, so a guest
 /// cannot make the host allocate an arbitrary buffer. `read` may return fewer
@@ -21,16 +22,17 @@ use crate::sandbox::ConnState;
 pub const MAX_READ: u32 = 64 * 1024;
 
 /// A client connection as the host sees it.
-#[derive(Debug)]
 pub struct Connection {
     id: u64,
     peer: SocketAddr,
+    /// The watchdog's hold on the socket. Declared before `stream` so that it
+    /// is dropped (unwatched) before the socket is closed.
+    watch: Option<Watch>,
     stream: TcpStream,
     /// How the log names this connection: `conn 7 127.0.0.1:50275 v1-1d2e8999`.
     label: String,
-    idle_timeout: Option<Duration>,
-    /// When the connection must be closed, with `--max-connection-time`.
-    deadline: Option<Instant>,
+    /// Whether the timeout has been logged, so it is logged once.
+    timeout_logged: bool,
 }
 
 impl Connection {
@@ -39,10 +41,10 @@ impl Connection {
         Connection {
             id,
             peer,
+            watch: None,
             stream,
             label,
-            idle_timeout: None,
-            deadline: None,
+            timeout_logged: false,
         }
     }
 
@@ -61,39 +63,10 @@ impl Connection {
         &self.label
     }
 
-    /// Bounds every wait for the client by `idle`, and the whole connection by
-    /// `deadline`. Called once, by [`crate::limits::Limits::confine`].
-    pub(crate) fn set_timeouts(
-        &mut self,
-        idle: Duration,
-        deadline: Option<Instant>,
-    ) -> io::Result<()> {
-        self.stream.set_read_timeout(Some(idle))?;
-        self.stream.set_write_timeout(Some(idle))?;
-        self.idle_timeout = Some(idle);
-        self.deadline = deadline;
-        Ok(())
-    }
-
-    /// Before a blocking socket call: with a connection deadline, shortens the
-    /// socket timeout to what is left of it. Without one there is nothing to
-    /// do, and no system call is spent.
-    fn before_wait(
-        &self,
-        set: fn(&TcpStream, Option<Duration>) -> io::Result<()>,
-    ) -> Result<(), ErrorCode> {
-        let (Some(deadline), Some(idle)) = (self.deadline, self.idle_timeout) else {
-            return Ok(());
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            info!(
-                "{}: connection time is up (--max-connection-time)",
-                self.label
-            );
-            return Err(ErrorCode::TimedOut);
-        }
-        set(&self.stream, Some(left.min(idle))).map_err(|e| self.error_code(&e))
+    /// Puts the connection under the watchdog's idle timeout and time limit.
+    /// Called once, by [`crate::limits::Limits::confine`].
+    pub(crate) fn watch_with(&mut self, watchdog: &Watchdog) {
+        self.watch = Some(watchdog.watch(&self.stream));
     }
 
     fn read(&mut self, max: u32) -> Result<Vec<u8>, ErrorCode> {
@@ -102,48 +75,69 @@ impl Connection {
             // honest answer: refuse it rather than fake an EOF.
             return Err(ErrorCode::Refused);
         }
-        self.before_wait(TcpStream::set_read_timeout)?;
+        self.check_expiry()?;
         let mut buf = vec![0; max.min(MAX_READ) as usize];
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(n) => {
-                    buf.truncate(n);
-                    return Ok(buf);
+        let read = {
+            let _waiting = self.watch.as_ref().map(|w| w.waiting(Wait::Read));
+            loop {
+                match self.stream.read(&mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    read => break read,
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.error_code(&e)),
             }
+        };
+        match read {
+            // Data that made it in before a timeout is still the client's.
+            Ok(n) if n > 0 => {
+                buf.truncate(n);
+                Ok(buf)
+            }
+            // The watchdog's shutdown ends a read like end of stream or an error.
+            _ if self.check_expiry().is_err() => Err(ErrorCode::TimedOut),
+            Ok(_) => Ok(Vec::new()),
+            Err(_) => Err(ErrorCode::Closed),
         }
     }
 
     fn write(&mut self, data: &[u8]) -> Result<(), ErrorCode> {
-        self.before_wait(TcpStream::set_write_timeout)?;
-        self.stream.write_all(data).map_err(|e| self.error_code(&e))
+        self.check_expiry()?;
+        let written = {
+            let _waiting = self.watch.as_ref().map(|w| w.waiting(Wait::Write));
+            self.stream.write_all(data)
+        };
+        match written {
+            Ok(()) => Ok(()),
+            Err(_) if self.check_expiry().is_err() => Err(ErrorCode::TimedOut),
+            // Anything else means the peer is gone as far as the handler is concerned.
+            Err(_) => Err(ErrorCode::Closed),
+        }
     }
 
-    /// Maps a socket error to what the guest can act on, and logs a timeout:
-    /// it is the host's decision, so the operator should see it.
-    fn error_code(&self, e: &io::Error) -> ErrorCode {
-        match e.kind() {
-            // A socket timeout is `WouldBlock` or `TimedOut` depending on the platform.
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                if self.deadline.is_some_and(|d| Instant::now() >= d) {
-                    info!(
-                        "{}: connection time is up (--max-connection-time)",
-                        self.label
-                    );
-                } else {
-                    let idle = self.idle_timeout.unwrap_or_default();
-                    info!(
-                        "{}: client idle for {idle:?}: timed out (--idle-timeout)",
-                        self.label
-                    );
-                }
-                ErrorCode::TimedOut
+    /// `Err(timed-out)` once the watchdog has cut the connection off, logged
+    /// the first time: it is the host's decision, so the operator should see it.
+    fn check_expiry(&mut self) -> Result<(), ErrorCode> {
+        let Some(watch) = &self.watch else {
+            return Ok(());
+        };
+        let Some(expiry) = watch.expired() else {
+            return Ok(());
+        };
+        if !self.timeout_logged {
+            self.timeout_logged = true;
+            let (idle, time_limit) = watch.limits();
+            match expiry {
+                Expiry::Idle => info!(
+                    "{}: client idle for {idle:?}: timed out (--idle-timeout)",
+                    self.label
+                ),
+                Expiry::TimeUp => info!(
+                    "{}: connection time is up after {:?} (--max-connection-time)",
+                    self.label,
+                    time_limit.unwrap_or_default()
+                ),
             }
-            // Anything else means the peer is gone as far as the handler is concerned.
-            _ => ErrorCode::Closed,
         }
+        Err(ErrorCode::TimedOut)
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`server`]: listening sockets, the accept loop, one thread per
 //!   connection, and draining on shutdown.
 //! - [`admission`]: `--max-connections`, as slots that free themselves.
+//! - [`workers`]: connection threads, reused once their connection closes.
 //! - [`registry`]: handler versions: the current one, swapping, rollback,
 //!   per-version statistics, and pinning each connection to one version.
 //! - [`reload`]: reloading the handler file on SIGHUP and with `--watch`.
@@ -15,6 +16,8 @@
 //!   ticker, and the per-connection store that decides what a guest can reach.
 //! - [`limits`]: every per-connection limit, applied in one function, and how
 //!   hitting one is reported.
+//! - [`watchdog`]: the idle timeout and connection time limit, for every
+//!   connection from one thread.
 //! - [`handler`]: loading and validating a handler component, with errors that
 //!   say what to do.
 //! - [`connection`]: one client, as the `connection` resource the guest reads
@@ -49,3 +52,5 @@ pub mod reload;
 pub mod sandbox;
 pub mod scaffold;
 pub mod server;
+pub mod watchdog;
+pub mod workers;

@@ -12,6 +12,7 @@ use wasmtime_wasi::I32Exit;
 
 use crate::connection::Connection;
 use crate::sandbox::{ConnState, MAX_WASM_STACK};
+use crate::watchdog::Watchdog;
 
 /// How often the epoch ticker advances the engine's epoch: the resolution of
 /// `--cpu-budget`. A runaway guest is stopped within its budget plus one tick;
@@ -55,15 +56,17 @@ impl Limits {
     }
 
     /// Applies every limit to a new connection's store and, if there is one,
-    /// its socket: memory, CPU budget, idle timeout, connection lifetime.
+    /// to the connection: memory, CPU budget, idle timeout, connection time.
     pub fn confine(
         &self,
         store: &mut Store<ConnState>,
-        conn: Option<&mut Connection>,
-    ) -> std::io::Result<()> {
+        conn: Option<(&mut Connection, &Watchdog)>,
+    ) {
         let deadline = self.max_connection_time.map(|limit| Instant::now() + limit);
-        if let Some(conn) = conn {
-            conn.set_timeouts(self.idle_timeout, deadline)?;
+        if let Some((conn, watchdog)) = conn {
+            // The idle timeout and the time limit while the guest waits for
+            // its client; the watchdog was started with this `Limits`.
+            conn.watch_with(watchdog);
         }
         store.data_mut().meter = Meter {
             max_memory: self.max_memory,
@@ -88,7 +91,6 @@ impl Limits {
             }
             Ok(())
         });
-        Ok(())
     }
 }
 

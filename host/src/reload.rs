@@ -18,6 +18,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use crate::handler::read_component;
 use crate::registry::{Registry, Swapped};
+use crate::sandbox::background_priority;
 
 /// How long the handler file must stay unchanged before `--watch` reads it.
 /// Builds and editors write a file in several steps a few milliseconds apart;
@@ -52,7 +53,11 @@ impl Reloader {
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
             .name("reload".into())
-            .spawn(move || reload_on_request(&registry, &path, &rx))
+            .spawn(move || {
+                // Reloading validates and compiles on this thread.
+                background_priority();
+                reload_on_request(&registry, &path, &rx)
+            })
             .context("cannot start the reload thread")?;
         Ok(Reloader(tx))
     }

@@ -2,8 +2,9 @@
 //! connection, and a graceful drain on shutdown.
 //!
 //! One accept thread waits on every listener at once (`--addr` may be given
-//! several times). Each accepted client gets its own thread, which runs a fresh
-//! instance of the handler until the handler returns. A failing connection is
+//! several times). Each accepted client gets its own thread (a reused one when
+//! one is idle), which runs a fresh instance of the handler until the handler
+//! returns. A failing connection is
 //! logged and closed; it never stops the server.
 
 use std::io;
@@ -11,7 +12,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -23,6 +23,7 @@ use crate::admission::{Admission, WhenFull};
 use crate::connection::Connection;
 use crate::registry::{Pinned, Registry};
 use crate::sandbox::{CONNECTION_THREAD_STACK, Outcome};
+use crate::workers::Workers;
 
 /// How long to wait before accepting again after `accept` failed for a reason
 /// other than the client (typically out of file descriptors): long enough for
@@ -90,6 +91,7 @@ pub struct Server {
     poll: Poll,
     stopper: Stopper,
     admission: Arc<Admission>,
+    workers: Workers,
     next_id: u64,
 }
 
@@ -138,6 +140,7 @@ impl Server {
                 stop: Arc::new(AtomicBool::new(false)),
             },
             admission,
+            workers: Workers::new(CONNECTION_THREAD_STACK),
             next_id: 1,
         })
     }
@@ -232,14 +235,11 @@ impl Server {
         self.next_id += 1;
         let pinned = self.registry.pin(id, &stream);
         let registry = Arc::clone(&self.registry);
-        let spawned = thread::Builder::new()
-            .name(format!("conn-{id}"))
-            .stack_size(CONNECTION_THREAD_STACK)
-            .spawn(move || {
-                serve_connection(&registry, &pinned, id, peer, stream);
-                drop((pinned, slot));
-            });
-        if let Err(e) = spawned {
+        let started = self.workers.run(Box::new(move || {
+            serve_connection(&registry, &pinned, id, peer, stream);
+            drop((pinned, slot));
+        }));
+        if let Err(e) = started {
             // The closure, with its socket and slot, is dropped: the client sees a close.
             warn!("conn {id} {peer}: cannot start a thread for it ({e}); closing it");
         }

@@ -1,7 +1,8 @@
 # hotsock's one entry point, for people and for CI (.ci/run calls `make lint test`).
 #   make run    install what is needed, build, serve the default echo handler on $(ADDR)
 #   make test   install what is needed, build every handler, run every test
-#   make lint   rustfmt check and clippy (warnings are errors) on host and guests
+#   make lint   rustfmt check and clippy (warnings are errors) on host, guests and bench
+#   make bench  hotsock against native Rust and Python echo servers, on loopback
 
 CARGO       ?= cargo
 PYTHON      ?= python3
@@ -24,7 +25,12 @@ COMPONENTIZE_PY         := $(VENV)/bin/componentize-py
 COMPONENTIZE_PY_STAMP   := $(VENV)/.componentize-py-$(COMPONENTIZE_PY_VERSION)
 PY_HANDLERS             := $(WASM_DIR)/python_echo.wasm
 
-.PHONY: all setup rust-setup build guests python-handlers run test handler-cost lint fmt clean
+# `make bench` plots the hot swap with matplotlib, in the same .venv.
+MATPLOTLIB_VERSION := 3.11.2
+MATPLOTLIB_STAMP   := $(VENV)/.matplotlib-$(MATPLOTLIB_VERSION)
+BENCH_OUT          := target/bench
+
+.PHONY: all setup rust-setup build guests python-handlers run test handler-cost bench lint fmt clean
 
 all: build
 
@@ -64,16 +70,31 @@ run: rust-setup
 ## Run all tests: the real server over TCP, and the guests' unit tests.
 test: setup guests python-handlers
 	$(CARGO) test --release -p hotsock
+	$(CARGO) test --release -p hotsock-bench
 	$(CARGO) test -p guest-handler
 
 ## What a handler costs: start-up (compiling, then cached), new connection, memory per connection.
 handler-cost: build
 	$(PYTHON) bench/handler_cost.py $(HOTSOCK) rust-echo=$(HANDLER) python-echo=$(WASM_DIR)/python_echo.wasm
 
-## Formatting and clippy, warnings as errors, for host and guests.
+## hotsock against the same echo server in plain Rust and in Python, on loopback:
+## round trips, new connections, memory per idle connection, instantiate time,
+## a hot swap under load. Writes $(BENCH_OUT)/bench.json, swap.csv, swap-latency.png.
+bench: build $(MATPLOTLIB_STAMP)
+	$(CARGO) build --release -p hotsock-bench
+	target/release/hotsock-bench --out $(BENCH_OUT)
+	$(VENV)/bin/python bench/plot_swap.py $(BENCH_OUT)
+
+$(MATPLOTLIB_STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib==$(MATPLOTLIB_VERSION)
+	touch $@
+
+## Formatting and clippy, warnings as errors, for host, guests and bench.
 lint: rust-setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy -p hotsock --all-targets -- -D warnings
+	$(CARGO) clippy -p hotsock-bench --all-targets -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) $(GUESTS) $(FIXTURES) --all-targets -- -D warnings
 
 fmt:

@@ -1,0 +1,805 @@
+//! hotsock-bench, run by `make bench`: hotsock against the same
+//! thread-per-connection echo server in plain Rust (`native-echo`) and in
+//! Python (`socketserver.ThreadingTCPServer`), on loopback, in one run.
+//!
+//! # Layout
+//!
+//! - [`cpu`]: where the CPU went during a run: server, clients, anything else.
+//! - [`servers`]: the three servers as child processes: start, address,
+//!   resident memory, stop.
+//! - [`load`]: the load generator: blocking clients, one thread per
+//!   connection; round trips and new connections.
+//! - [`memory`]: resident memory per idle connection.
+//! - [`instantiate`]: the in-process per-connection instantiate micro-benchmark.
+//! - [`swap`]: the hot swap under load, hotsock only.
+//! - [`report`]: statistics, the summary rows and their targets, the table.
+//!
+//! A shared two-core machine is noisy, so each round starts the three
+//! servers afresh and measures them one after the other, scenario by
+//! scenario, in an order that rotates from round to round; the summary is
+//! the median over rounds.
+
+mod cpu;
+mod instantiate;
+mod load;
+mod memory;
+mod report;
+mod servers;
+mod swap;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde::Serialize;
+use serde_json::json;
+
+use cpu::{CpuMeter, CpuUse};
+use instantiate::{InstantiateTime, Instantiator};
+use load::Throughput;
+use memory::IdleMemory;
+use report::{Machine, Row, Target, median};
+use servers::{Kind, Programs, Server};
+use swap::HotSwap;
+
+/// Persistent connections in the round-trip scenarios.
+const PERSISTENT: [usize; 3] = [1, 10, 100];
+
+/// Client threads in the new-connection scenario: enough to keep two cores
+/// busy accepting, few enough not to measure the client's own scheduling.
+const NEW_CONNECTION_CLIENTS: usize = 8;
+
+/// Open files the bench needs at once: the idle connections, plus the
+/// servers' listeners and pipes, plus room.
+const OPEN_FILES_NEEDED: u64 = memory::IDLE_CONNECTIONS as u64 + 200;
+
+/// Longest `--duration` accepted: every loop here stays bounded.
+const MAX_DURATION: Duration = Duration::from_secs(600);
+
+const USAGE: &str = "\
+hotsock-bench: hotsock against the same thread-per-connection echo server in
+plain Rust (native-echo) and in Python (socketserver.ThreadingTCPServer).
+Talks to 127.0.0.1 only. `make bench` builds everything and runs it.
+
+usage: hotsock-bench [OPTIONS]
+
+Options:
+  --out DIR             where bench.json, swap.csv and the servers' stderr
+                        (logs/) go [default: target/bench]
+  --rounds N            rounds; each starts the three servers afresh and
+                        measures them in turn, in an order that rotates from
+                        round to round; the table shows medians [default: 5]
+  --duration TIME       measured time of each throughput run, after a 0.5s
+                        warm-up: 3s, 500ms, 1.5s [default: 3s]
+  --hotsock PATH        hotsock binary [default: target/release/hotsock]
+  --native PATH         native-echo binary [default: target/release/native-echo]
+  --handler PATH        the echo handler component hotsock serves and the
+                        instantiate micro-benchmark compiles
+                        [default: target/wasm32-wasip2/release/guest_handler.wasm]
+  --swap-handler PATH   the component swapped in during the hot swap
+                        [default: target/wasm32-wasip2/release/slow_echo.wasm]
+  --python PATH         Python 3 interpreter [default: python3]
+  --python-server PATH  the Python server [default: bench/python_echo_server.py]
+  -h, --help            print this help
+
+Paths are relative to the current directory: run from the repository root.
+`make build` builds hotsock and the handlers; `cargo build --release -p
+hotsock-bench` builds this and native-echo.
+
+Scenarios, per server and round:
+  idle memory        VmRSS before and after opening 1000 connections that
+                     each make one round trip and then stay idle
+  round trips        1, 10 and 100 persistent connections, one 64-byte
+                     message in flight on each: rate, p50 and p99 latency
+  new connections    8 clients, each connect + one round trip + close, in a loop
+and once:
+  instantiate        in process: hotsock's per-connection store + instance,
+                     20,000 samples (each round)
+  hot swap           hotsock only: the new-connection loop for 6 s, swapping
+                     to slow-echo at 2 s and back at 4 s via the admin API;
+                     every connection goes to OUT/swap.csv
+
+Targets are reported with ✓ or ✗; a miss does not fail the run.
+";
+
+/// The command line.
+struct Options {
+    out: PathBuf,
+    rounds: usize,
+    duration: Duration,
+    programs: Programs,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            out: "target/bench".into(),
+            rounds: 5,
+            duration: Duration::from_secs(3),
+            programs: Programs {
+                hotsock: "target/release/hotsock".into(),
+                native: "target/release/native-echo".into(),
+                handler: "target/wasm32-wasip2/release/guest_handler.wasm".into(),
+                swap_handler: "target/wasm32-wasip2/release/slow_echo.wasm".into(),
+                python: "python3".into(),
+                python_server: "bench/python_echo_server.py".into(),
+            },
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let options = match parse_options(std::env::args().skip(1)) {
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("hotsock-bench: {e:#}; see `hotsock-bench --help`");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hotsock-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses the command line; `None` for `--help`.
+fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Option<Options>> {
+    let mut options = Options::default();
+    while let Some(arg) = args.next() {
+        if arg == "-h" || arg == "--help" {
+            return Ok(None);
+        }
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => {
+                (name.to_string(), Some(value.to_string()))
+            }
+            _ => (arg.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .with_context(|| format!("{name} needs a value"))
+        };
+        let programs = &mut options.programs;
+        match name.as_str() {
+            "--out" => options.out = value()?.into(),
+            "--rounds" => {
+                let text = value()?;
+                options.rounds = text.parse().ok().filter(|&n| n >= 1).with_context(|| {
+                    format!("--rounds {text}: expected a whole number, at least 1")
+                })?;
+            }
+            "--duration" => options.duration = parse_duration(&value()?)?,
+            "--hotsock" => programs.hotsock = value()?.into(),
+            "--native" => programs.native = value()?.into(),
+            "--handler" => programs.handler = value()?.into(),
+            "--swap-handler" => programs.swap_handler = value()?.into(),
+            "--python" => programs.python = value()?.into(),
+            "--python-server" => programs.python_server = value()?.into(),
+            _ => bail!("unknown option `{arg}`"),
+        }
+    }
+    Ok(Some(options))
+}
+
+/// `3s`, `500ms`, `1.5s`, `1m`; a bare number is seconds.
+fn parse_duration(text: &str) -> Result<Duration> {
+    let (number, unit) = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let scale = match unit {
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        _ => bail!("--duration {text}: the unit must be ms, s or m"),
+    };
+    let seconds = number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|n| Duration::try_from_secs_f64(n * scale).ok())
+        .filter(|d| !d.is_zero() && *d <= MAX_DURATION);
+    seconds.with_context(|| {
+        format!(
+            "--duration {text}: expected a time above zero and at most {}s, such as 3s or 500ms",
+            MAX_DURATION.as_secs()
+        )
+    })
+}
+
+/// Raises the soft limit on open files to the hard limit: the bench holds
+/// 1000+ sockets at once, and so do the servers, which inherit it.
+fn raise_open_files_limit() -> Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        bail!(
+            "cannot read the open files limit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        // An unlimited hard limit still cannot exceed the kernel's nr_open.
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(1 << 20);
+        limit.rlim_cur = limit.rlim_max.min(nr_open);
+        // SAFETY: setrlimit reads the struct we pass, nothing else.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            bail!(
+                "cannot raise the open files limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    let soft = limit.rlim_cur;
+    ensure!(
+        soft >= OPEN_FILES_NEEDED,
+        "the open files limit is {soft} (`ulimit -Hn`), and the bench needs {OPEN_FILES_NEEDED}: raise the hard limit"
+    );
+    Ok(soft)
+}
+
+/// What one round measured on one server.
+#[derive(Debug, Default, Serialize)]
+struct ServerRound {
+    idle_memory: Option<IdleMemory>,
+    /// One per entry of [`PERSISTENT`].
+    round_trips: Vec<Throughput>,
+    new_connections: Option<Throughput>,
+}
+
+/// One round: every server through every scenario, and the micro-benchmark.
+#[derive(Debug, Serialize)]
+struct Round {
+    round: usize,
+    order: Vec<Kind>,
+    instantiate: InstantiateTime,
+    servers: BTreeMap<Kind, ServerRound>,
+}
+
+fn run(options: &Options) -> Result<()> {
+    let programs = &options.programs;
+    programs.check()?;
+    let logs = options.out.join("logs");
+    servers::reset_logs(&logs)?;
+    let open_files = raise_open_files_limit()?;
+    let machine = Machine::detect(open_files);
+    eprintln!(
+        "hotsock-bench: {} round(s), {:?} per throughput run; about {} minutes",
+        options.rounds,
+        options.duration,
+        estimate_minutes(options)
+    );
+    eprintln!(
+        "compiling {} for the instantiate micro-benchmark",
+        programs.handler.display()
+    );
+    let instantiator = Instantiator::load(&programs.handler)?;
+    let mut rounds = Vec::new();
+    for index in 0..options.rounds {
+        rounds.push(round(index, options, &instantiator, &logs)?);
+    }
+    // Its instance pool is sized for 1000 connections: free it before the swap.
+    drop(instantiator);
+    eprintln!("hot swap under load (hotsock only)");
+    let swap = swap::run(
+        programs,
+        &logs.join("hotsock-swap.stderr"),
+        &options.out.join("swap.csv"),
+    )?;
+
+    let rows = summary(&rounds, &swap);
+    let (met, targets) = rows
+        .iter()
+        .flat_map(|row| row.targets.iter().map(|&t| row.met(t)))
+        .fold((0, 0), |(met, all), m| {
+            (met + usize::from(m == Some(true)), all + 1)
+        });
+    let notes = notes(options, &rounds);
+    let stderr_lines = stderr_lines(&logs);
+    print_report(
+        &machine,
+        &rows,
+        (met, targets),
+        &swap,
+        &notes,
+        &stderr_lines,
+        options,
+    );
+
+    let json = json!({
+        "machine": machine,
+        "config": {
+            "rounds": options.rounds,
+            "duration_s": options.duration.as_secs_f64(),
+            "warmup_s": load::WARMUP.as_secs_f64(),
+            "message_bytes": load::MESSAGE.len(),
+            "reply_bytes": load::REPLY_LEN,
+            "persistent_connections": PERSISTENT,
+            "new_connection_clients": NEW_CONNECTION_CLIENTS,
+            "idle_connections": memory::IDLE_CONNECTIONS,
+            "commands": Kind::ALL.map(|k| (k.name(), programs.command_line(k))).into_iter().collect::<BTreeMap<_, _>>(),
+        },
+        "notes": notes,
+        "summary": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+        "targets_met": met,
+        "targets": targets,
+        "rounds": rounds,
+        "swap": swap,
+        "server_stderr_lines": stderr_lines.into_iter().collect::<BTreeMap<_, _>>(),
+    });
+    let path = options.out.join("bench.json");
+    let text = serde_json::to_string_pretty(&json).context("cannot serialise the results")?;
+    std::fs::write(&path, text + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("\nwrote {} and {}", path.display(), swap.timeline_csv);
+    Ok(())
+}
+
+/// A rough run time, so whoever started it knows what to expect.
+fn estimate_minutes(options: &Options) -> u64 {
+    let throughput_runs = (PERSISTENT.len() + 1) as f64 * 3.0;
+    let per_round = throughput_runs * (options.duration + load::WARMUP).as_secs_f64()
+        + 3.0 * 3.0 * memory::SETTLE.as_secs_f64()
+        + 5.0;
+    ((per_round * options.rounds as f64 + 10.0) / 60.0).ceil() as u64
+}
+
+/// One round: start the servers, run each scenario on each in turn, stop them.
+fn round(
+    index: usize,
+    options: &Options,
+    instantiator: &Instantiator,
+    logs: &std::path::Path,
+) -> Result<Round> {
+    let order: Vec<Kind> = (0..Kind::ALL.len())
+        .map(|i| Kind::ALL[(i + index) % Kind::ALL.len()])
+        .collect();
+    let names: Vec<&str> = order.iter().map(|k| k.name()).collect();
+    eprintln!(
+        "round {}/{}: {}",
+        index + 1,
+        options.rounds,
+        names.join(", ")
+    );
+    let mut servers = order
+        .iter()
+        .map(|&kind| Server::start(kind, &options.programs, &servers::log_path(logs, kind)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut results: BTreeMap<Kind, ServerRound> =
+        order.iter().map(|&k| (k, ServerRound::default())).collect();
+
+    // The three servers sit idle meanwhile, as they do between scenarios.
+    let instantiate = instantiator.measure()?;
+    eprintln!(
+        "  instantiate: p50 {:.2} µs, p99 {:.2} µs",
+        instantiate.p50_us, instantiate.p99_us
+    );
+    // Memory first, on fresh servers: the reading before is the server's
+    // own, not what earlier scenarios left behind.
+    for server in &servers {
+        let idle = memory::idle_memory(server)?;
+        eprintln!(
+            "  idle memory, {}: {:.1} KiB per connection ({} open, {} failed)",
+            server.kind.name(),
+            idle.per_connection_kib,
+            idle.connections,
+            idle.failed
+        );
+        results.entry(server.kind).or_default().idle_memory = Some(idle);
+    }
+    for clients in PERSISTENT {
+        for server in &servers {
+            let meter = CpuMeter::start(server.pid());
+            let run = load::persistent(server.addr, clients, options.duration)?;
+            let run = run.with_cpu(meter.finish());
+            progress(
+                &format!("round trips, {clients} conn(s)"),
+                server.kind,
+                &run,
+            );
+            results
+                .entry(server.kind)
+                .or_default()
+                .round_trips
+                .push(run);
+        }
+    }
+    for server in &servers {
+        let meter = CpuMeter::start(server.pid());
+        let run = load::new_connections(server.addr, NEW_CONNECTION_CLIENTS, options.duration)?;
+        let run = run.with_cpu(meter.finish());
+        progress("new connections", server.kind, &run);
+        results.entry(server.kind).or_default().new_connections = Some(run);
+    }
+    for server in &mut servers {
+        server.check_alive()?;
+    }
+    Ok(Round {
+        round: index + 1,
+        order,
+        instantiate,
+        servers: results,
+    })
+}
+
+/// One throughput run's result on stderr, as it comes, flagged if other
+/// processes took a share of the CPU meanwhile.
+fn progress(scenario: &str, kind: Kind, run: &Throughput) {
+    let cpu = run
+        .server_cpu_us_per_op
+        .map_or_else(String::new, |us| format!(", server CPU {us:.1} µs/op"));
+    let disturbed = match run.cpu {
+        Some(cpu) if cpu.disturbed() => format!(
+            "  [disturbed: other processes used {:.0}% of the machine]",
+            cpu.other_share * 100.0
+        ),
+        _ => String::new(),
+    };
+    eprintln!(
+        "  {scenario}, {}: {:.0}/s, p50 {:.1} µs, p99 {:.1} µs, {} failed{cpu}{disturbed}",
+        kind.name(),
+        run.per_s,
+        run.p50_us,
+        run.p99_us,
+        run.failed
+    );
+}
+
+/// Throughput runs during which other processes took a share of the CPU:
+/// (round, server, scenario, share).
+fn disturbed_runs(rounds: &[Round]) -> Vec<(usize, Kind, String, f64)> {
+    let mut found = Vec::new();
+    for round in rounds {
+        for (&kind, result) in &round.servers {
+            let runs = PERSISTENT
+                .iter()
+                .map(|c| format!("round trips, {c} conn(s)"))
+                .zip(&result.round_trips)
+                .chain(
+                    result
+                        .new_connections
+                        .iter()
+                        .map(|r| ("new connections".to_string(), r)),
+                );
+            for (scenario, run) in runs {
+                if let Some(cpu) = run.cpu.filter(CpuUse::disturbed) {
+                    found.push((round.round, kind, scenario, cpu.other_share));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The summary rows: the median over rounds of each metric, with targets.
+fn summary(rounds: &[Round], swap: &HotSwap) -> Vec<Row> {
+    let per_server = |f: &dyn Fn(&ServerRound) -> Option<f64>| {
+        Kind::ALL.map(|kind| {
+            median(
+                rounds
+                    .iter()
+                    .filter_map(|r| r.servers.get(&kind).and_then(f)),
+            )
+        })
+    };
+    let hotsock_only = |v: Option<f64>| [v, None, None];
+    let mut rows = Vec::new();
+    for (i, clients) in PERSISTENT.into_iter().enumerate() {
+        let trips = move |s: &ServerRound| s.round_trips.get(i).cloned();
+        let label = |what: &str| match clients {
+            1 => format!("{what}, 1 conn"),
+            n => format!("{what}, {n} conns"),
+        };
+        let mut rate = Row::new(
+            format!("round_trips_per_s_{clients}"),
+            &label("round trips/s"),
+            "1/s",
+            per_server(&|s| trips(s).map(|t| t.per_s)),
+        );
+        if clients >= 10 {
+            rate = rate
+                .target(Target::OverNativeAtLeast(0.90))
+                .target(Target::OverPythonAtLeast(5.0));
+        }
+        rows.push(rate);
+        rows.push(
+            Row::new(
+                format!("round_trip_p50_us_{clients}"),
+                &label("  p50 latency µs"),
+                "µs",
+                per_server(&|s| trips(s).map(|t| t.p50_us)),
+            )
+            .decimals(1),
+        );
+        rows.push(
+            Row::new(
+                format!("round_trip_p99_us_{clients}"),
+                &label("  p99 latency µs"),
+                "µs",
+                per_server(&|s| trips(s).map(|t| t.p99_us)),
+            )
+            .decimals(1),
+        );
+        rows.push(
+            Row::new(
+                format!("round_trip_server_cpu_us_{clients}"),
+                &label("  server CPU µs/op"),
+                "µs",
+                per_server(&|s| trips(s).and_then(|t| t.server_cpu_us_per_op)),
+            )
+            .decimals(1),
+        );
+    }
+    let new = |s: &ServerRound| s.new_connections.clone();
+    rows.push(
+        Row::new(
+            "new_connections_per_s",
+            &format!("new connections/s, {NEW_CONNECTION_CLIENTS} clients"),
+            "1/s",
+            per_server(&|s| new(s).map(|t| t.per_s)),
+        )
+        .target(Target::OverNativeAtLeast(0.85))
+        .target(Target::OverPythonAtLeast(5.0)),
+    );
+    rows.push(
+        Row::new(
+            "new_connection_p50_us",
+            "  connect→reply p50 µs",
+            "µs",
+            per_server(&|s| new(s).map(|t| t.p50_us)),
+        )
+        .decimals(1),
+    );
+    rows.push(
+        Row::new(
+            "new_connection_p99_us",
+            "  connect→reply p99 µs",
+            "µs",
+            per_server(&|s| new(s).map(|t| t.p99_us)),
+        )
+        .decimals(1),
+    );
+    rows.push(
+        Row::new(
+            "new_connection_server_cpu_us",
+            "  server CPU µs/op",
+            "µs",
+            per_server(&|s| new(s).and_then(|t| t.server_cpu_us_per_op)),
+        )
+        .decimals(1),
+    );
+    // Failures are summed, not a median: any one matters.
+    let failed = Kind::ALL.map(|kind| {
+        let sum: u64 = rounds
+            .iter()
+            .filter_map(|r| r.servers.get(&kind))
+            .map(|s| {
+                s.round_trips.iter().map(|t| t.failed).sum::<u64>()
+                    + s.new_connections.as_ref().map_or(0, |t| t.failed)
+                    + s.idle_memory.as_ref().map_or(0, |m| m.failed)
+            })
+            .sum();
+        Some(sum as f64)
+    });
+    rows.push(Row::new(
+        "failed",
+        "failed ops, all rounds (count)",
+        "count",
+        failed,
+    ));
+    let memory = per_server(&|s| s.idle_memory.as_ref().map(|m| m.per_connection_kib));
+    rows.push(Row::new("idle_memory_kib", "memory per idle conn KiB", "KiB", memory).decimals(1));
+    let beyond = memory[0].zip(memory[1]).map(|(h, n)| h - n);
+    rows.push(
+        Row::new(
+            "idle_memory_beyond_native_kib",
+            "  beyond native KiB/conn",
+            "KiB",
+            hotsock_only(beyond),
+        )
+        .decimals(1)
+        .target(Target::AtMost(64.0)),
+    );
+    let instantiate =
+        |f: fn(&InstantiateTime) -> f64| median(rounds.iter().map(|r| f(&r.instantiate)));
+    rows.push(
+        Row::new(
+            "instantiate_p50_us",
+            "instantiate p50 µs",
+            "µs",
+            hotsock_only(instantiate(|i| i.p50_us)),
+        )
+        .decimals(2)
+        .target(Target::AtMost(10.0)),
+    );
+    rows.push(
+        Row::new(
+            "instantiate_p99_us",
+            "instantiate p99 µs",
+            "µs",
+            hotsock_only(instantiate(|i| i.p99_us)),
+        )
+        .decimals(2),
+    );
+    rows.push(
+        Row::new(
+            "swap_failed",
+            "hot swap: failed conns",
+            "count",
+            hotsock_only(Some(swap.failed as f64)),
+        )
+        .target(Target::AtMost(0.0)),
+    );
+    rows.push(
+        Row::new(
+            "swap_steady_p99_us",
+            "  steady-state p99 µs",
+            "µs",
+            hotsock_only(Some(swap.steady.p99_us)),
+        )
+        .decimals(1),
+    );
+    rows.push(
+        Row::new(
+            "swap_window_p99_us",
+            "  p99 during swaps µs",
+            "µs",
+            hotsock_only(Some(swap.in_windows.p99_us)),
+        )
+        .decimals(1),
+    );
+    rows.push(
+        Row::new(
+            "swap_p99_ratio",
+            "  during / steady p99",
+            "ratio",
+            hotsock_only(Some(swap.p99_ratio)),
+        )
+        .decimals(2)
+        .target(Target::AtMost(2.0)),
+    );
+    rows
+}
+
+/// What a reader needs to know to read the numbers right.
+fn notes(options: &Options, rounds: &[Round]) -> Vec<String> {
+    let mut notes = vec![
+        format!(
+            "medians over {} round(s); ratios are of the medians; every round's values are in bench.json",
+            options.rounds
+        ),
+        "hotsock runs with RUST_LOG=warn: its per-connection info logging is off, as the other two servers log nothing per connection".into(),
+        "the load generator shares the machine's cores with the server under test, alike for all three servers".into(),
+        format!(
+            "throughput runs: {:?} warm-up, then {:?} measured; 64-byte messages, 98-byte replies",
+            load::WARMUP,
+            options.duration
+        ),
+        "hot swap windows: from 0.25 s before a swap request to 0.5 s after its answer; steady state is the rest".into(),
+        "server CPU µs/op: the server process's CPU time over the run, warm-up included, per operation completed".into(),
+    ];
+    let disturbed = disturbed_runs(rounds);
+    if !disturbed.is_empty() {
+        notes.push(format!(
+            "{} run(s) shared the machine with other busy processes (over {:.0}% of its CPU): {}",
+            disturbed.len(),
+            cpu::DISTURBED_SHARE * 100.0,
+            disturbed
+                .iter()
+                .map(|(round, kind, scenario, share)| format!(
+                    "round {round} {} {scenario} ({:.0}%)",
+                    kind.name(),
+                    share * 100.0
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    notes
+}
+
+/// Lines each server wrote to its stderr log, for those that wrote any:
+/// errors there may explain odd numbers.
+fn stderr_lines(logs: &std::path::Path) -> Vec<(String, usize)> {
+    servers::log_names()
+        .into_iter()
+        .filter_map(|name| {
+            let path = logs.join(name);
+            let lines = std::fs::read_to_string(&path).ok()?.lines().count();
+            (lines > 0).then(|| (path.display().to_string(), lines))
+        })
+        .collect()
+}
+
+fn print_report(
+    machine: &Machine,
+    rows: &[Row],
+    (met, targets): (usize, usize),
+    swap: &HotSwap,
+    notes: &[String],
+    stderr_lines: &[(String, usize)],
+    options: &Options,
+) {
+    println!();
+    println!(
+        "hotsock bench, {}: {} cores ({}), Linux {}, git {}",
+        machine.date,
+        machine.nproc,
+        machine.cpu,
+        machine.kernel,
+        machine.git.as_deref().unwrap_or("unknown")
+    );
+    println!(
+        "servers: {}",
+        Kind::ALL
+            .map(|k| options.programs.command_line(k))
+            .join(" | ")
+    );
+    println!();
+    print!("{}", report::table(rows));
+    println!();
+    println!("targets met: {met} of {targets}");
+    for swap in &swap.swaps {
+        println!(
+            "swap to {}: {:.3}s → {:.3}s, HTTP {}: {}",
+            swap.handler, swap.start_s, swap.end_s, swap.http_status, swap.response
+        );
+    }
+    for note in notes {
+        println!("note: {note}");
+    }
+    for (path, lines) in stderr_lines {
+        println!("note: {path} has {lines} line(s) of server stderr");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_duration, parse_options};
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("3s").ok(), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_duration("500ms").ok(),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_duration("1.5").ok(),
+            Some(Duration::from_millis(1500))
+        );
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("3h").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn options() {
+        let args = ["--rounds", "5", "--duration=2s", "--out", "x"].map(String::from);
+        let options = parse_options(args.into_iter()).ok().flatten();
+        let options = options.expect("valid options");
+        assert_eq!(options.rounds, 5);
+        assert_eq!(options.duration, Duration::from_secs(2));
+        assert_eq!(options.out, std::path::PathBuf::from("x"));
+        assert!(parse_options(["--rounds", "0"].map(String::from).into_iter()).is_err());
+        assert!(parse_options(["--bogus"].map(String::from).into_iter()).is_err());
+        assert!(parse_options(["--help"].map(String::from).into_iter()).is_ok_and(|o| o.is_none()));
+    }
+}

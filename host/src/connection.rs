@@ -33,6 +33,10 @@ pub struct Connection {
     label: String,
     /// Whether the timeout has been logged, so it is logged once.
     timeout_logged: bool,
+    /// Where `read` receives, reused so that a round trip neither allocates
+    /// nor zeroes a buffer of the guest's `max`; it grows to the largest
+    /// `max` asked for, at most [`MAX_READ`].
+    buf: Vec<u8>,
 }
 
 impl Connection {
@@ -45,6 +49,7 @@ impl Connection {
             stream,
             label,
             timeout_logged: false,
+            buf: Vec::new(),
         }
     }
 
@@ -76,11 +81,15 @@ impl Connection {
             return Err(ErrorCode::Refused);
         }
         self.check_expiry()?;
-        let mut buf = vec![0; max.min(MAX_READ) as usize];
+        let want = max.min(MAX_READ) as usize;
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        let buf = &mut self.buf[..want];
         let read = {
             let _waiting = self.watch.as_ref().map(|w| w.waiting(Wait::Read));
             loop {
-                match self.stream.read(&mut buf) {
+                match self.stream.read(buf) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     read => break read,
                 }
@@ -88,10 +97,7 @@ impl Connection {
         };
         match read {
             // Data that made it in before a timeout is still the client's.
-            Ok(n) if n > 0 => {
-                buf.truncate(n);
-                Ok(buf)
-            }
+            Ok(n) if n > 0 => Ok(buf[..n].to_vec()),
             // The watchdog's shutdown ends a read like end of stream or an error.
             _ if self.check_expiry().is_err() => Err(ErrorCode::TimedOut),
             Ok(_) => Ok(Vec::new()),

@@ -32,12 +32,20 @@ fn only_its_own_connection_ends(command: &str, cause: &str) -> Duration {
 #[test]
 fn an_infinite_loop_is_stopped_by_the_cpu_budget() {
     let took = only_its_own_connection_ends("loop", "CPU budget exceeded");
-    // 200 ms of budget plus a 10 ms tick; the rest is slack for a loaded machine.
+    // 200 ms of budget plus three 10 ms ticks; the rest is slack for a loaded machine.
     assert!(took < Duration::from_secs(3), "the loop ran for {took:?}");
     assert!(
         took >= Duration::from_millis(190),
         "stopped after only {took:?}"
     );
+}
+
+#[test]
+fn a_loop_calling_the_host_is_stopped_by_the_cpu_budget_too() {
+    // Host calls other than reads and writes do not reset the budget: a
+    // guest can not keep itself alive by asking for the time.
+    let took = only_its_own_connection_ends("loop-clock", "CPU budget exceeded");
+    assert!(took < Duration::from_secs(3), "the loop ran for {took:?}");
 }
 
 #[test]
@@ -83,6 +91,7 @@ fn waiting_is_not_charged_to_the_cpu_budget() {
     let mut client = server.connect();
     // Sleeping and idling far past the budget are not computing.
     assert_eq!(ask(&mut client, "sleep 500"), "slept 500");
+    assert_eq!(ask(&mut client, "naps 300"), "napped 300");
     thread::sleep(Duration::from_millis(500));
     assert_eq!(ask(&mut client, "still here"), "still here");
 }
@@ -135,7 +144,7 @@ fn a_slow_drip_client_is_cut_off_by_the_connection_time_limit() {
         open_for < Duration::from_secs(4),
         "cut off only after {open_for:?}"
     );
-    // Seen by whichever comes first: the host's read, or the guest's next host call.
+    // Seen by whichever comes first: the host's read, or the guest's next tick.
     server.wait_for_log(&["conn 1 ", "(--max-connection-time)"]);
     drip.join().unwrap();
 }

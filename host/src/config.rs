@@ -25,9 +25,9 @@ pub const DEFAULT_DRAIN_TIMEOUT: &str = "10s";
 /// a thousand runaway ones cannot exhaust a small server.
 pub const DEFAULT_MAX_MEMORY: &str = "64MiB";
 
-/// Longest a handler may compute without returning to the host (a `read`,
-/// `write`, sleep or any other host call). Far above what answering a message
-/// takes, far below what a client would wait for.
+/// Most CPU time a handler may use between two reads or writes on its
+/// connection. Far above what answering a message takes, far below what a
+/// client would wait for.
 pub const DEFAULT_CPU_BUDGET: &str = "1s";
 
 /// Longest a `read` or `write` waits for the client. Long enough for a person
@@ -131,9 +131,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", default_value = DEFAULT_MAX_MEMORY, value_parser = parse_size, help_heading = "Limits")]
     pub max_memory: usize,
 
-    /// Longest a handler may compute without returning to the host (a read,
-    /// write, sleep or other host call). Time spent waiting is never charged.
-    /// A handler over budget is stopped and its connection closed.
+    /// Most CPU time a handler may use between two reads or writes on its
+    /// connection. Waiting (for the client, or in a sleep) uses none and is
+    /// never charged. A handler over budget is stopped and its connection
+    /// closed.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_CPU_BUDGET, value_parser = parse_duration, help_heading = "Limits")]
     pub cpu_budget: Duration,
 

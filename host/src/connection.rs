@@ -155,6 +155,7 @@ impl HostConnection for ConnState {
         conn: Resource<Connection>,
         max: u32,
     ) -> wasmtime::Result<Result<Vec<u8>, ErrorCode>> {
+        self.cpu.io += 1;
         Ok(self.table.get_mut(&conn)?.read(max))
     }
 
@@ -163,6 +164,7 @@ impl HostConnection for ConnState {
         conn: Resource<Connection>,
         data: Vec<u8>,
     ) -> wasmtime::Result<Result<(), ErrorCode>> {
+        self.cpu.io += 1;
         Ok(self.table.get_mut(&conn)?.write(&data))
     }
 

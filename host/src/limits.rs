@@ -7,16 +7,17 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use wasmtime::{CallHook, ResourceLimiter, Store, Trap, WasmBacktrace};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::I32Exit;
 
 use crate::connection::Connection;
 use crate::sandbox::{ConnState, MAX_WASM_STACK};
 use crate::watchdog::Watchdog;
 
-/// How often the epoch ticker advances the engine's epoch: the resolution of
-/// `--cpu-budget`. A runaway guest is stopped within its budget plus one tick;
-/// 100 wakeups a second cost nothing measurable.
+/// How often the epoch ticker advances the engine's epoch, and so how often
+/// a computing guest's CPU budget is looked at. A runaway guest is stopped
+/// within its budget plus three ticks; 100 wakeups a second cost nothing
+/// measurable.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The limits every connection runs under.
@@ -24,7 +25,8 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct Limits {
     /// Most linear memory one connection's instance may have, in bytes.
     pub max_memory: usize,
-    /// Longest a guest may compute without returning to the host.
+    /// Most CPU time a guest may use between two reads or writes on its
+    /// connection.
     pub cpu_budget: Duration,
     /// Longest a `read` or `write` may wait for the client.
     pub idle_timeout: Duration,
@@ -49,12 +51,6 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The CPU budget in epoch ticks, rounded up so a budget is never cut short.
-    fn cpu_budget_ticks(&self) -> u64 {
-        let ticks = self.cpu_budget.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
-        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
-    }
-
     /// Applies every limit to a new connection's store and, if there is one,
     /// to the connection: memory, CPU budget, idle timeout, connection time.
     pub fn confine(
@@ -74,24 +70,87 @@ impl Limits {
         };
         store.limiter(|state| &mut state.meter);
 
-        // The budget is continuous guest time: it is re-armed whenever the
-        // guest gets control back from the host, so time spent blocked in
-        // `read`, `write` or a sleep is never charged.
-        let ticks = self.cpu_budget_ticks();
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(ticks);
-        store.call_hook(move |mut store, hook| {
-            if matches!(hook, CallHook::CallingWasm | CallHook::ReturningFromHost) {
-                store.set_epoch_deadline(ticks);
-                // Checked on every return from the host, so a guest that
-                // keeps calling the host cannot outlive its connection time.
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(ConnectionTimeUp.into());
-                }
+        // The CPU budget and the connection time are looked at once a tick,
+        // and only while the guest runs: an epoch check in its code calls
+        // back here. A guest blocked in `read`, `write` or a sleep is not
+        // running, so it costs nothing and is charged nothing. Nothing is done
+        // per host call: a call hook on every crossing between guest and host
+        // would cost each round trip more than all of this costs a second.
+        let budget = self.cpu_budget;
+        store.data_mut().cpu = CpuBudget::default();
+        store.epoch_deadline_callback(move |mut store| {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(ConnectionTimeUp.into());
             }
-            Ok(())
+            if store.data_mut().cpu.exceeded(budget, thread_cpu_time) {
+                return Err(Trap::Interrupt.into());
+            }
+            Ok(UpdateDeadline::Continue(1))
         });
+        store.set_epoch_deadline(1);
     }
+}
+
+/// How much CPU a guest has used since its last read or write on its
+/// connection, measured lazily, from the epoch callback.
+///
+/// The host's `read` and `write` count themselves in [`CpuBudget::io`]. When
+/// a tick finds the guest running and the count unchanged since the tick
+/// before, the guest has gone a whole tick without I/O: the thread's CPU clock
+/// is read then, and again at every later tick, until the guest does I/O or
+/// the CPU used since the first reading reaches the budget. The time before
+/// that first reading (two ticks at most) is not charged, so a runaway guest
+/// is stopped within its budget plus three ticks. A guest that keeps calling
+/// other host functions (the clock, stdout) is still computing and is
+/// stopped too; one that sleeps or waits uses no CPU and never is. The only
+/// system call is that clock reading, once a tick, and only for a guest that
+/// has stopped doing I/O.
+#[derive(Debug, Default)]
+pub struct CpuBudget {
+    /// Reads and writes so far.
+    pub(crate) io: u64,
+    /// `io` as the last tick saw it.
+    io_seen: u64,
+    /// The thread's CPU time when this stretch without I/O was first seen.
+    since: Option<Duration>,
+}
+
+impl CpuBudget {
+    /// Called once a tick while the guest runs: whether it has now used
+    /// `budget` of CPU without I/O, by the thread CPU clock `now`.
+    fn exceeded(&mut self, budget: Duration, now: impl FnOnce() -> Duration) -> bool {
+        if self.io != self.io_seen {
+            self.io_seen = self.io;
+            self.since = None;
+            return false;
+        }
+        let now = now();
+        let since = *self.since.get_or_insert(now);
+        now.saturating_sub(since) >= budget
+    }
+}
+
+/// The CPU time the calling thread has used: its guest's, when called from
+/// the epoch callback.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    let read = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    if read != 0 {
+        // Not seen on Linux; charging nothing would let a runaway guest run
+        // forever, so fall back to the wall clock, which charges too much.
+        return wall_clock_since_start();
+    }
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// Time since the first call, for [`thread_cpu_time`]'s fallback.
+fn wall_clock_since_start() -> Duration {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
 }
 
 /// Per-store memory accounting: denies growth past the limit and remembers
@@ -126,7 +185,7 @@ impl ResourceLimiter for Meter {
     }
 }
 
-/// The error a call hook raises when the connection's time is up.
+/// The error the epoch callback raises when the connection's time is up.
 #[derive(Debug)]
 struct ConnectionTimeUp;
 
@@ -143,7 +202,7 @@ impl std::error::Error for ConnectionTimeUp {}
 pub enum Failure {
     /// The guest tried to grow its memory past `--max-memory`.
     MemoryLimit(usize),
-    /// The guest computed for longer than `--cpu-budget` without a host call.
+    /// The guest used more than `--cpu-budget` of CPU without reading or writing.
     CpuBudget(Duration),
     /// The guest's stack overflowed.
     StackOverflow,
@@ -204,7 +263,7 @@ impl fmt::Display for Failure {
             ),
             Failure::CpuBudget(budget) => write!(
                 f,
-                "CPU budget exceeded: the handler computed for {budget:?} without returning to the host (--cpu-budget)"
+                "CPU budget exceeded: the handler computed for {budget:?} without reading or writing its connection (--cpu-budget)"
             ),
             Failure::StackOverflow => write!(
                 f,
@@ -334,16 +393,25 @@ mod tests {
     }
 
     #[test]
-    fn a_budget_is_never_rounded_down_to_nothing() {
-        let limits = |cpu_budget| Limits {
-            max_memory: 0,
-            cpu_budget,
-            idle_timeout: Duration::ZERO,
-            max_connection_time: None,
-            max_connections: 1,
+    fn the_cpu_budget_charges_only_a_stretch_without_io() {
+        let budget = Duration::from_millis(100);
+        let ms = Duration::from_millis;
+        // A tick with I/O since the last one starts nothing.
+        let mut cpu = CpuBudget {
+            io: 1,
+            ..CpuBudget::default()
         };
-        assert_eq!(limits(Duration::from_secs(1)).cpu_budget_ticks(), 100);
-        assert_eq!(limits(Duration::from_millis(15)).cpu_budget_ticks(), 2);
-        assert_eq!(limits(Duration::ZERO).cpu_budget_ticks(), 1);
+        assert!(!cpu.exceeded(budget, || unreachable!("no clock read after I/O")));
+        // The stretch is measured from the first tick without I/O...
+        assert!(!cpu.exceeded(budget, || ms(500)));
+        assert!(!cpu.exceeded(budget, || ms(599)));
+        // ...and ends at the budget.
+        assert!(cpu.exceeded(budget, || ms(600)));
+        // I/O starts a new stretch.
+        cpu.io += 1;
+        assert!(!cpu.exceeded(budget, || unreachable!()));
+        assert!(!cpu.exceeded(budget, || ms(700)));
+        assert!(!cpu.exceeded(budget, || ms(750)));
+        assert!(cpu.exceeded(budget, || ms(800)));
     }
 }

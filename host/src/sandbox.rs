@@ -24,7 +24,7 @@ use crate::cache::CodeCache;
 use crate::connection::Connection;
 use crate::console::Console;
 use crate::handler::Handler;
-use crate::limits::{EPOCH_TICK, Failure, Limits, Meter, guest_backtrace};
+use crate::limits::{CpuBudget, EPOCH_TICK, Failure, Limits, Meter, guest_backtrace};
 use crate::watchdog::Watchdog;
 
 /// Deepest a guest's stack may grow before it traps with a stack overflow:
@@ -54,6 +54,7 @@ pub struct ConnState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) meter: Meter,
+    pub(crate) cpu: CpuBudget,
 }
 
 impl WasiView for ConnState {
@@ -310,6 +311,7 @@ impl Sandbox {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             meter: Meter::default(),
+            cpu: CpuBudget::default(),
         })
     }
 }

@@ -70,9 +70,10 @@ Options:
                         (logs/) go [default: target/bench]
   --rounds N            rounds; each starts the three servers afresh and
                         measures them in turn, in an order that rotates from
-                        round to round; the table shows medians [default: 5]
+                        round to round; the table shows medians, and the
+                        median of each round's ratios [default: 10]
   --duration TIME       measured time of each throughput run, after a 0.5s
-                        warm-up: 3s, 500ms, 1.5s [default: 3s]
+                        warm-up: 3s, 500ms, 1.5s [default: 1.5s]
   --hotsock PATH        hotsock binary [default: target/release/hotsock]
   --native PATH         native-echo binary [default: target/release/native-echo]
   --handler PATH        the echo handler component hotsock serves and the
@@ -116,8 +117,11 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             out: "target/bench".into(),
-            rounds: 5,
-            duration: Duration::from_secs(3),
+            // Many short rounds rather than a few long ones: on a shared
+            // machine the noise comes and goes over seconds, and the median
+            // of ten paired ratios rides it out better than that of five.
+            rounds: 10,
+            duration: Duration::from_millis(1500),
             programs: Programs {
                 hotsock: "target/release/hotsock".into(),
                 native: "target/release/native-echo".into(),
@@ -498,6 +502,21 @@ fn summary(rounds: &[Round], swap: &HotSwap) -> Vec<Row> {
             )
         })
     };
+    // Each round measures the servers back to back, so a ratio within a round
+    // compares them under that round's conditions: the median of those
+    // ratios is steadier on a noisy machine than the ratio of the medians.
+    let paired = |f: &dyn Fn(&ServerRound) -> Option<f64>| {
+        [Kind::Native, Kind::Python].map(|other| {
+            median(rounds.iter().filter_map(|r| {
+                let hotsock = r.servers.get(&Kind::Hotsock).and_then(f)?;
+                let other = r.servers.get(&other).and_then(f)?;
+                (other != 0.0).then(|| hotsock / other)
+            }))
+        })
+    };
+    let row = |key: String, label: &str, unit, f: &dyn Fn(&ServerRound) -> Option<f64>| {
+        Row::new(key, label, unit, per_server(f)).ratios(paired(f))
+    };
     let hotsock_only = |v: Option<f64>| [v, None, None];
     let mut rows = Vec::new();
     for (i, clients) in PERSISTENT.into_iter().enumerate() {
@@ -506,11 +525,11 @@ fn summary(rounds: &[Round], swap: &HotSwap) -> Vec<Row> {
             1 => format!("{what}, 1 conn"),
             n => format!("{what}, {n} conns"),
         };
-        let mut rate = Row::new(
+        let mut rate = row(
             format!("round_trips_per_s_{clients}"),
             &label("round trips/s"),
             "1/s",
-            per_server(&|s| trips(s).map(|t| t.per_s)),
+            &|s| trips(s).map(|t| t.per_s),
         );
         if clients >= 10 {
             rate = rate
@@ -519,68 +538,68 @@ fn summary(rounds: &[Round], swap: &HotSwap) -> Vec<Row> {
         }
         rows.push(rate);
         rows.push(
-            Row::new(
+            row(
                 format!("round_trip_p50_us_{clients}"),
                 &label("  p50 latency µs"),
                 "µs",
-                per_server(&|s| trips(s).map(|t| t.p50_us)),
+                &|s| trips(s).map(|t| t.p50_us),
             )
             .decimals(1),
         );
         rows.push(
-            Row::new(
+            row(
                 format!("round_trip_p99_us_{clients}"),
                 &label("  p99 latency µs"),
                 "µs",
-                per_server(&|s| trips(s).map(|t| t.p99_us)),
+                &|s| trips(s).map(|t| t.p99_us),
             )
             .decimals(1),
         );
         rows.push(
-            Row::new(
+            row(
                 format!("round_trip_server_cpu_us_{clients}"),
                 &label("  server CPU µs/op"),
                 "µs",
-                per_server(&|s| trips(s).and_then(|t| t.server_cpu_us_per_op)),
+                &|s| trips(s).and_then(|t| t.server_cpu_us_per_op),
             )
             .decimals(1),
         );
     }
     let new = |s: &ServerRound| s.new_connections.clone();
     rows.push(
-        Row::new(
-            "new_connections_per_s",
+        row(
+            "new_connections_per_s".into(),
             &format!("new connections/s, {NEW_CONNECTION_CLIENTS} clients"),
             "1/s",
-            per_server(&|s| new(s).map(|t| t.per_s)),
+            &|s| new(s).map(|t| t.per_s),
         )
         .target(Target::OverNativeAtLeast(0.85))
         .target(Target::OverPythonAtLeast(5.0)),
     );
     rows.push(
-        Row::new(
-            "new_connection_p50_us",
+        row(
+            "new_connection_p50_us".into(),
             "  connect→reply p50 µs",
             "µs",
-            per_server(&|s| new(s).map(|t| t.p50_us)),
+            &|s| new(s).map(|t| t.p50_us),
         )
         .decimals(1),
     );
     rows.push(
-        Row::new(
-            "new_connection_p99_us",
+        row(
+            "new_connection_p99_us".into(),
             "  connect→reply p99 µs",
             "µs",
-            per_server(&|s| new(s).map(|t| t.p99_us)),
+            &|s| new(s).map(|t| t.p99_us),
         )
         .decimals(1),
     );
     rows.push(
-        Row::new(
-            "new_connection_server_cpu_us",
+        row(
+            "new_connection_server_cpu_us".into(),
             "  server CPU µs/op",
             "µs",
-            per_server(&|s| new(s).and_then(|t| t.server_cpu_us_per_op)),
+            &|s| new(s).and_then(|t| t.server_cpu_us_per_op),
         )
         .decimals(1),
     );
@@ -681,7 +700,7 @@ fn summary(rounds: &[Round], swap: &HotSwap) -> Vec<Row> {
 fn notes(options: &Options, rounds: &[Round]) -> Vec<String> {
     let mut notes = vec![
         format!(
-            "medians over {} round(s); ratios are of the medians; every round's values are in bench.json",
+            "medians over {} round(s); a ratio is the median of each round's ratio (the servers measured back to back); every round's values are in bench.json",
             options.rounds
         ),
         "hotsock runs with RUST_LOG=warn: its per-connection info logging is off, as the other two servers log nothing per connection".into(),

@@ -15,7 +15,7 @@ pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
 }
 
 /// The median of the values that are numbers; `None` if there are none.
-/// Rounds are few (3 by default): the median ignores one disturbed round.
+/// Rounds are few: the median ignores the odd disturbed one.
 pub fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
     let mut values: Vec<f64> = values.into_iter().filter(|v| v.is_finite()).collect();
     values.sort_by(f64::total_cmp);
@@ -49,6 +49,9 @@ pub struct Row {
     pub unit: &'static str,
     /// hotsock, native, python: the median over rounds, if measured.
     pub values: [Option<f64>; 3],
+    /// hotsock / native and hotsock / python, when measured apart from the
+    /// values (as the median of each round's ratio); else the values' ratios.
+    pub ratios: Option<[Option<f64>; 2]>,
     /// Decimals to print.
     pub decimals: usize,
     /// What hotsock should reach.
@@ -68,6 +71,7 @@ impl Row {
             label: label.to_string(),
             unit,
             values,
+            ratios: None,
             decimals: 0,
             targets: Vec::new(),
         }
@@ -79,6 +83,12 @@ impl Row {
         self
     }
 
+    /// Reports these as hotsock / native and hotsock / python.
+    pub fn ratios(mut self, ratios: [Option<f64>; 2]) -> Self {
+        self.ratios = Some(ratios);
+        self
+    }
+
     /// Adds a target.
     pub fn target(mut self, target: Target) -> Self {
         self.targets.push(target);
@@ -86,6 +96,9 @@ impl Row {
     }
 
     fn over(&self, other: usize) -> Option<f64> {
+        if let Some(ratios) = self.ratios {
+            return ratios[other - 1];
+        }
         match (self.values[0], self.values[other]) {
             (Some(h), Some(o)) if o != 0.0 => Some(h / o),
             _ => None,

@@ -129,14 +129,27 @@ fn serve(mut stream: TcpStream) {
             Ok(0) => return,
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            // A reset is how the bench's new-connection clients close: the
+            // end of this client, as it is for hotsock's handler, not an error.
+            Err(e) if gone(&e) => return,
             Err(e) => {
                 eprintln!("native-echo: {peer}: read failed: {e}");
                 return;
             }
         };
         if let Err(e) = stream.write_all(&echo_reply(&chunk[..n], SystemTime::now())) {
-            eprintln!("native-echo: {peer}: write failed: {e}");
+            if !gone(&e) {
+                eprintln!("native-echo: {peer}: write failed: {e}");
+            }
             return;
         }
     }
+}
+
+/// Whether an I/O error only says that the client has gone.
+fn gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+    )
 }

@@ -221,36 +221,11 @@ fn parse_duration(text: &str) -> Result<Duration> {
     })
 }
 
-/// Raises the soft limit on open files to the hard limit: the bench holds
-/// 1000+ sockets at once, and so do the servers, which inherit it.
+/// Raises the open files limit as hotsock does: the bench holds 1000+
+/// sockets at once, and so do the servers, which inherit the limit.
 fn raise_open_files_limit() -> Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass, nothing else.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        bail!(
-            "cannot read the open files limit: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        // An unlimited hard limit still cannot exceed the kernel's nr_open.
-        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(1 << 20);
-        limit.rlim_cur = limit.rlim_max.min(nr_open);
-        // SAFETY: setrlimit reads the struct we pass, nothing else.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-            bail!(
-                "cannot raise the open files limit: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    let soft = limit.rlim_cur;
+    let soft =
+        hotsock::server::raise_open_file_limit().context("cannot raise the open files limit")?;
     ensure!(
         soft >= OPEN_FILES_NEEDED,
         "the open files limit is {soft} (`ulimit -Hn`), and the bench needs {OPEN_FILES_NEEDED}: raise the hard limit"

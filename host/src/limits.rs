@@ -77,7 +77,6 @@ impl Limits {
         // per host call: a call hook on every crossing between guest and host
         // would cost each round trip more than all of this costs a second.
         let budget = self.cpu_budget;
-        store.data_mut().cpu = CpuBudget::default();
         store.epoch_deadline_callback(move |mut store| {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(ConnectionTimeUp.into());

@@ -51,7 +51,9 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
-    raise_open_file_limit();
+    if let Err(e) = server::raise_open_file_limit() {
+        warn!("cannot raise the open file limit: {e}");
+    }
     let limits = Limits {
         max_memory: args.max_memory,
         cpu_budget: args.cpu_budget,
@@ -195,29 +197,6 @@ fn rollback(args: AdminArgs) -> Result<()> {
         answer["current"].as_str().unwrap_or("?")
     );
     Ok(())
-}
-
-/// Each connection is a socket, so the default soft limit of 1024 open files
-/// would cap a server set up for `--max-connections 1000` well below that.
-/// Raise the soft limit to the hard one, as servers (and Go's runtime) do.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                warn!(
-                    "cannot raise the open file limit: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
-    }
 }
 
 /// SIGHUP reloads the handler. The first SIGINT or SIGTERM drains the server;

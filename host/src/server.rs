@@ -4,8 +4,8 @@
 //! One accept thread waits on every listener at once (`--addr` may be given
 //! several times). Each accepted client gets its own thread (a reused one when
 //! one is idle), which runs a fresh instance of the handler until the handler
-//! returns. A failing connection is
-//! logged and closed; it never stops the server.
+//! returns. A failing connection is logged and closed; it never stops the
+//! server.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -260,6 +260,34 @@ impl Server {
             left => warn!("drain timeout: exiting with {left} connection(s) still open"),
         }
     }
+}
+
+/// Raises the soft limit on open files to the hard limit, and returns the
+/// limit now in force. Each connection is a socket, so the usual soft limit
+/// of 1024 would cap a server set up for `--max-connections 1000` well below
+/// that; servers (and Go's runtime) raise it the same way.
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        // An unlimited hard limit still cannot exceed the kernel's nr_open.
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(1 << 20);
+        limit.rlim_cur = limit.rlim_max.min(nr_open);
+        // SAFETY: setrlimit reads the struct we pass, nothing else.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
 }
 
 /// Serves one client on the current thread, from the first byte to the close,

@@ -93,10 +93,10 @@ fn serve(args: ServeArgs) -> Result<()> {
     };
     let mut announce = Vec::new();
     for listener in &listeners {
-        announce.push(format!("listening on {}", listener.local_addr()?));
+        announce.push(format!("{}{}", server::LISTENING, listener.local_addr()?));
     }
     if let Some(admin) = &admin {
-        announce.push(format!("admin listening on {}", admin.local_addr()?));
+        announce.push(format!("{}{}", server::ADMIN_LISTENING, admin.local_addr()?));
     }
     let server = Server::new(Arc::clone(&registry), listeners, settings)?;
     handle_signals(server.stopper(), reloader)?;

@@ -35,6 +35,14 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// the listener list.
 const WAKE: Token = Token(usize::MAX);
 
+/// What `hotsock serve` prints on stdout before each listener's bound
+/// address, one line each: scripts, tests and the bench wait for these lines
+/// before connecting, so they are part of the interface.
+pub const LISTENING: &str = "listening on ";
+
+/// What `hotsock serve --admin` prints on stdout before the admin API's address.
+pub const ADMIN_LISTENING: &str = "admin listening on ";
+
 /// How the server behaves, as opposed to what it serves.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -1,6 +1,7 @@
 //! The classic interactive-client server: each message a client sends is
 //! printed as `Hello {MESSAGE}`, upper-cased, and acknowledged with `-`, until
-//! the client sends `--quit--` (in any case).
+//! the client sends `--quit--` (in any case), which is printed too and closes
+//! the connection without a reply.
 //!
 //! The printing is the point: hotsock forwards a handler's stdout to its log,
 //! labelled with the connection, so the operator watches the conversation
@@ -37,9 +38,13 @@ impl Guest for Greet {
             // Matched on the bytes, in ASCII only, so no Unicode case
             // mapping can make `--quit--` out of something else.
             let lower = message.to_ascii_lowercase();
-            let quit = lower.windows(8).any(|w| w == b"--quit--");
-            // Gone, or asked to go: returning lets hotsock close the connection.
-            if conn.write(b"-").is_err() || quit {
+            if lower.windows(8).any(|w| w == b"--quit--") {
+                // Asked to go: no reply, as in the classic server, whose
+                // client sends `--quit--` and closes without reading one.
+                break;
+            }
+            // Gone: returning lets hotsock close the connection.
+            if conn.write(b"-").is_err() {
                 break;
             }
         }

@@ -1,7 +1,7 @@
 # hotsock's one entry point, for people and for CI (.ci/run calls `make lint test`).
 #   make run    install what is needed, build, serve the default echo handler on $(ADDR)
 #   make test   install what is needed, build every handler, run every test
-#   make lint   rustfmt check and clippy (warnings are errors) on host, guests and bench
+#   make lint   rustfmt check, clippy (warnings are errors), and the host's layers
 #   make bench  hotsock against native Rust and Python echo servers, on loopback
 
 CARGO       ?= cargo
@@ -20,7 +20,7 @@ FIXTURES := -p probe -p not-a-handler
 # Python handlers are built with componentize-py, installed into .venv at the
 # version `hotsock new --lang python` tells users to install.
 VENV                    := .venv
-COMPONENTIZE_PY_VERSION := $(shell sed -n 's/.*COMPONENTIZE_PY_VERSION: &str = "\(.*\)";/\1/p' host/src/scaffold.rs)
+COMPONENTIZE_PY_VERSION := $(shell sed -n 's/.*COMPONENTIZE_PY_VERSION: &str = "\(.*\)";/\1/p' host/src/cli/new.rs)
 COMPONENTIZE_PY         := $(VENV)/bin/componentize-py
 COMPONENTIZE_PY_STAMP   := $(VENV)/.componentize-py-$(COMPONENTIZE_PY_VERSION)
 PY_HANDLERS             := $(WASM_DIR)/python_echo.wasm
@@ -90,8 +90,11 @@ $(MATPLOTLIB_STAMP):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib==$(MATPLOTLIB_VERSION)
 	touch $@
 
-## Formatting and clippy, warnings as errors, for host, guests and bench.
+## Formatting, clippy (warnings are errors) for host, guests and bench, and
+## the host's layers: no import cycles, dependencies one way (tools/layers.py).
 lint: rust-setup
+	$(PYTHON) tools/layers.py --self-test
+	$(PYTHON) tools/layers.py host/src
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy -p hotsock --all-targets -- -D warnings
 	$(CARGO) clippy -p hotsock-bench --all-targets -- -D warnings

@@ -51,12 +51,8 @@ fn bad_requests_get_clear_errors() {
     assert!(body["error"].as_str().unwrap().contains("--data-binary"));
     let (code, body) = http(admin, "POST", "/handler", b"garbage");
     assert_eq!(code, 422);
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("not a WebAssembly component")
-    );
+    assert_eq!(body["reason"], "not-a-component", "{body}");
+    assert!(body["error"].as_str().unwrap().contains("upload"), "{body}");
 }
 
 #[test]

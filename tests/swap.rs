@@ -178,19 +178,17 @@ fn an_open_connection_keeps_its_version_and_status_counts_it() {
     server.wait_for_log(&[&v2, "connected"]);
 }
 
-/// Files that must never replace a working handler, and what the rejection says.
+/// Files that must never replace a working handler, and the stable reason
+/// each is rejected with.
 fn bad_candidates(dir: &Path) -> Vec<(std::path::PathBuf, &'static str)> {
     let garbage = dir.join("garbage.wasm");
     std::fs::write(&garbage, b"this is not wasm at all").unwrap();
     let core = dir.join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     vec![
-        (garbage, "is not a WebAssembly component"),
-        (core, "is a core WebAssembly module"),
-        (
-            wasm("not-a-handler"),
-            "does not export `hotsock:plugin/handler@0.1.0`",
-        ),
+        (garbage, "not-a-component"),
+        (core, "core-module"),
+        (wasm("not-a-handler"), "missing-export"),
     ]
 }
 
@@ -203,8 +201,15 @@ fn hotsock_swap_rejects_bad_candidates_and_the_old_handler_keeps_serving() {
         let (ok, stderr) = swap(&server, &candidate);
         assert!(!ok, "{} was accepted", candidate.display());
         assert!(
-            stderr.contains("swap rejected") && stderr.contains(reason),
+            stderr.contains("swap rejected") && stderr.contains(&format!("({reason})")),
             "{stderr}"
+        );
+        let bytes = std::fs::read(&candidate).unwrap();
+        let (code, body) = http(server.admin(), "POST", "/handler", &bytes);
+        assert_eq!(
+            (code, body["reason"].as_str()),
+            (422, Some(reason)),
+            "{body}"
         );
         assert_eq!(who_answers(&mut open, "still"), Replier::Echo);
         assert_eq!(who_answers_new(server.addr()), Replier::Echo);
@@ -229,7 +234,9 @@ fn sighup_reloads_the_file_and_rejects_bad_content() {
     for (candidate, reason) in bad_candidates(dir.path()) {
         std::fs::copy(&candidate, &path).unwrap();
         server.signal(SIGHUP);
-        server.wait_for_log(&["SIGHUP: swap rejected, still serving v1-", reason]);
+        server.wait_for_log(&[&format!(
+            "SIGHUP: swap rejected ({reason}), still serving v1-"
+        )]);
         assert_eq!(who_answers_new(server.addr()), Replier::Echo);
     }
     std::fs::copy(wasm("probe"), &path).unwrap();
@@ -245,7 +252,9 @@ fn watch_reloads_on_change_and_rejects_bad_content() {
     server.wait_for_log(&["watching"]);
     for (candidate, reason) in bad_candidates(dir.path()) {
         std::fs::write(&path, std::fs::read(&candidate).unwrap()).unwrap();
-        server.wait_for_log(&["--watch: swap rejected, still serving v1-", reason]);
+        server.wait_for_log(&[&format!(
+            "--watch: swap rejected ({reason}), still serving v1-"
+        )]);
         assert_eq!(who_answers_new(server.addr()), Replier::Echo);
     }
     // Written in two steps, like a slow build: only the whole file is loaded.
@@ -326,6 +335,49 @@ fn a_new_version_that_traps_is_rolled_back_automatically() {
 }
 
 #[test]
+fn connections_the_operators_limits_stop_never_roll_back_a_good_version() {
+    let server = Server::start_with(
+        "guest_handler",
+        &[
+            "--admin",
+            "127.0.0.1:0",
+            "--rollback-on-traps",
+            "1",
+            "--max-connection-time",
+            "1s",
+            "--idle-timeout",
+            "300ms",
+            "--cpu-budget",
+            "30s",
+        ],
+    );
+    swap_ok(&server, "probe");
+    let v2 = server.status()["current"].as_str().unwrap().to_string();
+    // Computing when the connection's time is up: stopped by the host.
+    let mut busy = server.connect();
+    busy.write_all(b"loop").unwrap();
+    assert!(is_closed(&mut busy));
+    server.wait_for_log(&["(--max-connection-time)"]);
+    // Silent past the idle timeout, with a handler that panics when its read
+    // fails: the panic follows the host's decision, so it is not the
+    // handler's fault either.
+    let mut quiet = server.connect();
+    quiet.write_all(b"await").unwrap();
+    assert!(is_closed(&mut quiet));
+    server.wait_for_log(&["(--idle-timeout)"]);
+
+    let status = server.status();
+    assert_eq!(status["current"], v2.as_str(), "rolled back: {status:#}");
+    assert_eq!(status["rollbacks"].as_array().unwrap().len(), 0);
+    assert_eq!(version(&status, &v2)["traps"], 0, "{status:#}");
+    // A fault of the handler's own still counts, and rolls it back.
+    let mut victim = server.connect();
+    victim.write_all(b"trap").unwrap();
+    assert!(is_closed(&mut victim));
+    server.wait_for_log(&["rolled back", "automatic: 1 of its first 100"]);
+}
+
+#[test]
 fn drain_deadline_closes_connections_left_on_a_replaced_version() {
     let server = Server::start_with(
         "guest_handler",
@@ -345,9 +397,38 @@ fn drain_deadline_closes_connections_left_on_a_replaced_version() {
         started.elapsed() >= Duration::from_millis(200),
         "closed before the deadline"
     );
-    server.wait_for_log(&["closing it: its version was replaced more than 300ms ago"]);
+    server.wait_for_log(&["its version was replaced more than 300ms ago (--drain-deadline)"]);
     // The new version's connection is untouched.
     assert_eq!(who_answers(&mut new, "still"), Replier::Probe);
+}
+
+#[test]
+fn the_drain_deadline_stops_a_computing_handler_without_holding_it_against_it() {
+    // A CPU budget far beyond the test: only the deadline can stop the loop.
+    let server = Server::start_with(
+        "probe",
+        &[
+            "--admin",
+            "127.0.0.1:0",
+            "--drain-deadline",
+            "300ms",
+            "--cpu-budget",
+            "60s",
+        ],
+    );
+    let v1 = server.status()["current"].as_str().unwrap().to_string();
+    let mut busy = server.connect();
+    let name = format!("conn {} ", ask(&mut busy, "whoami"));
+    busy.write_all(b"loop").unwrap();
+    swap_ok(&server, "guest_handler");
+    let started = Instant::now();
+    assert!(is_closed(&mut busy));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "stopped after {took:?}");
+    server.wait_for_log(&[&name, "(--drain-deadline)", "closed after"]);
+    let status = server.status();
+    assert_eq!(version(&status, &v1)["traps"], 0, "{status:#}");
+    assert_eq!(version(&status, &v1)["active_connections"], 0, "{status:#}");
 }
 
 #[test]

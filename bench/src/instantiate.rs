@@ -5,10 +5,8 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context as _, Result};
-use hotsock::handler::Handler;
-use hotsock::limits::Limits;
-use hotsock::sandbox::{Capabilities, Sandbox};
+use anyhow::{Context as _, Result, anyhow};
+use hotsock::runtime::{Handler, Runtime, Settings};
 use serde::Serialize;
 
 use crate::report::percentile;
@@ -31,33 +29,40 @@ pub struct InstantiateTime {
     pub p99_us: f64,
 }
 
-/// A sandbox as `hotsock serve` builds it by default, and the handler
+/// A runtime as `hotsock serve` builds it by default, and the handler
 /// compiled in it: built once, measured once per round.
 pub struct Instantiator {
-    // Declared first so it is dropped before the sandbox it was compiled in.
+    // Declared first so it is dropped before the runtime it was compiled in.
     handler: Handler,
-    sandbox: Sandbox,
+    runtime: Runtime,
 }
 
 impl Instantiator {
-    /// Builds the default sandbox (default limits, no capabilities, no code
+    /// Builds the default runtime (default limits, no capabilities, no code
     /// cache) and compiles the handler at `path` in it.
     pub fn load(path: &Path) -> Result<Self> {
-        let sandbox = Sandbox::new(Limits::default(), Capabilities::default(), None)
-            .context("cannot build hotsock's sandbox")?;
-        let handler = Handler::load(&sandbox, path)?;
-        Ok(Instantiator { handler, sandbox })
+        let runtime =
+            Runtime::new(Settings::default()).context("cannot build hotsock's runtime")?;
+        let handler = Handler::load(&runtime, path)?;
+        Ok(Instantiator { handler, runtime })
+    }
+
+    /// One instantiation, as a connection's.
+    fn instantiate(&self) -> Result<()> {
+        self.handler
+            .instantiate(&self.runtime, "bench")
+            .map_err(|why| anyhow!("cannot instantiate the handler: {why}"))
     }
 
     /// Warms up, then times [`SAMPLES`] instantiations one by one.
     pub fn measure(&self) -> Result<InstantiateTime> {
         for _ in 0..WARMUP {
-            self.sandbox.instantiate(&self.handler)?;
+            self.instantiate()?;
         }
         let mut nanos = Vec::with_capacity(SAMPLES);
         for _ in 0..SAMPLES {
             let began = Instant::now();
-            self.sandbox.instantiate(&self.handler)?;
+            self.instantiate()?;
             nanos.push(u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX));
         }
         nanos.sort_unstable();

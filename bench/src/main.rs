@@ -225,7 +225,7 @@ fn parse_duration(text: &str) -> Result<Duration> {
 /// sockets at once, and so do the servers, which inherit the limit.
 fn raise_open_files_limit() -> Result<u64> {
     let soft =
-        hotsock::server::raise_open_file_limit().context("cannot raise the open files limit")?;
+        hotsock::sys::raise_open_file_limit().context("cannot raise the open files limit")?;
     ensure!(
         soft >= OPEN_FILES_NEEDED,
         "the open files limit is {soft} (`ulimit -Hn`), and the bench needs {OPEN_FILES_NEEDED}: raise the hard limit"

@@ -1,22 +1,26 @@
-//! The idle timeout and the connection time limit, enforced by one thread.
+//! The idle timeout, the connection time limit and the drain deadline,
+//! enforced for every connection by one thread.
 //!
 //! A socket timeout would arm and cancel a kernel timer on every blocking
 //! `read` and `write`, a cost on every round trip. Instead, a connection only
 //! notes, in an atomic, the tick at which it started waiting for its client;
 //! the watchdog thread looks at every connection once a tick and shuts down
-//! the socket of one that has waited too long (or whose time is up), which
-//! wakes the blocked call. The connection then reports `timed-out` to its
-//! handler. Precision is one tick, a tenth of the idle timeout at most.
+//! the socket of one that has waited too long, whose time is up, or whose
+//! [`Deadline`] has passed, which wakes the blocked call. The connection then
+//! sees why in [`Watch::expired`]. Precision is one tick, a tenth of the
+//! shortest limit, between 10 ms and 1 s.
 
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+
+use crate::sys;
 
 /// Finest tick: a shorter one buys nothing a client could notice.
 const MIN_TICK: Duration = Duration::from_millis(10);
@@ -28,8 +32,38 @@ const MAX_TICK: Duration = Duration::from_secs(1);
 pub enum Expiry {
     /// The client sent nothing (or took nothing) for the idle timeout.
     Idle,
-    /// The connection reached `--max-connection-time`.
+    /// The connection reached its time limit.
     TimeUp,
+    /// The connection's [`Deadline`] passed: its handler version was replaced
+    /// long enough ago.
+    Drained,
+}
+
+impl Expiry {
+    /// Whether the watchdog closed the connection both ways, so that nothing
+    /// the guest does afterwards can matter and it may be stopped outright.
+    /// An idle timeout shuts only the side that waited: the handler may still
+    /// say goodbye.
+    pub fn is_final(self) -> bool {
+        self != Expiry::Idle
+    }
+
+    fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => None,
+            1 => Some(Expiry::Idle),
+            2 => Some(Expiry::TimeUp),
+            _ => Some(Expiry::Drained),
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Expiry::Idle => 1,
+            Expiry::TimeUp => 2,
+            Expiry::Drained => 3,
+        }
+    }
 }
 
 /// What a connection is waiting for, if anything; kept with the tick.
@@ -41,7 +75,46 @@ pub enum Wait {
     Write,
 }
 
-/// The watchdog of one server process.
+/// A moment after which every connection watched with it is cut off. Unset
+/// at first; it can be set, moved and unset at any time, from any thread
+/// (a handler version is replaced, then rolled back to).
+#[derive(Debug, Default)]
+pub struct Deadline(
+    /// 0 when unset; else nanoseconds since [`origin`], plus one.
+    AtomicU64,
+);
+
+impl Deadline {
+    /// Sets the deadline to `at`.
+    pub fn set(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(origin()).as_nanos();
+        self.0.store(
+            u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Unsets the deadline: nobody is cut off by it.
+    pub fn clear(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the deadline is set and `now` is past it.
+    fn passed(&self, now: Instant) -> bool {
+        match self.0.load(Ordering::Relaxed) {
+            0 => false,
+            at => origin() + Duration::from_nanos(at - 1) <= now,
+        }
+    }
+}
+
+/// The moment [`Deadline`]s count from: the first time one is used.
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// The watchdog of one server process. Dropping it stops its thread at once.
 pub struct Watchdog {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
@@ -49,8 +122,6 @@ pub struct Watchdog {
 
 struct Shared {
     tick: Duration,
-    idle_timeout: Duration,
-    time_limit: Option<Duration>,
     idle_ticks: u64,
     time_limit_ticks: Option<u64>,
     /// Ticks since the watchdog started; what connections stamp their waits with.
@@ -64,8 +135,9 @@ struct Shared {
 struct Watched {
     fd: RawFd,
     state: Arc<WatchState>,
-    /// The tick at which `--max-connection-time` ends it, if set.
-    deadline: Option<u64>,
+    /// The tick at which the time limit ends it, if there is one.
+    time_up: Option<u64>,
+    drain: Option<Arc<Deadline>>,
 }
 
 /// Shared between a connection and the watchdog.
@@ -74,20 +146,29 @@ struct WatchState {
     /// 0 when not waiting; else the tick the wait started, shifted left one
     /// bit, with the low bit set for a write.
     waiting: AtomicU64,
-    /// 0, or the [`Expiry`] (as 1 + its index) once the watchdog acted.
+    /// 0, or the [`Expiry`] once the watchdog acted.
     expired: AtomicU8,
 }
 
 impl Watchdog {
-    /// Starts the watchdog thread for these limits.
-    pub fn start(idle_timeout: Duration, time_limit: Option<Duration>) -> Result<Self> {
-        let shortest = time_limit.map_or(idle_timeout, |t| t.min(idle_timeout));
+    /// Starts the watchdog thread: a connection waiting on its client for
+    /// `idle_timeout` is cut off, and so is one open for `time_limit`.
+    /// `deadlines`, the time between setting a [`Deadline`] and its passing,
+    /// if known, makes the tick fine enough for those too.
+    pub fn start(
+        idle_timeout: Duration,
+        time_limit: Option<Duration>,
+        deadlines: Option<Duration>,
+    ) -> Result<Self> {
+        let shortest = [Some(idle_timeout), time_limit, deadlines]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(idle_timeout);
         let tick = (shortest / 10).clamp(MIN_TICK, MAX_TICK);
         let ticks = |d: Duration| (d.as_nanos() / tick.as_nanos()).max(1) as u64;
         let shared = Arc::new(Shared {
             tick,
-            idle_timeout,
-            time_limit,
             idle_ticks: ticks(idle_timeout),
             time_limit_ticks: time_limit.map(ticks),
             // Start at 1: a waiting stamp of 0 means "not waiting".
@@ -107,18 +188,18 @@ impl Watchdog {
         })
     }
 
-    /// Starts watching a connection's socket; it is unwatched when the
-    /// returned [`Watch`] is dropped, which must happen before the socket is
-    /// closed.
-    pub fn watch(&self, stream: &TcpStream) -> Watch {
+    /// Starts watching a connection's socket, also against `drain` if given.
+    /// It is unwatched when the returned [`Watch`] is dropped, which must
+    /// happen before the socket is closed.
+    pub fn watch(&self, stream: &TcpStream, drain: Option<Arc<Deadline>>) -> Watch {
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(WatchState::default());
         let now = self.shared.now.load(Ordering::Relaxed);
-        let deadline = self.shared.time_limit_ticks.map(|limit| now + limit);
         let watched = Watched {
             fd: stream.as_raw_fd(),
             state: Arc::clone(&state),
-            deadline,
+            time_up: self.shared.time_limit_ticks.map(|limit| now + limit),
+            drain,
         };
         self.shared.lock().insert(key, watched);
         Watch {
@@ -133,6 +214,8 @@ impl Drop for Watchdog {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
+            // Wake it from its tick's sleep rather than wait the tick out.
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }
@@ -140,61 +223,65 @@ impl Drop for Watchdog {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Watched>> {
-        // The map stays consistent even if a holder panicked: every change is
-        // one insert or remove.
-        self.watched.lock().unwrap_or_else(|e| e.into_inner())
+        // Every change to the map is one insert or remove.
+        sys::lock(&self.watched)
     }
 
     fn run(&self) {
         let started = Instant::now();
+        let mut next = started;
         while !self.stop.load(Ordering::Relaxed) {
-            thread::sleep(self.tick);
+            next += self.tick;
+            // Parked rather than slept, so that dropping the watchdog wakes
+            // it. A wakeup for any other reason only means an early look.
+            thread::park_timeout(next.saturating_duration_since(Instant::now()));
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let instant = Instant::now();
             // Counted from the start, not by adding up sleeps, so that a late
             // wakeup does not make every timeout later.
-            let now = 1 + (started.elapsed().as_nanos() / self.tick.as_nanos()) as u64;
+            let now =
+                1 + (instant.duration_since(started).as_nanos() / self.tick.as_nanos()) as u64;
             self.now.store(now, Ordering::Relaxed);
             for watched in self.lock().values() {
-                watched.check(now, self.idle_ticks);
+                watched.check(now, instant, self.idle_ticks);
             }
         }
     }
 }
 
 impl Watched {
-    /// Cuts the connection off if it has waited too long or its time is up.
-    /// Runs with the map locked, so the socket cannot be closed meanwhile.
-    fn check(&self, now: u64, idle_ticks: u64) {
+    /// Cuts the connection off if its time is up, its deadline has passed,
+    /// or it has waited too long. Runs with the map locked, so the socket
+    /// cannot be closed meanwhile.
+    fn check(&self, now: u64, instant: Instant, idle_ticks: u64) {
         if self.state.expired.load(Ordering::Relaxed) != 0 {
             return;
         }
-        if self.deadline.is_some_and(|deadline| now >= deadline) {
-            self.cut(Expiry::TimeUp, Shutdown::Both);
-            return;
+        if self.time_up.is_some_and(|at| now >= at) {
+            return self.cut(Expiry::TimeUp, Shutdown::Both);
+        }
+        if self.drain.as_ref().is_some_and(|d| d.passed(instant)) {
+            return self.cut(Expiry::Drained, Shutdown::Both);
         }
         let waiting = self.state.waiting.load(Ordering::Relaxed);
         if waiting != 0 && now.saturating_sub(waiting >> 1) >= idle_ticks {
             // Only the side that is stuck: after an idle read the handler may
             // still say goodbye.
-            let side = if waiting & 1 == 1 {
-                Shutdown::Write
-            } else {
-                Shutdown::Read
+            let side = match waiting & 1 == 1 {
+                true => Shutdown::Write,
+                false => Shutdown::Read,
             };
             self.cut(Expiry::Idle, side);
         }
     }
 
     fn cut(&self, why: Expiry, side: Shutdown) {
-        self.state.expired.store(why as u8 + 1, Ordering::Relaxed);
-        let how = match side {
-            Shutdown::Read => libc::SHUT_RD,
-            Shutdown::Write => libc::SHUT_WR,
-            Shutdown::Both => libc::SHUT_RDWR,
-        };
+        self.state.expired.store(why.to_u8(), Ordering::Relaxed);
         // SAFETY: the descriptor is open: a connection unwatches itself (under
-        // the lock held by our caller) before its socket is closed. A failure
-        // (the client already gone) leaves nothing to wake.
-        unsafe { libc::shutdown(self.fd, how) };
+        // the lock held by our caller) before its socket is closed.
+        unsafe { sys::shutdown(self.fd, side) };
     }
 }
 
@@ -215,24 +302,39 @@ impl Watch {
         Waiting(self)
     }
 
-    /// The idle timeout and the connection time limit, for log lines.
-    pub fn limits(&self) -> (Duration, Option<Duration>) {
-        (self.shared.idle_timeout, self.shared.time_limit)
-    }
-
     /// Whether, and why, the watchdog cut the connection off.
     pub fn expired(&self) -> Option<Expiry> {
-        match self.state.expired.load(Ordering::Relaxed) {
-            0 => None,
-            1 => Some(Expiry::Idle),
-            _ => Some(Expiry::TimeUp),
-        }
+        Expiry::from_u8(self.state.expired.load(Ordering::Relaxed))
+    }
+
+    /// A handle that tells whether the connection has been cut off, for code
+    /// that runs while the connection is busy elsewhere.
+    pub fn verdict(&self) -> Verdict {
+        Verdict(Arc::clone(&self.state))
     }
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
         self.shared.lock().remove(&self.key);
+    }
+}
+
+/// Whether the watchdog cut one connection off: [`Watch::expired`], readable
+/// without the [`Watch`].
+#[derive(Clone)]
+pub struct Verdict(Arc<WatchState>);
+
+impl std::fmt::Debug for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Verdict").field(&self.expired()).finish()
+    }
+}
+
+impl Verdict {
+    /// Whether, and why, the watchdog cut the connection off.
+    pub fn expired(&self) -> Option<Expiry> {
+        Expiry::from_u8(self.0.expired.load(Ordering::Relaxed))
     }
 }
 
@@ -259,9 +361,9 @@ mod tests {
 
     #[test]
     fn a_read_that_waits_too_long_is_woken_and_marked_idle() {
-        let watchdog = Watchdog::start(Duration::from_millis(100), None).unwrap();
+        let watchdog = Watchdog::start(Duration::from_millis(100), None, None).unwrap();
         let (mut server, _client) = pair();
-        let watch = watchdog.watch(&server);
+        let watch = watchdog.watch(&server, None);
         let started = Instant::now();
         let waiting = watch.waiting(Wait::Read);
         let n = server.read(&mut [0; 16]).unwrap();
@@ -277,21 +379,51 @@ mod tests {
 
     #[test]
     fn a_connection_that_is_not_waiting_is_left_alone() {
-        let watchdog = Watchdog::start(Duration::from_millis(50), None).unwrap();
+        let watchdog = Watchdog::start(Duration::from_millis(50), None, None).unwrap();
         let (server, _client) = pair();
-        let watch = watchdog.watch(&server);
+        let watch = watchdog.watch(&server, None);
         thread::sleep(Duration::from_millis(200));
         assert_eq!(watch.expired(), None);
     }
 
     #[test]
     fn the_time_limit_ends_a_busy_connection() {
-        let watchdog =
-            Watchdog::start(Duration::from_secs(60), Some(Duration::from_millis(100))).unwrap();
+        let watchdog = Watchdog::start(
+            Duration::from_secs(60),
+            Some(Duration::from_millis(100)),
+            None,
+        )
+        .unwrap();
         let (mut server, _client) = pair();
-        let watch = watchdog.watch(&server);
+        let watch = watchdog.watch(&server, None);
         let _waiting = watch.waiting(Wait::Read);
         assert_eq!(server.read(&mut [0; 16]).unwrap(), 0);
         assert_eq!(watch.expired(), Some(Expiry::TimeUp));
+        assert_eq!(watch.verdict().expired(), Some(Expiry::TimeUp));
+    }
+
+    #[test]
+    fn a_deadline_ends_its_connections_once_set_and_passed() {
+        let watchdog = Watchdog::start(Duration::from_millis(100), None, None).unwrap();
+        let deadline = Arc::new(Deadline::default());
+        let (mut server, _client) = pair();
+        let watch = watchdog.watch(&server, Some(Arc::clone(&deadline)));
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(watch.expired(), None, "an unset deadline cuts nothing");
+        deadline.set(Instant::now() + Duration::from_secs(3600));
+        deadline.clear();
+        deadline.set(Instant::now() + Duration::from_millis(50));
+        assert_eq!(server.read(&mut [0; 16]).unwrap(), 0);
+        assert_eq!(watch.expired(), Some(Expiry::Drained));
+    }
+
+    #[test]
+    fn dropping_the_watchdog_does_not_wait_for_its_tick() {
+        let watchdog = Watchdog::start(Duration::from_secs(300), None, None).unwrap();
+        thread::sleep(Duration::from_millis(20));
+        let started = Instant::now();
+        drop(watchdog);
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(500), "{took:?}");
     }
 }

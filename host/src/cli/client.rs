@@ -8,8 +8,10 @@ use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use hotsock::units::parse_duration;
 
-use crate::config::ClientArgs;
+use crate::cli::args::DEFAULT_ADDR;
 
 /// How long after the first bytes of a reply the client keeps collecting more:
 /// a reply may arrive in several segments, and a person cannot tell 20 ms.
@@ -17,6 +19,31 @@ const REPLY_SETTLE: Duration = Duration::from_millis(20);
 
 /// How long to wait for the server to close after we are done sending.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Options of `hotsock client`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+With a terminal, it prompts `-> ` for each line; typing `quit` ends the session. \
+With stdin from a pipe or file, it sends each line and prints each reply, without prompts.")]
+pub struct ClientArgs {
+    /// The server, as HOST:PORT.
+    #[arg(value_name = "ADDR", default_value = DEFAULT_ADDR)]
+    pub addr: String,
+
+    /// Send this message to the server before closing when `quit` is typed,
+    /// e.g. `--quit-message --quit--` for the classic interactive server.
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+    pub quit_message: Option<String>,
+
+    /// Send each line with its newline (by default a line goes without it,
+    /// like the classic client).
+    #[arg(long)]
+    pub newline: bool,
+
+    /// Longest to wait for a reply before giving up.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: humantime::Duration,
+}
 
 /// Runs the client until `quit`, end of input, or the server closing.
 pub fn run(args: &ClientArgs) -> Result<()> {
@@ -54,7 +81,7 @@ pub fn run(args: &ClientArgs) -> Result<()> {
         stream
             .write_all(&message)
             .context("cannot send to the server")?;
-        match read_reply(&mut stream, args.timeout)? {
+        match read_reply(&mut stream, *args.timeout)? {
             Some(reply) => writeln!(
                 stdout,
                 "{}",

@@ -6,5 +6,5 @@ wasmtime::component::bindgen!({
     // Host functions return `wasmtime::Result` so a host-side failure (such as a
     // stale resource handle) traps the guest instead of panicking the host.
     imports: { default: trappable },
-    with: { "hotsock:plugin/types.connection": crate::connection::Connection },
+    with: { "hotsock:plugin/types.connection": crate::runtime::connection::Connection },
 });

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use log::{debug, warn};
+
+use crate::sys;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -125,8 +127,7 @@ fn prepare(dir: &Path) -> Result<(), String> {
         .create(dir)
         .map_err(|e| e.to_string())?;
     let meta = fs::metadata(dir).map_err(|e| e.to_string())?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = sys::effective_uid();
     if meta.uid() != me {
         return Err(format!(
             "it belongs to user {}, not to this user ({me})",

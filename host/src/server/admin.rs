@@ -1,6 +1,5 @@
 //! The admin API, off unless `serve --admin` is given: a small HTTP interface
-//! to the [`Registry`], and the client that `hotsock status`, `swap` and
-//! `rollback` use.
+//! to the [`Registry`] and the connection counts.
 //!
 //! | request          | what it does                                          |
 //! |------------------|-------------------------------------------------------|
@@ -8,15 +7,15 @@
 //! | `POST /handler`  | swaps in the component in the body (`curl --data-binary @h.wasm`) |
 //! | `POST /rollback` | returns to the previous version                       |
 //!
-//! Answers are JSON; failures carry `{"error": "..."}` with a 4xx status.
+//! Answers are JSON; failures carry `{"error": "..."}` with a 4xx status, and
+//! a rejected handler also `"reason"`, a stable name for what was wrong.
 //! The API has no authentication, so it listens on loopback unless the
 //! operator explicitly allows otherwise.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use log::{debug, warn};
@@ -24,9 +23,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tiny_http::{Header, Method, Request, Response};
 
-use crate::admission::{Admission, AdmissionStatus};
-use crate::registry::{Registry, Status, Swapped};
-use crate::sandbox::background_priority;
+use crate::server::admission::{Admission, AdmissionStatus};
+use crate::server::listener::bind_one;
+use crate::server::registry::{Registry, Status, Swapped};
+use crate::sys;
 
 /// Largest component `POST /handler` accepts. Rust handlers are around
 /// 100 KiB and Python ones around 20 MiB; this leaves room while keeping a
@@ -36,10 +36,6 @@ pub const MAX_UPLOAD: usize = 128 * 1024 * 1024;
 /// Optional request header naming where an uploaded component came from, so
 /// logs and `/status` can say more than `upload`. `hotsock swap` sends the path.
 pub const SOURCE_HEADER: &str = "X-Hotsock-Source";
-
-/// How long the client waits for an answer: a large component can take a
-/// while to compile before the server replies.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What `GET /status` answers: connection counts, and the handler versions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,7 +62,7 @@ pub fn bind(addr: &str, allow_remote: bool) -> Result<TcpListener> {
              --admin-allow-remote"
         );
     }
-    crate::server::bind_one(addr, "--admin")
+    bind_one(addr, "--admin")
 }
 
 /// Serves the admin API on `listener` from a thread of its own, and each
@@ -88,7 +84,7 @@ pub fn spawn(
                         .name("admin-request".into())
                         .spawn(move || {
                             // A swap validates and compiles on this thread.
-                            background_priority();
+                            sys::background_priority();
                             respond(&registry, &admission, request)
                         });
                 if let Err(e) = spawned {
@@ -100,18 +96,20 @@ pub fn spawn(
     Ok(())
 }
 
-fn respond(registry: &Arc<Registry>, admission: &Admission, mut request: Request) {
+fn respond(registry: &Registry, admission: &Admission, mut request: Request) {
     let (code, body) = route(registry, admission, &mut request);
-    let json = Header::from_bytes("Content-Type", "application/json").expect("a valid header");
     let response = Response::from_string(format!("{body:#}\n"))
         .with_status_code(code)
-        .with_header(json);
+        .with_header(Header {
+            field: "Content-Type".parse().expect("a valid header name"),
+            value: "application/json".parse().expect("a valid header value"),
+        });
     if let Err(e) = request.respond(response) {
         debug!("admin: the client left before the answer: {e}");
     }
 }
 
-fn route(registry: &Arc<Registry>, admission: &Admission, request: &mut Request) -> (u16, Value) {
+fn route(registry: &Registry, admission: &Admission, request: &mut Request) -> (u16, Value) {
     let path = request
         .url()
         .split('?')
@@ -128,11 +126,11 @@ fn route(registry: &Arc<Registry>, admission: &Admission, request: &mut Request)
         }
         (Method::Post, "/handler") => upload(registry, request),
         (Method::Post, "/rollback") => match registry.rollback("manual: POST /rollback") {
-            Ok((current, replaced)) => (
+            Some((current, replaced)) => (
                 200,
                 json!({"current": current.id(), "replaced": replaced.id()}),
             ),
-            Err(e) => error(409, format!("{e:#}")),
+            None => error(409, "there is no previous version to roll back to".into()),
         },
         (_, "/status" | "/handler" | "/rollback") => error(
             405,
@@ -145,7 +143,7 @@ fn route(registry: &Arc<Registry>, admission: &Admission, request: &mut Request)
     }
 }
 
-fn upload(registry: &Arc<Registry>, request: &mut Request) -> (u16, Value) {
+fn upload(registry: &Registry, request: &mut Request) -> (u16, Value) {
     let too_large = || {
         error(
             413,
@@ -189,135 +187,15 @@ fn upload(registry: &Arc<Registry>, request: &mut Request) -> (u16, Value) {
         Err(e) => {
             let current = registry.current();
             warn!(
-                "admin: swap rejected, still serving {}: {e:#}",
+                "admin: swap rejected ({}), still serving {}: {e}",
+                e.reason(),
                 current.id()
             );
-            error(422, format!("{e:#}"))
+            (422, json!({ "error": e.to_string(), "reason": e.reason() }))
         }
     }
 }
 
 fn error(code: u16, message: String) -> (u16, Value) {
     (code, json!({ "error": message }))
-}
-
-/// The client side, for `hotsock status`, `swap` and `rollback`.
-pub struct Client {
-    addr: String,
-}
-
-impl Client {
-    /// A client of the admin API at `addr` (as given to `serve --admin`).
-    pub fn new(addr: String) -> Self {
-        Client { addr }
-    }
-
-    /// `GET /status`.
-    pub fn status(&self) -> Result<ServerStatus> {
-        let body = self.call("GET", "/status", None)?;
-        serde_json::from_value(body)
-            .context("the server's /status answer is not what this hotsock expects")
-    }
-
-    /// `POST /handler`: the server's answer, `{"swapped", "current", "replaced"}`.
-    pub fn swap(&self, source: &str, component: &[u8]) -> Result<Value> {
-        self.call("POST", "/handler", Some((source, component)))
-    }
-
-    /// `POST /rollback`: the server's answer, `{"current", "replaced"}`.
-    pub fn rollback(&self) -> Result<Value> {
-        self.call("POST", "/rollback", None)
-    }
-
-    /// One HTTP/1.1 request on a fresh connection. The server is ours and
-    /// answers with a `Content-Length`, so a minimal client is enough.
-    fn call(&self, method: &str, path: &str, upload: Option<(&str, &[u8])>) -> Result<Value> {
-        let addr = &self.addr;
-        let mut stream = TcpStream::connect(addr).with_context(|| {
-            format!(
-                "cannot reach the admin API at {addr}: is `hotsock serve --admin {addr}` running?"
-            )
-        })?;
-        stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-        stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-        let (source, body) = upload.unwrap_or(("", &[]));
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        if !source.is_empty() {
-            head.push_str(&format!(
-                "{SOURCE_HEADER}: {}\r\n",
-                source.replace(['\r', '\n'], " ")
-            ));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body)?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .with_context(|| format!("no answer from the admin API at {addr}"))?;
-        let (code, body) = parse_response(&response)
-            .with_context(|| format!("{addr} did not answer like a hotsock admin API"))?;
-        if code >= 400 {
-            let message = body["error"]
-                .as_str()
-                .map_or_else(|| body.to_string(), str::to_string);
-            bail!("{message}");
-        }
-        Ok(body)
-    }
-}
-
-/// Splits an HTTP response into its status code and JSON body.
-fn parse_response(response: &[u8]) -> Result<(u16, Value)> {
-    let text = std::str::from_utf8(response)?;
-    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no status code")?;
-    let length = head.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.eq_ignore_ascii_case("content-length")
-            .then(|| value.trim().parse::<usize>().ok())?
-    });
-    let body = &body[..length.unwrap_or(body.len()).min(body.len())];
-    Ok((code, serde_json::from_str(body)?))
-}
-
-/// `hotsock status` as a table, for people; `--json` gives the raw answer.
-pub fn render_status(status: &ServerStatus) -> String {
-    let c = &status.connections;
-    let mut out = format!(
-        "connections: {} open of {} max, {} accepted, {} refused, full {} time(s)\n",
-        c.active, c.max, c.accepted, c.refused, c.saturated
-    );
-    let status = &status.handlers;
-    out.push_str(&format!("current: {}\n", status.current));
-    out.push_str(&format!(
-        "{:<14} {:<9} {:<21} {:>7} {:>8} {:>6}  SOURCE\n",
-        "VERSION", "STATE", "LOADED AT", "ACTIVE", "SERVED", "TRAPS"
-    ));
-    for v in &status.versions {
-        out.push_str(&format!(
-            "{:<14} {:<9} {:<21} {:>7} {:>8} {:>6}  {}\n",
-            v.id,
-            v.state,
-            v.loaded_at,
-            v.active_connections,
-            v.connections_served,
-            v.traps,
-            v.source
-        ));
-    }
-    for r in &status.rollbacks {
-        out.push_str(&format!(
-            "rolled back {} -> {} at {}: {}\n",
-            r.from, r.to, r.at, r.reason
-        ));
-    }
-    out
 }

@@ -12,6 +12,8 @@ use log::warn;
 use mio::Waker;
 use serde::{Deserialize, Serialize};
 
+use crate::sys;
+
 /// What to do with a new client while every slot is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WhenFull {
@@ -64,9 +66,8 @@ impl Admission {
     }
 
     fn lock(&self) -> MutexGuard<'_, usize> {
-        // The count stays consistent even if a holder panicked: every change
-        // is a single `+= 1` or `-= 1`.
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
+        // Every change to the count is a single `+= 1` or `-= 1`.
+        sys::lock(&self.open)
     }
 
     /// Takes a slot for a new connection, or `None` if all are taken.
@@ -101,7 +102,7 @@ impl Admission {
 
     /// Logs that the server is full, at most once per [`FULL_LOG_INTERVAL`].
     pub fn log_full(&self) {
-        let mut last = self.last_full_log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = sys::lock(&self.last_full_log);
         if last.is_some_and(|at| at.elapsed() < FULL_LOG_INTERVAL) {
             return;
         }

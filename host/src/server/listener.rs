@@ -12,18 +12,37 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use log::{info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::admission::{Admission, WhenFull};
-use crate::connection::Connection;
-use crate::registry::{Pinned, Registry};
-use crate::sandbox::{CONNECTION_THREAD_STACK, Outcome};
-use crate::workers::Workers;
+use crate::runtime::{DEFAULT_MAX_CONNECTIONS, GUEST_THREAD_STACK};
+use crate::server::admission::{Admission, WhenFull};
+use crate::server::conn::{Conn, Shared};
+use crate::server::registry::Registry;
+use crate::server::workers::Workers;
+use crate::watchdog::Watchdog;
+
+/// What `hotsock serve` prints on stdout before each listener's bound
+/// address, one line each: scripts, tests and the bench wait for these lines
+/// before connecting, so they are part of the interface.
+pub const LISTENING: &str = "listening on ";
+
+/// What `hotsock serve --admin` prints on stdout before the admin API's address.
+pub const ADMIN_LISTENING: &str = "admin listening on ";
+
+/// How long open connections may run on after SIGINT or SIGTERM, by default:
+/// long enough for a request in flight to finish, short enough for a service
+/// manager's stop timeout (systemd's default is 90 s).
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a `read` or `write` waits for the client, by default. Long enough
+/// for a person typing into `nc`, short enough that silent clients do not
+/// hold a thread and an instance forever.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// How long to wait before accepting again after `accept` failed for a reason
 /// other than the client (typically out of file descriptors): long enough for
@@ -35,21 +54,33 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// the listener list.
 const WAKE: Token = Token(usize::MAX);
 
-/// What `hotsock serve` prints on stdout before each listener's bound
-/// address, one line each: scripts, tests and the bench wait for these lines
-/// before connecting, so they are part of the interface.
-pub const LISTENING: &str = "listening on ";
-
-/// What `hotsock serve --admin` prints on stdout before the admin API's address.
-pub const ADMIN_LISTENING: &str = "admin listening on ";
-
-/// How the server behaves, as opposed to what it serves.
+/// How the server treats its clients, as opposed to what it serves.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// How long open connections may run on after a stop is requested.
-    pub drain_timeout: Duration,
+    /// Most connections served at once. It must not exceed the runtime's
+    /// `max_instances`, so that an admitted connection always finds an instance.
+    pub max_connections: u32,
     /// What to do with new clients while every connection slot is taken.
     pub when_full: WhenFull,
+    /// Longest a read or write waits for the client.
+    pub idle_timeout: Duration,
+    /// Longest a connection may stay open, if limited.
+    pub max_connection_time: Option<Duration>,
+    /// How long open connections may run on after a stop is requested.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Settings {
+    /// The defaults of `hotsock serve`.
+    fn default() -> Self {
+        Settings {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            when_full: WhenFull::Wait,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connection_time: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
 }
 
 /// Binds one listener per address, in order. Port 0 picks a free port; ask the
@@ -93,13 +124,13 @@ impl Stopper {
 
 /// A thread-per-connection server over already bound listeners.
 pub struct Server {
-    registry: Arc<Registry>,
     listeners: Vec<TcpListener>,
-    settings: Settings,
+    drain_timeout: Duration,
     poll: Poll,
     stopper: Stopper,
     admission: Arc<Admission>,
     workers: Workers,
+    shared: Arc<Shared>,
     next_id: u64,
 }
 
@@ -114,15 +145,20 @@ enum Backlog {
 }
 
 impl Server {
-    /// Prepares to serve the registry's current handler on `listeners`;
-    /// nothing is accepted until [`Server::run`]. At most the sandbox's
-    /// `max_connections` are served at once: the number that sized its
-    /// instance pool, so the two cannot disagree.
+    /// Prepares to serve the registry's current handler on `listeners`, and
+    /// starts the watchdog; nothing is accepted until [`Server::run`].
     pub fn new(
         registry: Arc<Registry>,
         listeners: Vec<TcpListener>,
         settings: Settings,
     ) -> Result<Self> {
+        // An admitted connection must always find an instance slot.
+        let instances = registry.runtime().max_instances();
+        anyhow::ensure!(
+            settings.max_connections <= instances,
+            "{} connections cannot be served by a runtime sized for {instances} instances",
+            settings.max_connections
+        );
         let poll = Poll::new().context("cannot create the accept poller")?;
         let waker =
             Arc::new(Waker::new(poll.registry(), WAKE).context("cannot create the accept waker")?);
@@ -136,19 +172,32 @@ impl Server {
                 )
                 .context("cannot watch a listener")?;
         }
-        let max = registry.sandbox().limits().max_connections;
-        let admission = Arc::new(Admission::new(max, settings.when_full, Arc::clone(&waker)));
+        let admission = Arc::new(Admission::new(
+            settings.max_connections,
+            settings.when_full,
+            Arc::clone(&waker),
+        ));
+        let watchdog = Watchdog::start(
+            settings.idle_timeout,
+            settings.max_connection_time,
+            registry.policy().drain_deadline,
+        )?;
         Ok(Server {
-            registry,
             listeners,
-            settings,
+            drain_timeout: settings.drain_timeout,
             poll,
             stopper: Stopper {
                 waker,
                 stop: Arc::new(AtomicBool::new(false)),
             },
             admission,
-            workers: Workers::new(CONNECTION_THREAD_STACK),
+            workers: Workers::new(GUEST_THREAD_STACK),
+            shared: Arc::new(Shared {
+                registry,
+                watchdog,
+                idle_timeout: settings.idle_timeout,
+                max_connection_time: settings.max_connection_time,
+            }),
             next_id: 1,
         })
     }
@@ -241,14 +290,16 @@ impl Server {
         };
         let id = self.next_id;
         self.next_id += 1;
-        let pinned = self.registry.pin(id, &stream);
-        let registry = Arc::clone(&self.registry);
-        let started = self.workers.run(Box::new(move || {
-            serve_connection(&registry, &pinned, id, peer, stream);
-            drop((pinned, slot));
-        }));
-        if let Err(e) = started {
-            // The closure, with its socket and slot, is dropped: the client sees a close.
+        let conn = Conn {
+            id,
+            peer,
+            stream,
+            version: self.shared.registry.pin(),
+            slot,
+            shared: Arc::clone(&self.shared),
+        };
+        if let Err(e) = self.workers.run(Box::new(move || conn.run())) {
+            // The job, with its socket and slot, is dropped: the client sees a close.
             warn!("conn {id} {peer}: cannot start a thread for it ({e}); closing it");
         }
     }
@@ -259,79 +310,13 @@ impl Server {
             info!("stopped; no open connections");
             return;
         }
-        let timeout = self.settings.drain_timeout;
+        let timeout = self.drain_timeout;
         info!(
             "stopped accepting; waiting up to {timeout:?} for {open} open connection(s) to finish"
         );
         match self.admission.wait_idle(timeout) {
             0 => info!("all connections finished"),
             left => warn!("drain timeout: exiting with {left} connection(s) still open"),
-        }
-    }
-}
-
-/// Raises the soft limit on open files to the hard limit, and returns the
-/// limit now in force. Each connection is a socket, so the usual soft limit
-/// of 1024 would cap a server set up for `--max-connections 1000` well below
-/// that; servers (and Go's runtime) raise it the same way.
-pub fn raise_open_file_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass, nothing else.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        // An unlimited hard limit still cannot exceed the kernel's nr_open.
-        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(1 << 20);
-        limit.rlim_cur = limit.rlim_max.min(nr_open);
-        // SAFETY: setrlimit reads the struct we pass, nothing else.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(limit.rlim_cur)
-}
-
-/// Serves one client on the current thread, from the first byte to the close,
-/// with the handler version it was pinned to when accepted.
-fn serve_connection(
-    registry: &Arc<Registry>,
-    pinned: &Pinned,
-    id: u64,
-    peer: SocketAddr,
-    stream: TcpStream,
-) {
-    // Every log line of the connection names it, its client and its version.
-    let label = format!("conn {id} {peer} {}", pinned.id());
-    // Accepted sockets inherit non-blocking mode from the listener on some
-    // platforms; the guest's `read` and `write` are meant to block.
-    if let Err(e) = stream.set_nonblocking(false) {
-        warn!("{label}: cannot make the socket blocking ({e}); closing it");
-        return;
-    }
-    // Replies are usually one small write each: do not hold them back waiting
-    // for an ACK that delayed-ACK on the client holds back in turn.
-    if let Err(e) = stream.set_nodelay(true) {
-        warn!("{label}: cannot set TCP_NODELAY ({e}); replies may be delayed");
-    }
-    info!("{label}: connected");
-    let started = Instant::now();
-    let conn = Connection::new(id, peer, stream, label.clone());
-    match registry.sandbox().serve(pinned.handler(), conn) {
-        Outcome::Finished => info!("{label}: closed after {:.1?}", started.elapsed()),
-        Outcome::HandlerError(message) => warn!("{label}: handler returned an error: {message}"),
-        Outcome::Failed { failure, backtrace } => {
-            match backtrace {
-                Some(frames) => warn!("{label}: {failure}\nguest backtrace:\n{frames}"),
-                None => warn!("{label}: {failure}"),
-            }
-            registry.record_trap(pinned);
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Handler versions: which one new connections get, swapping in a new one,
-//! rolling back, and what each version is doing.
+//! rolling back, and what each version is doing. No sockets: the registry
+//! counts connections, it does not hold them.
 //!
 //! The current version sits in an [`ArcSwap`]: a connection loads it once when
 //! it is accepted and keeps that snapshot (a [`Pinned`] version) until it
@@ -7,25 +8,22 @@
 //! accept path never waits for a swap. The registry keeps the previous version
 //! for rollback; any older version lives only as long as its last connection.
 
-use std::collections::HashMap;
-use std::net::{Shutdown, TcpStream};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Result, bail};
 use arc_swap::ArcSwap;
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::handler::{Handler, sha256_hex};
-use crate::sandbox::Sandbox;
+use crate::runtime::{Handler, HandlerError, Runtime, sha256_hex};
+use crate::sys;
+use crate::watchdog::Deadline;
 
 /// A new version is on probation for this many of its first connections:
-/// with `--rollback-on-traps N`, N traps among them roll it back. Long enough
-/// to see a bad deploy, short enough that later, unrelated traps (a hostile
+/// with `--rollback-on-traps N`, N faults among them roll it back. Long enough
+/// to see a bad deploy, short enough that later, unrelated faults (a hostile
 /// client, say) do not undo a good one.
 pub const PROBATION_CONNECTIONS: u64 = 100;
 
@@ -33,7 +31,7 @@ pub const PROBATION_CONNECTIONS: u64 = 100;
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     /// Roll back a new version if this many of its first
-    /// [`PROBATION_CONNECTIONS`] connections trap.
+    /// [`PROBATION_CONNECTIONS`] connections end by the handler's own fault.
     pub rollback_on_traps: Option<u64>,
     /// Close connections still pinned to a replaced version this long after the swap.
     pub drain_deadline: Option<Duration>,
@@ -46,20 +44,35 @@ pub struct Version {
     source: String,
     loaded_at: SystemTime,
     handler: Handler,
-    /// Whether traps among its first connections can roll it back.
+    /// Whether faults among its first connections can roll it back.
     on_probation: bool,
     connections: AtomicU64,
     active: AtomicUsize,
-    traps: AtomicU64,
-    early_traps: AtomicU64,
-    /// When it stopped being current, if it has; for `--drain-deadline`.
-    retired_at: Mutex<Option<Instant>>,
-    /// Its open connections' sockets, kept only under `--drain-deadline` so
-    /// they can be closed from outside their threads.
-    open: Mutex<HashMap<u64, TcpStream>>,
+    faults: AtomicU64,
+    early_faults: AtomicU64,
+    /// When its connections are closed (`--drain-deadline`): set when it is
+    /// replaced, unset if it is rolled back to. The watchdog enforces it.
+    drain: Arc<Deadline>,
 }
 
 impl Version {
+    fn new(number: u64, source: String, handler: Handler, on_probation: bool) -> Self {
+        let sha256 = handler.sha256().to_string();
+        Version {
+            id: format!("v{number}-{}", &sha256[..8]),
+            sha256,
+            source,
+            loaded_at: SystemTime::now(),
+            handler,
+            on_probation,
+            connections: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            faults: AtomicU64::new(0),
+            early_faults: AtomicU64::new(0),
+            drain: Arc::new(Deadline::default()),
+        }
+    }
+
     /// `v3-1a2b3c4d`: a counter, then the start of the component's sha256.
     pub fn id(&self) -> &str {
         &self.id
@@ -70,28 +83,13 @@ impl Version {
         &self.handler
     }
 
-    /// Counts a trap by one of this version's connections.
-    fn record_trap(&self, ordinal: u64) -> u64 {
-        self.traps.fetch_add(1, Ordering::Relaxed);
-        if ordinal < PROBATION_CONNECTIONS {
-            self.early_traps.fetch_add(1, Ordering::Relaxed) + 1
-        } else {
-            0
-        }
-    }
-
-    fn set_retired(&self, retired: bool) {
-        *lock(&self.retired_at) = retired.then(Instant::now);
-    }
-
-    /// Closes every open connection of this version; their handlers see the
-    /// client disconnect and return.
-    fn close_open_connections(&self, why: &str) {
-        for (id, stream) in lock(&self.open).drain() {
-            warn!("conn {id} {}: closing it: {why}", self.id);
-            // The connection may have closed on its own meanwhile; then
-            // there is nothing left to shut down.
-            let _ = stream.shutdown(Shutdown::Both);
+    /// Counts a fault of one of this version's connections; returns how
+    /// many of its probation connections have faulted so far.
+    fn count_fault(&self, ordinal: u64) -> u64 {
+        self.faults.fetch_add(1, Ordering::Relaxed);
+        match ordinal < PROBATION_CONNECTIONS {
+            true => self.early_faults.fetch_add(1, Ordering::Relaxed) + 1,
+            false => 0,
         }
     }
 
@@ -104,7 +102,7 @@ impl Version {
             state: state.to_string(),
             active_connections: self.active.load(Ordering::Relaxed),
             connections_served: self.connections.load(Ordering::Relaxed),
-            traps: self.traps.load(Ordering::Relaxed),
+            traps: self.faults.load(Ordering::Relaxed),
         }
     }
 }
@@ -115,9 +113,15 @@ pub struct Pinned {
     version: Arc<Version>,
     /// This connection's place in the version's sequence, from 0.
     ordinal: u64,
-    conn_id: u64,
-    /// Whether its socket is in the version's `open` map (`--drain-deadline`).
-    tracked: bool,
+    /// The version's drain deadline, when the policy has one.
+    drain: Option<Arc<Deadline>>,
+}
+
+impl Pinned {
+    /// The deadline at which this connection must close, under `--drain-deadline`.
+    pub fn drain(&self) -> Option<Arc<Deadline>> {
+        self.drain.clone()
+    }
 }
 
 impl Deref for Pinned {
@@ -130,9 +134,6 @@ impl Deref for Pinned {
 
 impl Drop for Pinned {
     fn drop(&mut self) {
-        if self.tracked {
-            lock(&self.version.open).remove(&self.conn_id);
-        }
         self.version.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -152,7 +153,7 @@ pub enum Swapped {
 
 /// The handler versions of one server.
 pub struct Registry {
-    sandbox: Arc<Sandbox>,
+    runtime: Arc<Runtime>,
     policy: Policy,
     current: ArcSwap<Version>,
     history: Mutex<History>,
@@ -168,19 +169,18 @@ struct History {
 }
 
 impl Registry {
-    /// Starts with `handler` as version 1.
+    /// Starts with the component `bytes`, from `source`, as version 1.
     pub fn new(
-        sandbox: Arc<Sandbox>,
+        runtime: Arc<Runtime>,
         policy: Policy,
         source: String,
         bytes: &[u8],
-    ) -> Result<Self> {
-        let handler = Handler::from_bytes(&sandbox, source.clone(), bytes)?;
-        let first = Version::new(1, handler.sha256().to_string(), source, handler, false);
+    ) -> Result<Self, HandlerError> {
+        let handler = Handler::compile(&runtime, source.clone(), bytes, &sha256_hex(bytes))?;
         Ok(Registry {
-            sandbox,
+            runtime,
             policy,
-            current: ArcSwap::from_pointee(first),
+            current: ArcSwap::from_pointee(Version::new(1, source, handler, false)),
             history: Mutex::new(History {
                 next_number: 2,
                 previous: None,
@@ -190,9 +190,14 @@ impl Registry {
         })
     }
 
-    /// The engine and linker versions are compiled for.
-    pub fn sandbox(&self) -> &Sandbox {
-        &self.sandbox
+    /// The runtime every version is compiled for and runs in.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// What the operator asked of swaps.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// The version new connections get right now.
@@ -200,48 +205,40 @@ impl Registry {
         self.current.load_full()
     }
 
-    /// Pins the current version for a newly accepted connection. With a
-    /// drain deadline, `stream` is kept so the connection can be closed if
-    /// it outlives its version.
-    pub fn pin(&self, conn_id: u64, stream: &TcpStream) -> Pinned {
+    /// Pins the current version for a newly accepted connection.
+    pub fn pin(&self) -> Pinned {
         let version = self.current();
         let ordinal = version.connections.fetch_add(1, Ordering::Relaxed);
         version.active.fetch_add(1, Ordering::Relaxed);
-        // Only pay for a duplicate socket when it may be needed.
-        let tracked = self.policy.drain_deadline.is_some()
-            && match stream.try_clone() {
-                Ok(stream) => lock(&version.open).insert(conn_id, stream).is_none(),
-                Err(e) => {
-                    warn!("conn {conn_id}: cannot track it for --drain-deadline: {e}");
-                    false
-                }
-            };
+        let drain = self
+            .policy
+            .drain_deadline
+            .map(|_| Arc::clone(&version.drain));
         Pinned {
             version,
             ordinal,
-            conn_id,
-            tracked,
+            drain,
         }
     }
 
     /// Validates and compiles `bytes`, then makes it the current version.
     /// Compiling happens on the caller's thread, without blocking the accept
     /// path or other readers; a rejected component changes nothing.
-    pub fn swap(self: &Arc<Self>, source: String, bytes: &[u8]) -> Result<Swapped> {
+    pub fn swap(&self, source: String, bytes: &[u8]) -> Result<Swapped, HandlerError> {
         let sha256 = sha256_hex(bytes);
         let current = self.current();
         if current.sha256 == sha256 {
             return Ok(Swapped::Unchanged(current));
         }
         let started = Instant::now();
-        let handler = Handler::compile(&self.sandbox, source.clone(), bytes, &sha256)?;
+        let handler = Handler::compile(&self.runtime, source.clone(), bytes, &sha256)?;
         let compiled_in = started.elapsed();
 
         let mut history = lock(&self.history);
         let number = history.next_number;
         history.next_number += 1;
         let on_probation = self.policy.rollback_on_traps.is_some();
-        let new = Arc::new(Version::new(number, sha256, source, handler, on_probation));
+        let new = Arc::new(Version::new(number, source, handler, on_probation));
         let old = self.current.swap(Arc::clone(&new));
         self.retire(&mut history, &old);
         info!(
@@ -258,21 +255,21 @@ impl Registry {
 
     /// Makes the previous version current again; the version it replaces
     /// becomes the previous one, so a second rollback undoes the first.
-    pub fn rollback(self: &Arc<Self>, reason: &str) -> Result<(Arc<Version>, Arc<Version>)> {
+    /// Returns the version now current and the one replaced, or `None` if
+    /// there is no previous version.
+    pub fn rollback(&self, reason: &str) -> Option<(Arc<Version>, Arc<Version>)> {
         let mut history = lock(&self.history);
-        let Some(previous) = history.previous.take() else {
-            bail!("there is no previous version to roll back to");
-        };
-        Ok(self.roll_back_to(&mut history, previous, reason))
+        let previous = history.previous.take()?;
+        Some(self.roll_back_to(&mut history, previous, reason))
     }
 
     fn roll_back_to(
-        self: &Arc<Self>,
+        &self,
         history: &mut History,
         previous: Arc<Version>,
         reason: &str,
     ) -> (Arc<Version>, Arc<Version>) {
-        previous.set_retired(false);
+        previous.drain.clear();
         let from = self.current.swap(Arc::clone(&previous));
         self.retire(history, &from);
         warn!("rolled back {} -> {}: {reason}", from.id, previous.id);
@@ -285,14 +282,16 @@ impl Registry {
         (previous, from)
     }
 
-    /// Counts a trap on `pinned`'s version, and rolls the version back if
-    /// that was one trap too many during its probation.
-    pub fn record_trap(self: &Arc<Self>, pinned: &Pinned) {
-        let early_traps = pinned.record_trap(pinned.ordinal);
+    /// Counts a fault of the handler's own on `pinned`'s version, and rolls
+    /// the version back if that was one fault too many during its probation.
+    /// Connections the operator's limits stopped are not faults: do not call
+    /// this for them.
+    pub fn record_fault(&self, pinned: &Pinned) {
+        let early_faults = pinned.count_fault(pinned.ordinal);
         let Some(limit) = self.policy.rollback_on_traps else {
             return;
         };
-        if !pinned.on_probation || early_traps != limit {
+        if !pinned.on_probation || early_faults != limit {
             return;
         }
         let mut history = lock(&self.history);
@@ -305,21 +304,21 @@ impl Registry {
             return;
         };
         let reason = format!(
-            "automatic: {early_traps} of its first {PROBATION_CONNECTIONS} connections trapped (--rollback-on-traps {limit})"
+            "automatic: {early_faults} of its first {PROBATION_CONNECTIONS} connections trapped (--rollback-on-traps {limit})"
         );
         self.roll_back_to(&mut history, previous, &reason);
     }
 
-    /// Moves the version that just stopped being current into history.
-    fn retire(self: &Arc<Self>, history: &mut History, old: &Arc<Version>) {
-        old.set_retired(true);
+    /// Moves the version that just stopped being current into history, and
+    /// starts its drain deadline if there is one.
+    fn retire(&self, history: &mut History, old: &Arc<Version>) {
+        if let Some(deadline) = self.policy.drain_deadline {
+            old.drain.set(Instant::now() + deadline);
+        }
         if let Some(older) = history.previous.replace(Arc::clone(old)) {
             history.retired.push(Arc::downgrade(&older));
         }
         history.retired.retain(|v| v.strong_count() > 0);
-        if let Some(deadline) = self.policy.drain_deadline {
-            enforce_drain_deadline(Arc::downgrade(old), deadline);
-        }
     }
 
     /// A snapshot of every live version and the rollbacks so far.
@@ -338,65 +337,6 @@ impl Registry {
             versions,
             rollbacks: history.rollbacks.clone(),
         }
-    }
-}
-
-impl Version {
-    fn new(
-        number: u64,
-        sha256: String,
-        source: String,
-        handler: Handler,
-        on_probation: bool,
-    ) -> Self {
-        Version {
-            id: format!("v{number}-{}", &sha256[..8]),
-            sha256,
-            source,
-            loaded_at: SystemTime::now(),
-            handler,
-            on_probation,
-            connections: AtomicU64::new(0),
-            active: AtomicUsize::new(0),
-            traps: AtomicU64::new(0),
-            early_traps: AtomicU64::new(0),
-            retired_at: Mutex::new(None),
-            open: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-/// After `deadline`, closes the connections still on `version` if it is still
-/// retired by then. One short-lived thread per swap: swaps are rare, and the
-/// thread holds only a weak reference, so it never keeps a version alive.
-fn enforce_drain_deadline(version: Weak<Version>, deadline: Duration) {
-    let spawned = thread::Builder::new()
-        .name("drain-deadline".into())
-        .spawn(move || {
-            let mut wait = deadline;
-            loop {
-                thread::sleep(wait);
-                let Some(version) = version.upgrade() else {
-                    return; // its last connection already closed
-                };
-                let Some(retired_at) = *lock(&version.retired_at) else {
-                    return; // rolled back to: it is current again
-                };
-                // Retired again since this thread started: wait for the new deadline.
-                match deadline.checked_sub(retired_at.elapsed()) {
-                    Some(left) if !left.is_zero() => wait = left,
-                    _ => {
-                        let why = format!(
-                            "its version was replaced more than {deadline:?} ago (--drain-deadline)"
-                        );
-                        version.close_open_connections(&why);
-                        return;
-                    }
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        warn!("cannot start the --drain-deadline timer: {e}; old connections will not be closed");
     }
 }
 
@@ -430,7 +370,9 @@ pub struct VersionStatus {
     pub active_connections: usize,
     /// Connections it has accepted, open or closed.
     pub connections_served: u64,
-    /// Connections whose handler trapped.
+    /// Connections that ended by the handler's own fault (a trap or panic,
+    /// a memory, CPU or stack limit, a non-zero exit); never those the
+    /// operator's limits for clients stopped.
     pub traps: u64,
 }
 
@@ -447,8 +389,7 @@ pub struct RollbackRecord {
     pub reason: String,
 }
 
-/// Locks a mutex whose data stays consistent even if a holder panicked:
-/// every critical section here is a handful of assignments.
+/// Every critical section here is a handful of assignments.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
+    sys::lock(mutex)
 }

@@ -16,9 +16,9 @@ use log::{info, warn};
 use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 
-use crate::handler::read_component;
-use crate::registry::{Registry, Swapped};
-use crate::sandbox::background_priority;
+use crate::runtime::read_component;
+use crate::server::registry::{Registry, Swapped};
+use crate::sys;
 
 /// How long the handler file must stay unchanged before `--watch` reads it.
 /// Builds and editors write a file in several steps a few milliseconds apart;
@@ -55,7 +55,7 @@ impl Reloader {
             .name("reload".into())
             .spawn(move || {
                 // Reloading validates and compiles on this thread.
-                background_priority();
+                sys::background_priority();
                 reload_on_request(&registry, &path, &rx)
             })
             .context("cannot start the reload thread")?;
@@ -114,7 +114,7 @@ fn changes_content(kind: &EventKind) -> bool {
     )
 }
 
-fn reload_on_request(registry: &Arc<Registry>, path: &Path, requests: &Receiver<Trigger>) {
+fn reload_on_request(registry: &Registry, path: &Path, requests: &Receiver<Trigger>) {
     while let Ok(mut trigger) = requests.recv() {
         if trigger == Trigger::FileChanged {
             // Wait for the writer to finish; a SIGHUP meanwhile is folded in.
@@ -131,7 +131,7 @@ fn reload_on_request(registry: &Arc<Registry>, path: &Path, requests: &Receiver<
     }
 }
 
-fn reload(registry: &Arc<Registry>, path: &Path, trigger: Trigger) {
+fn reload(registry: &Registry, path: &Path, trigger: Trigger) {
     let why = trigger.describe();
     let swapped =
         read_component(path).and_then(|bytes| registry.swap(path.display().to_string(), &bytes));
@@ -145,7 +145,8 @@ fn reload(registry: &Arc<Registry>, path: &Path, trigger: Trigger) {
         }
         Ok(Swapped::Replaced { .. }) => {} // the registry logs the swap
         Err(e) => warn!(
-            "{why}: swap rejected, still serving {}: {e:#}",
+            "{why}: swap rejected ({}), still serving {}: {e}",
+            e.reason(),
             registry.current().id()
         ),
     }

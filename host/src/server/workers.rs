@@ -10,6 +10,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
+use crate::sys;
+
 /// How long a thread without a connection waits for one before exiting:
 /// long enough to carry a busy server from one connection to the next, short
 /// enough that a burst's threads do not linger.
@@ -74,7 +76,7 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state is a queue and a count, consistent between statements;
         // a job's panic never happens while it is locked.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        sys::lock(&self.state)
     }
 
     /// A thread's life: run a job, then wait for the next until none comes.

@@ -1,0 +1,233 @@
+//! The runtime: one wasmtime engine and its instance pool, the linker, the
+//! epoch ticker and the code cache, built once per process, and the stores
+//! that every instance runs in.
+//!
+//! Costs are paid at the lifetime they belong to: the [`Runtime`] once per
+//! process, a handler (compiled component and `InstancePre`) once per
+//! version, and only a `Store` plus an instantiation per connection.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+
+use anyhow::{Context as _, Result};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{
+    Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+};
+
+use crate::runtime::bindings::Plugin;
+use crate::runtime::cache::CodeCache;
+use crate::runtime::limits::{DEFAULT_MAX_CONNECTIONS, EPOCH_TICK, Limits, MAX_WASM_STACK};
+use crate::runtime::store::{Capabilities, StoreData};
+use crate::sys;
+use crate::watchdog::Verdict;
+
+/// What one handler may use of the instance pool. Every pool slot can hold
+/// any handler within these, which is what lets `--max-connections` size the
+/// pool exactly. A Rust handler needs 1 memory, a few core instances and
+/// tables; languages that link a runtime out of several modules need more.
+const CORE_INSTANCES_PER_HANDLER: u32 = 32;
+const MEMORIES_PER_HANDLER: u32 = 2;
+const TABLES_PER_HANDLER: u32 = 32;
+
+/// How much of a pool slot's memory and tables stays mapped and resident
+/// between connections. Resetting it by writing beats handing the pages back
+/// and faulting them in again for the next instance.
+const KEEP_RESIDENT: usize = 1 << 20;
+
+/// How the runtime is set up: the operator's limits and grants.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The limits every instance runs under.
+    pub limits: Limits,
+    /// Most instances alive at once: one per connection. It sizes the pool,
+    /// which also keeps one slot back for validating new handlers.
+    pub max_instances: u32,
+    /// What guests may reach beyond their connection.
+    pub capabilities: Capabilities,
+    /// Where compiled handlers are cached, if anywhere.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    /// What `hotsock serve` uses by default, without a code cache.
+    fn default() -> Self {
+        Settings {
+            limits: Limits::default(),
+            max_instances: DEFAULT_MAX_CONNECTIONS,
+            capabilities: Capabilities::default(),
+            cache_dir: None,
+        }
+    }
+}
+
+/// The engine, linker and limits shared by every handler version and instance.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<StoreData>,
+    limits: Limits,
+    max_instances: u32,
+    capabilities: Capabilities,
+    /// Held while validating a handler: its trial instance uses the one pool
+    /// slot kept back for that, so it never competes with connections.
+    trial_slot: Mutex<()>,
+    cache: CodeCache,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// Configures the engine and its instance pool, links WASI preview 2
+    /// plus `hotsock:plugin/types`, and starts the epoch ticker.
+    pub fn new(settings: Settings) -> Result<Self> {
+        settings.capabilities.check()?;
+        let engine = Engine::new(&engine_config(&settings)).map_err(anyhow::Error::from)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(anyhow::Error::from)?;
+        let ticker = EpochTicker::start(engine.weak())?;
+        let cache = CodeCache::new(&engine, settings.cache_dir);
+        Ok(Runtime {
+            engine,
+            linker,
+            limits: settings.limits,
+            max_instances: settings.max_instances,
+            capabilities: settings.capabilities,
+            trial_slot: Mutex::new(()),
+            cache,
+            _ticker: ticker,
+        })
+    }
+
+    /// The engine handlers are compiled for.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The imports a handler may use.
+    pub fn linker(&self) -> &Linker<StoreData> {
+        &self.linker
+    }
+
+    /// The limits every instance runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Most instances alive at once, not counting the one kept for
+    /// validating handlers.
+    pub fn max_instances(&self) -> u32 {
+        self.max_instances
+    }
+
+    /// The cache of compiled code.
+    pub fn cache(&self) -> &CodeCache {
+        &self.cache
+    }
+
+    /// The pool slot kept for validating handlers, one at a time.
+    pub fn trial_slot(&self) -> MutexGuard<'_, ()> {
+        sys::lock(&self.trial_slot)
+    }
+
+    /// A fresh store under every limit, whose guest logs as `label`; with a
+    /// `verdict`, it is stopped once the watchdog closes its connection for good.
+    pub fn store(&self, label: &str, verdict: Option<Verdict>) -> Result<Store<StoreData>> {
+        let data = StoreData::new(label, &self.capabilities)?;
+        let mut store = Store::new(&self.engine, data);
+        self.limits.apply(&mut store, verdict, StoreData::usage);
+        Ok(store)
+    }
+
+    /// Loads a precompiled component (`hotsock compile` output).
+    ///
+    /// # Safety
+    ///
+    /// The bytes are native code that will run in this process: they must
+    /// come from `hotsock compile` (or [`Component::serialize`]), as handed
+    /// over by someone trusted to run code here. wasmtime still checks that
+    /// they were compiled for this engine's version and settings.
+    pub unsafe fn deserialize(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
+        // SAFETY: as the caller guarantees.
+        unsafe { Component::deserialize(&self.engine, bytes) }
+    }
+}
+
+/// Builds rayon's global pool, on which wasmtime compiles in parallel, with
+/// its threads at background priority, so that compiling a swapped-in
+/// handler never slows serving. Call it before anything compiles; only the
+/// first call in a process has any effect.
+pub fn compile_in_background() {
+    let _ = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("compile-{i}"))
+        .start_handler(|_| sys::background_priority())
+        .build_global();
+}
+
+/// The engine configuration: epoch interruption for the CPU budget, and an
+/// instance pool sized by the most instances alive at once.
+fn engine_config(settings: &Settings) -> Config {
+    // One slot per connection, plus one for validating a new handler.
+    let slots = settings.max_instances.saturating_add(1);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(slots)
+        .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_HANDLER))
+        .max_core_instances_per_component(CORE_INSTANCES_PER_HANDLER)
+        .total_memories(slots.saturating_mul(MEMORIES_PER_HANDLER))
+        .max_memories_per_component(MEMORIES_PER_HANDLER)
+        .total_tables(slots.saturating_mul(TABLES_PER_HANDLER))
+        .max_tables_per_component(TABLES_PER_HANDLER)
+        .max_memory_size(settings.limits.max_memory)
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(KEEP_RESIDENT)
+        .pagemap_scan(wasmtime::Enabled::Auto);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .max_wasm_stack(MAX_WASM_STACK)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// The one thread that advances the engine's epoch every [`EPOCH_TICK`], for
+/// every store's CPU budget at once. It holds only a weak reference to the
+/// engine, and is stopped and joined when dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: EngineWeak) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    thread::park_timeout(EPOCH_TICK);
+                    match engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })
+            .context("cannot start the epoch ticker")?;
+        Ok(EpochTicker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! A handler version: a component that has been validated, compiled and
+//! pre-linked, so serving a connection only has to instantiate it.
+//!
+//! Every way a file can fail to be a handler is a [`Problem`] here, with a
+//! stable [`Problem::reason`] for programs (the admin API answers with it)
+//! and one line for people that says what is wrong and what to do.
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::Result;
+use log::warn;
+use sha2::{Digest, Sha256};
+use wasmparser::Parser;
+use wasmtime::component::{Component, Resource};
+use wasmtime::{Engine, Precompiled};
+
+use crate::runtime::bindings::PluginPre;
+use crate::runtime::connection::Connection;
+use crate::runtime::engine::Runtime;
+use crate::runtime::outcome::{Fault, Outcome};
+use crate::runtime::store::StoreData;
+
+/// The interface a handler must export: the `handler` of `wit/plugin.wit`.
+pub const HANDLER_EXPORT: &str = "hotsock:plugin/handler@0.1.0";
+
+/// Why a file is not a handler this hotsock can serve.
+#[derive(Debug)]
+pub struct HandlerError {
+    /// How the file was named: its path, or `upload`.
+    pub name: String,
+    /// What is wrong with it.
+    pub problem: Problem,
+}
+
+/// What is wrong with a file offered as a handler.
+#[derive(Debug)]
+pub enum Problem {
+    /// The file cannot be read.
+    Unreadable(std::io::Error),
+    /// A core WebAssembly module, not a component.
+    CoreModule,
+    /// Not WebAssembly at all.
+    NotAComponent,
+    /// A component that does not validate or compile.
+    Invalid(String),
+    /// Native code precompiled by another hotsock version or settings.
+    ForeignPrecompiled(String),
+    /// A precompiled core module.
+    PrecompiledModule,
+    /// A native-code file that is not a precompiled component.
+    DamagedPrecompiled,
+    /// A component that does not export the handler interface; it exports these.
+    MissingExport(Vec<String>),
+    /// A component that imports something hotsock does not provide.
+    UnsupportedImport(String),
+    /// A component that exports the handler interface with other types.
+    WrongExportShape(String),
+    /// A component that cannot be instantiated under the server's limits.
+    CannotInstantiate(String),
+}
+
+impl Problem {
+    /// A short stable name for the problem, for programs to branch on.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Problem::Unreadable(_) => "unreadable",
+            Problem::CoreModule => "core-module",
+            Problem::NotAComponent => "not-a-component",
+            Problem::Invalid(_) => "invalid-component",
+            Problem::ForeignPrecompiled(_) => "foreign-precompiled",
+            Problem::PrecompiledModule => "precompiled-module",
+            Problem::DamagedPrecompiled => "damaged-precompiled",
+            Problem::MissingExport(_) => "missing-export",
+            Problem::UnsupportedImport(_) => "unsupported-import",
+            Problem::WrongExportShape(_) => "wrong-export-shape",
+            Problem::CannotInstantiate(_) => "cannot-instantiate",
+        }
+    }
+}
+
+impl HandlerError {
+    fn new(name: &str, problem: Problem) -> Self {
+        HandlerError {
+            name: name.to_string(),
+            problem,
+        }
+    }
+
+    /// [`Problem::reason`] of the problem.
+    pub fn reason(&self) -> &'static str {
+        self.problem.reason()
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = &self.name;
+        match &self.problem {
+            Problem::Unreadable(e) => write!(
+                f,
+                "cannot read handler `{name}`: {e}; pass the path of a handler component \
+                 (`make build` writes the default one to target/wasm32-wasip2/release/guest_handler.wasm)"
+            ),
+            Problem::CoreModule => write!(
+                f,
+                "`{name}` is a core WebAssembly module, not a component: build the handler with \
+                 `cargo build --target wasm32-wasip2`, or wrap the module with `wasm-tools component new`"
+            ),
+            Problem::NotAComponent => write!(
+                f,
+                "`{name}` is not a WebAssembly component (it lacks the `\\0asm` component header): \
+                 pass a handler built for wasm32-wasip2 against wit/plugin.wit"
+            ),
+            Problem::Invalid(why) => write!(f, "`{name}` is not a valid component: {why}"),
+            Problem::ForeignPrecompiled(why) => write!(
+                f,
+                "`{name}` is a precompiled component this hotsock cannot load ({why}): it was compiled by \
+                 another hotsock version or with other settings; run `hotsock compile` on the .wasm again"
+            ),
+            Problem::PrecompiledModule => write!(
+                f,
+                "`{name}` is a precompiled core module, not a component: precompile handler components \
+                 with `hotsock compile`"
+            ),
+            Problem::DamagedPrecompiled => write!(
+                f,
+                "`{name}` is a native-code file but not a precompiled component this hotsock can load \
+                 (damaged, or not made by `hotsock compile`): run `hotsock compile` on the .wasm again"
+            ),
+            Problem::MissingExport(exports) => {
+                let exports = match exports.is_empty() {
+                    true => "nothing".to_string(),
+                    false => exports.join(", "),
+                };
+                write!(
+                    f,
+                    "`{name}` does not export `{HANDLER_EXPORT}` (it exports {exports}): build it as a \
+                     library against wit/plugin.wit, world `plugin`"
+                )
+            }
+            Problem::UnsupportedImport(why) => write!(
+                f,
+                "`{name}` needs an import hotsock does not provide ({why}): a handler may import \
+                 only `hotsock:plugin/types` and WASI 0.2 interfaces"
+            ),
+            Problem::WrongExportShape(why) => write!(
+                f,
+                "`{name}` exports `{HANDLER_EXPORT}` with the wrong shape ({why}): rebuild it against wit/plugin.wit"
+            ),
+            Problem::CannotInstantiate(why) => write!(f, "`{name}` cannot be instantiated: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for HandlerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.problem {
+            Problem::Unreadable(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a handler component file, with an error that says what to do.
+pub fn read_component(path: &Path) -> Result<Vec<u8>, HandlerError> {
+    std::fs::read(path)
+        .map_err(|e| HandlerError::new(&path.display().to_string(), Problem::Unreadable(e)))
+}
+
+/// The sha256 of `bytes`, in hex: part of a version id, and the cache key.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A compiled, validated handler component, ready to instantiate per connection.
+pub struct Handler {
+    name: String,
+    sha256: String,
+    imports: Vec<String>,
+    pre: PluginPre<StoreData>,
+}
+
+impl Handler {
+    /// Reads, validates and compiles the handler component at `path`.
+    pub fn load(runtime: &Runtime, path: &Path) -> Result<Self, HandlerError> {
+        let bytes = read_component(path)?;
+        Self::compile(
+            runtime,
+            path.display().to_string(),
+            &bytes,
+            &sha256_hex(&bytes),
+        )
+    }
+
+    /// Validates and compiles a handler component held in memory, whose
+    /// sha256 is `sha256`; `name` is how errors and logs refer to it.
+    ///
+    /// The component is instantiated once, under the runtime's limits, so a
+    /// handler that cannot start (too big for a pool slot, over the memory
+    /// limit, trapping as it initialises) is rejected before it serves.
+    pub fn compile(
+        runtime: &Runtime,
+        name: String,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<Self, HandlerError> {
+        let fail = |problem| HandlerError::new(&name, problem);
+        let (component, fresh) = match Engine::detect_precompiled(bytes) {
+            Some(Precompiled::Component) => {
+                warn!(
+                    "loading precompiled native code: only load .cwasm files you compiled yourself"
+                );
+                // SAFETY: precompiled code is native code. The operator handed
+                // this file to hotsock (on the command line, or through the
+                // admin API), which is the trust `hotsock compile` output needs.
+                let loaded = unsafe { runtime.deserialize(bytes) };
+                (
+                    loaded.map_err(|e| fail(Problem::ForeignPrecompiled(format!("{e:#}"))))?,
+                    false,
+                )
+            }
+            Some(Precompiled::Module) => return Err(fail(Problem::PrecompiledModule)),
+            None if bytes.starts_with(b"\x7fELF") => return Err(fail(Problem::DamagedPrecompiled)),
+            None if Parser::is_core_wasm(bytes) => return Err(fail(Problem::CoreModule)),
+            None if !Parser::is_component(bytes) => return Err(fail(Problem::NotAComponent)),
+            None => match runtime.cache().load(runtime.engine(), sha256) {
+                Some(component) => (component, false),
+                None => {
+                    let compiled = Component::new(runtime.engine(), bytes)
+                        .map_err(|e| fail(Problem::Invalid(format!("{e:#}"))))?;
+                    (compiled, true)
+                }
+            },
+        };
+
+        let ty = component.component_type();
+        let engine = runtime.engine();
+        if ty.get_export(engine, HANDLER_EXPORT).is_none() {
+            let exports = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+            return Err(fail(Problem::MissingExport(exports)));
+        }
+        let imports = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+        let pre = runtime
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(|e| fail(Problem::UnsupportedImport(format!("{e:#}"))))?;
+        let pre =
+            PluginPre::new(pre).map_err(|e| fail(Problem::WrongExportShape(format!("{e:#}"))))?;
+        let handler = Handler {
+            name: name.clone(),
+            sha256: sha256.to_string(),
+            imports,
+            pre,
+        };
+        {
+            let _slot = runtime.trial_slot();
+            handler
+                .instantiate(runtime, &format!("checking {name}"))
+                .map_err(|why| fail(Problem::CannotInstantiate(why)))?;
+        }
+        // Only validated code is worth keeping: rejected files take no space.
+        if fresh {
+            runtime.cache().store(&component, sha256);
+        }
+        Ok(handler)
+    }
+
+    /// Runs `handle` on `conn` in a fresh instance until it returns, and
+    /// says how it ended. Either way the connection is closed when this
+    /// returns, because the store that owns it is dropped.
+    pub fn serve(&self, runtime: &Runtime, label: &str, conn: Connection) -> Outcome {
+        let error = |e: String| Outcome::Faulted {
+            fault: Fault::Error(e),
+            backtrace: None,
+        };
+        let mut store = match runtime.store(label, conn.verdict()) {
+            Ok(store) => store,
+            Err(e) => return error(format!("{e:#}")),
+        };
+        let handle = match store.data_mut().insert(conn) {
+            Ok(handle) => handle,
+            Err(e) => return error(format!("{e:#}")),
+        };
+        // The guest only borrows the connection: the store keeps it, so its
+        // fate can be read after the call, and closes it when dropped.
+        let kept = Resource::<Connection>::new_borrow(handle.rep());
+        let result = self.pre.instantiate(&mut store).and_then(|plugin| {
+            plugin
+                .hotsock_plugin_handler()
+                .call_handle(&mut store, handle)
+        });
+        let data = store.data();
+        let expired = data.connection(&kept).and_then(Connection::expired);
+        Outcome::of(result, expired, runtime.limits(), data.memory_denied())
+    }
+
+    /// Does what every connection does before `handle` runs (a store with
+    /// its limits and WASI context, and an instance) and drops the result:
+    /// the per-connection cost `make bench` measures.
+    pub fn instantiate(&self, runtime: &Runtime, label: &str) -> Result<(), String> {
+        let mut store = runtime.store(label, None).map_err(|e| format!("{e:#}"))?;
+        match self.pre.instantiate(&mut store) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let limits = runtime.limits();
+                match Fault::classify(&e, limits, store.data().memory_denied()) {
+                    Some(fault) => Err(fault.to_string()),
+                    None => Err("it exited during initialisation".to_string()),
+                }
+            }
+        }
+    }
+
+    /// The component's compiled code, for `hotsock compile` to write out.
+    pub fn precompiled(&self) -> Result<Vec<u8>> {
+        Ok(self.pre.instance_pre().component().serialize()?)
+    }
+
+    /// The sha256 of the file the handler was loaded from, in hex.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Where the handler came from, for logs and errors.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The interfaces the handler imports, as named in the component.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+}

@@ -1,7 +1,7 @@
 # hotsock's one entry point, for people and for CI (.ci/run calls `make lint test`).
 #   make run    install what is needed, build, serve the default echo handler on $(ADDR)
 #   make test   install what is needed, build every handler, run every test
-#   make lint   rustfmt check, clippy (warnings are errors), and the host's layers
+#   make lint   rustfmt check, clippy (warnings are errors) on every crate, and the host's layers
 #   make bench  hotsock against native Rust and Python echo servers, on loopback
 
 CARGO       ?= cargo
@@ -71,6 +71,7 @@ run: rust-setup
 test: setup guests python-handlers
 	$(CARGO) test --release -p hotsock
 	$(CARGO) test --release -p hotsock-bench
+	$(CARGO) test --release -p testkit
 	$(CARGO) test -p guest-handler
 
 ## What a handler costs: start-up (compiling, then cached), new connection, memory per connection.
@@ -90,14 +91,15 @@ $(MATPLOTLIB_STAMP):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib==$(MATPLOTLIB_VERSION)
 	touch $@
 
-## Formatting, clippy (warnings are errors) for host, guests and bench, and
-## the host's layers: no import cycles, dependencies one way (tools/layers.py).
+## Formatting, clippy (warnings are errors) for host, guests, bench and testkit,
+## and the host's layers: no import cycles, dependencies one way (tools/layers.py).
 lint: rust-setup
 	$(PYTHON) tools/layers.py --self-test
 	$(PYTHON) tools/layers.py host/src
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy -p hotsock --all-targets -- -D warnings
 	$(CARGO) clippy -p hotsock-bench --all-targets -- -D warnings
+	$(CARGO) clippy -p testkit --all-targets -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) $(GUESTS) $(FIXTURES) --all-targets -- -D warnings
 
 fmt:

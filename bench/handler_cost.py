@@ -29,6 +29,7 @@ def start(hotsock, handler, cache):
         text=True,
     )
     line = proc.stdout.readline()
+    # hotsock's announce line, hotsock::server::LISTENING in the Rust code.
     if not line.startswith("listening on "):
         sys.exit(f"{handler} did not start: {line!r}")
     port = int(line.rsplit(":", 1)[1])

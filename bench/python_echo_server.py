@@ -56,6 +56,8 @@ class EchoServer(socketserver.ThreadingTCPServer):
 def main():
     with EchoServer(("127.0.0.1", 0), EchoHandler) as server:
         # The bench waits for this line before connecting; flush it out of the pipe.
+        # It is hotsock's own announce line (hotsock::server::LISTENING), which
+        # the bench reads for all three servers, so it must stay the same.
         print(f"listening on 127.0.0.1:{server.server_address[1]}", flush=True)
         try:
             server.serve_forever()

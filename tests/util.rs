@@ -2,14 +2,15 @@
 
 #![allow(dead_code)] // each test module uses its own subset
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use testkit::{Launch, ServerProcess};
 
 /// Upper bound on any single wait in the tests, so a broken server fails a
 /// test instead of hanging it.
@@ -47,12 +48,12 @@ pub fn hotsock() -> Command {
 
 /// A running `hotsock serve`, killed when dropped.
 pub struct Server {
-    child: Child,
-    /// The addresses it printed as `listening on ...`, in order.
+    process: ServerProcess,
+    /// The addresses it printed as [`hotsock::server::LISTENING`] lines, in order.
     pub addrs: Vec<SocketAddr>,
-    /// The address it printed as `admin listening on ...`, with `--admin`.
+    /// The address it printed as an [`hotsock::server::ADMIN_LISTENING`]
+    /// line, with `--admin`.
     pub admin: Option<SocketAddr>,
-    log: Arc<Mutex<String>>,
 }
 
 impl Server {
@@ -72,61 +73,22 @@ impl Server {
         let mut cmd = hotsock();
         cmd.arg("serve").args(args);
         let listeners = args.iter().filter(|a| **a == "--addr").count();
-        let admin = args.contains(&"--admin");
         if listeners == 0 {
             cmd.args(["--addr", "127.0.0.1:0"]);
         }
-        cmd.arg(handler);
-        cmd.env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("hotsock starts");
-
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = BufReader::new(child.stderr.take().expect("stderr is piped"));
-        let sink = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-
-        let (tx, rx) = mpsc::channel();
-        let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
-        thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut server = Server {
-            child,
-            addrs: Vec::new(),
-            admin: None,
-            log,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        while server.addrs.len() < listeners.max(1) || server.admin.is_none() && admin {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else {
-                panic!(
-                    "hotsock did not start listening; its log:\n{}",
-                    server.log()
-                );
-            };
-            if let Some(addr) = line.strip_prefix("admin listening on ") {
-                server.admin = Some(addr.parse().expect("a socket address"));
-            } else if let Some(addr) = line.strip_prefix("listening on ") {
-                server.addrs.push(addr.parse().expect("a socket address"));
-            } else {
-                panic!("unexpected stdout line: {line}");
-            }
+        cmd.arg(handler).env("RUST_LOG", "info");
+        let process = must(
+            Launch::new(cmd)
+                .listeners(listeners.max(1))
+                .admin(args.contains(&"--admin"))
+                .timeout(START_TIMEOUT)
+                .start(),
+        );
+        Server {
+            addrs: process.addrs().to_vec(),
+            admin: process.admin(),
+            process,
         }
-        server
     }
 
     /// The first listening address.
@@ -141,59 +103,30 @@ impl Server {
 
     /// Everything the server has logged so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.process.log()
     }
 
     /// Waits until the log has a line containing every one of `needles`, and
     /// returns that line.
     pub fn wait_for_log(&self, needles: &[&str]) -> String {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let log = self.log();
-            if let Some(line) = log.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
-                return line.to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needles:?}; the log:\n{log}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        must(self.process.wait_for_log(needles, TIMEOUT))
     }
 
     /// Sends a signal to the server process.
     pub fn signal(&self, signal: i32) {
-        let pid = self.child.id() as i32;
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        assert_eq!(
-            unsafe { libc::kill(pid, signal) },
-            0,
-            "kill({pid}, {signal})"
-        );
+        must(self.process.signal(signal));
     }
 
     /// Waits for the server to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hotsock did not exit within {timeout:?}; its log:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        must(self.process.wait_exit(timeout))
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The value of a testkit result, or a test failure with its whole chain of
+/// causes (testkit's errors end with the server's stderr, or where it is).
+fn must<T>(result: anyhow::Result<T>) -> T {
+    result.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Connects with timeouts, so a silent server fails the test instead of hanging it.
@@ -337,44 +270,23 @@ impl Server {
 
     /// Resident memory of the server process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("/proc");
-        let line = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .expect("VmRSS");
-        line.split_whitespace()
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .expect("a number")
+        must(self.process.rss_kib())
     }
 }
 
-/// One request to the admin API, as curl would send it: the status code and JSON body.
+/// One request to the admin API: the status code and JSON body.
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-    let mut stream = connect(addr);
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("an HTTP response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP headers");
+    let response = must(testkit::http::Client::new(TIMEOUT).request(addr, method, path, &[], body));
     assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/json"),
-        "{head}"
+        response
+            .content_type()
+            .is_some_and(|t| t.to_ascii_lowercase().starts_with("application/json")),
+        "{} {:?}: {}",
+        response.status,
+        response.headers,
+        response.text()
     );
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("a status code");
-    (code, serde_json::from_str(body).expect("a JSON body"))
+    (response.status, must(response.json()))
 }
 
 /// A client doing a round trip every 50 ms on a connection of its own, for as

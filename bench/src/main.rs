@@ -5,8 +5,8 @@
 //! # Layout
 //!
 //! - [`cpu`]: where the CPU went during a run: server, clients, anything else.
-//! - [`servers`]: the three servers as child processes: start, address,
-//!   resident memory, stop.
+//! - [`servers`]: the three servers as child processes: their command lines
+//!   and logs; started, watched and stopped through testkit.
 //! - [`load`]: the load generator: blocking clients, one thread per
 //!   connection; round trips and new connections.
 //! - [`memory`]: resident memory per idle connection.

@@ -1,19 +1,17 @@
-//! The three servers under test, as child processes: starting each on
-//! 127.0.0.1:0, learning its address from its `listening on` line, reading
-//! its resident memory, and stopping it.
+//! The three servers under test, as child processes: the command line that
+//! starts each on 127.0.0.1:0, and its log file. Starting it, learning its
+//! address from the line it announces it with, reading its resident memory
+//! and stopping it is testkit's [`ServerProcess`].
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, ErrorKind};
+use std::fs::File;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
+use testkit::{Launch, ServerProcess, Stderr};
 
 /// Longest a server may take to print its address. hotsock compiles its
 /// handler first (`--no-cache`), which takes a fraction of a second here.
@@ -157,15 +155,6 @@ impl Programs {
             .map(|word| word.to_string_lossy().into_owned());
         env.chain(words).collect::<Vec<_>>().join(" ")
     }
-
-    /// The program `kind` runs, for error messages.
-    fn program(&self, kind: Kind) -> &Path {
-        match kind {
-            Kind::Hotsock => &self.hotsock,
-            Kind::Native => &self.native,
-            Kind::Python => &self.python,
-        }
-    }
 }
 
 /// A running server. Dropping it kills the process and waits for it.
@@ -176,153 +165,50 @@ pub struct Server {
     pub addr: SocketAddr,
     /// hotsock's admin API.
     pub admin: Option<SocketAddr>,
-    child: Child,
+    process: ServerProcess,
 }
 
 impl Server {
     /// Starts `kind` on 127.0.0.1:0 with its stderr appended to `log`, and
     /// waits until it prints where it listens.
     pub fn start(kind: Kind, programs: &Programs, log: &Path) -> Result<Server> {
-        let stderr = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("cannot open the log file {}", log.display()))?;
-        let mut command = programs.command(kind);
-        // SAFETY: the closure runs in the child between fork and exec, and
-        // only makes one async-signal-safe system call.
-        unsafe {
-            command.pre_exec(|| {
-                // The server dies with the bench, even one killed outright
-                // (say, by `timeout`), instead of lingering and skewing the
-                // next run. Servers are started from the main thread, whose
-                // exit is what the kernel watches.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| match e.kind() {
-                ErrorKind::NotFound if kind == Kind::Python => anyhow!(
-                    "cannot run `{}`: {e}; pass a Python 3 interpreter with --python",
-                    programs.python.display()
-                ),
-                _ => anyhow!(
-                    "cannot start {} (`{}`): {e}",
-                    kind.name(),
-                    programs.program(kind).display()
-                ),
-            })?;
-        let Some(stdout) = child.stdout.take() else {
-            bail!("{} started without a stdout pipe", kind.name());
+        let process = Launch::new(programs.command(kind))
+            .name(kind.name())
+            .admin(kind == Kind::Hotsock)
+            .stderr(Stderr::Append(log.to_path_buf()))
+            .timeout(STARTUP_TIMEOUT)
+            // The server dies with the bench, even one killed outright
+            // (say, by `timeout`), instead of lingering and skewing the
+            // next run. Servers are started from the main thread, whose
+            // exit is what the kernel watches.
+            .die_with_parent(true)
+            .start()?;
+        let Some(&addr) = process.addrs().first() else {
+            bail!("{} announced no address", kind.name());
         };
-        let mut server = Server {
+        Ok(Server {
             kind,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin: None,
-            child,
-        };
-        let lines = read_lines(stdout).context("cannot start a thread to read its stdout")?;
-        let needs_admin = kind == Kind::Hotsock;
-        loop {
-            let line = match lines.recv_timeout(STARTUP_TIMEOUT) {
-                Ok(line) => line,
-                Err(mpsc::RecvTimeoutError::Timeout) => bail!(
-                    "{} printed no `listening on` line within {STARTUP_TIMEOUT:?}; see {}",
-                    kind.name(),
-                    log.display()
-                ),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // Its stdout is closed: it has exited, or is about to.
-                    thread::sleep(Duration::from_millis(100));
-                    let status = match server.child.try_wait() {
-                        Ok(Some(status)) => status.to_string(),
-                        _ => "its stdout closed".to_string(),
-                    };
-                    bail!(
-                        "{} exited before listening ({status}); its stderr is in {}",
-                        kind.name(),
-                        log.display()
-                    );
-                }
-            };
-            if let Some(addr) = line.strip_prefix("admin listening on ") {
-                server.admin = Some(parse_addr(kind, addr)?);
-            } else if let Some(addr) = line.strip_prefix("listening on ") {
-                server.addr = parse_addr(kind, addr)?;
-            }
-            if server.addr.port() != 0 && (server.admin.is_some() || !needs_admin) {
-                return Ok(server);
-            }
-        }
+            addr,
+            admin: process.admin(),
+            process,
+        })
     }
 
     /// The server's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// The server's resident memory, VmRSS in /proc/PID/status, in KiB.
     pub fn rss_kib(&self) -> Result<u64> {
-        let path = format!("/proc/{}/status", self.child.id());
-        let status = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {path}: has {} exited?", self.kind.name()))?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("no VmRSS line in {path}"))
+        self.process.rss_kib()
     }
 
     /// Whether the process is still running: a server that died mid-scenario
     /// makes its numbers meaningless, and the bench says so.
     pub fn check_alive(&mut self) -> Result<()> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => bail!("{} exited during the bench ({status})", self.kind.name()),
-            Err(e) => bail!("cannot check on {}: {e}", self.kind.name()),
-        }
+        self.process.check_alive()
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Nothing to drain: every scenario has closed its connections.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn parse_addr(kind: Kind, text: &str) -> Result<SocketAddr> {
-    text.trim().parse().with_context(|| {
-        format!(
-            "{} printed an address the bench cannot read: {text:?}",
-            kind.name()
-        )
-    })
-}
-
-/// Forwards the child's stdout lines on a channel, and keeps reading after
-/// the address lines so the child never blocks on (or dies of) a full or
-/// closed pipe.
-fn read_lines(
-    stdout: impl std::io::Read + Send + 'static,
-) -> std::io::Result<mpsc::Receiver<String>> {
-    let (send, receive) = mpsc::channel();
-    thread::Builder::new()
-        .name("server-stdout".into())
-        .spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                // Once the address is known nobody listens: drop the rest.
-                let _ = send.send(line);
-            }
-        })?;
-    Ok(receive)
 }
 
 /// Creates (or empties) the stderr log of each server in `dir`.

@@ -4,15 +4,15 @@
 //! whether any connection failed and what the swaps did to latency.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use serde::Serialize;
 use serde_json::Value;
+use testkit::http::Client;
 
 use crate::cpu::{CpuMeter, CpuUse};
 use crate::load::{self, Sample};
@@ -188,37 +188,21 @@ fn analyse(
     }
 }
 
-/// `POST /handler` to hotsock's admin API, as one raw HTTP/1.1 request: the
-/// server answers with a Content-Length and closes, so no HTTP client is needed.
+/// `POST /handler` to hotsock's admin API: the status and the JSON answer
+/// (or its text, if it is not JSON).
 fn post_handler(admin: SocketAddr, source: &str, component: &[u8]) -> Result<(u16, Value)> {
-    let mut stream = TcpStream::connect_timeout(&admin, load::IO_TIMEOUT)
-        .with_context(|| format!("cannot reach hotsock's admin API at {admin}"))?;
-    stream.set_read_timeout(Some(ADMIN_TIMEOUT))?;
-    stream.set_write_timeout(Some(ADMIN_TIMEOUT))?;
-    let head = format!(
-        "POST /handler HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\
-         Content-Type: application/wasm\r\nContent-Length: {}\r\n\
-         X-Hotsock-Source: {}\r\n\r\n",
-        component.len(),
-        source.replace(['\r', '\n'], " ")
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(component)?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .context("no answer from the admin API")?;
-    let text = String::from_utf8_lossy(&response);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        bail!("the admin API's answer has no end of headers: {text:?}");
-    };
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("the admin API's answer has no status code: {head:?}"))?;
-    let body = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()));
-    Ok((status, body))
+    let source = source.replace(['\r', '\n'], " ");
+    let headers = [
+        ("Content-Type", "application/wasm"),
+        ("X-Hotsock-Source", source.as_str()),
+    ];
+    let response = Client::new(ADMIN_TIMEOUT)
+        .request(admin, "POST", "/handler", &headers, component)
+        .context("no answer from hotsock's admin API")?;
+    let body = response
+        .json()
+        .unwrap_or_else(|_| Value::String(response.text()));
+    Ok((response.status, body))
 }
 
 fn write_csv(path: &Path, samples: &[Sample]) -> Result<()> {

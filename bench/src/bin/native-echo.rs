@@ -23,6 +23,7 @@ use std::thread;
 use std::time::{Duration, SystemTime};
 
 use ctime::echo_reply;
+use hotsock::server::LISTENING;
 
 /// Where to listen unless `--addr` says otherwise: loopback, any free port,
 /// which the server prints so the bench can connect.
@@ -107,11 +108,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<String>, 
     Ok(Some(addr))
 }
 
-/// Prints the bound address and flushes it: the bench waits for this line
-/// before connecting, and a pipe would otherwise keep it in a buffer.
+/// Prints the bound address as hotsock does, and flushes it: the bench waits
+/// for this line before connecting, and a pipe would otherwise keep it in a
+/// buffer.
 fn announce(listener: &TcpListener) -> std::io::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {}", listener.local_addr()?)?;
+    writeln!(stdout, "{LISTENING}{}", listener.local_addr()?)?;
     stdout.flush()
 }
 

@@ -72,7 +72,7 @@ test: setup guests python-handlers
 	$(CARGO) test --release -p hotsock
 	$(CARGO) test --release -p hotsock-bench
 	$(CARGO) test --release -p testkit
-	$(CARGO) test -p guest-handler
+	$(CARGO) test -p ctime
 
 ## What a handler costs: start-up (compiling, then cached), new connection, memory per connection.
 handler-cost: build
@@ -100,6 +100,7 @@ lint: rust-setup
 	$(CARGO) clippy -p hotsock --all-targets -- -D warnings
 	$(CARGO) clippy -p hotsock-bench --all-targets -- -D warnings
 	$(CARGO) clippy -p testkit --all-targets -- -D warnings
+	$(CARGO) clippy -p ctime --all-targets -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) $(GUESTS) $(FIXTURES) --all-targets -- -D warnings
 
 fmt:

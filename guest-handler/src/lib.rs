@@ -6,12 +6,11 @@
 //! end of the reply, so `nc` users type `hello` and read
 //! `Echo=>hello at Mon Nov 23 04:12:00 2026` on a line of its own. The time is
 //! UTC, formatted like Python's `time.ctime()`: a handler has no time zone
-//! database to find local time in. The reply is built in `ctime.rs`, which
-//! `handlers/slow-echo` shares.
+//! database to find local time in. The reply is built by the workspace's
+//! `ctime` crate, which `handlers/slow-echo` and the bench's native server
+//! share.
 
 wit_bindgen::generate!({ path: "../wit", world: "plugin" });
-
-mod ctime;
 
 use std::time::SystemTime;
 

@@ -11,17 +11,14 @@
 //! native-echo [--addr 127.0.0.1:0]    prints `listening on IP:PORT`
 //! ```
 
-// The default handler's reply, compiled natively: sharing the file means the
-// two servers cannot drift apart in what they send.
-#[path = "../../../guest-handler/src/ctime.rs"]
-mod ctime;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, SystemTime};
 
+// The default handler's reply, compiled natively: sharing the crate means the
+// two servers cannot drift apart in what they send.
 use ctime::echo_reply;
 use hotsock::server::LISTENING;
 

@@ -10,9 +10,6 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
 
-#[path = "../../../guest-handler/src/ctime.rs"]
-mod ctime;
-
 use std::time::{Duration, SystemTime};
 
 use ctime::echo_reply;

@@ -1,8 +1,9 @@
 //! The textbook echo server's reply, `Echo=>{chunk} at {time}`, and its time.
 //!
-//! Shared, not copied: `handlers/slow-echo` includes this file with
-//! `#[path]`, so the default handler and its slow twin cannot drift apart,
-//! and each stays one small crate with no library of helpers to depend on.
+//! A crate of its own so that the default handler (`guest-handler`), its slow
+//! twin (`handlers/slow-echo`) and the bench's native server (`native-echo`)
+//! send the very same bytes and cannot drift apart. It has no dependencies
+//! and formats by hand: it runs for every message a handler answers.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -114,8 +114,8 @@ pub struct ServeArgs {
     /// What happens to a new client while all --max-connections are busy:
     /// `wait` leaves it in the listen backlog until a slot frees, `close`
     /// accepts and closes it at once.
-    #[arg(long, value_name = "POLICY", value_enum, default_value_t = WhenFull::Wait, help_heading = "Limits")]
-    pub when_full: WhenFull,
+    #[arg(long, value_name = "POLICY", value_enum, default_value_t = WhenFullArg::Wait, help_heading = "Limits")]
+    pub when_full: WhenFullArg,
 
     /// Give handlers an environment variable, as KEY=VALUE. Repeatable.
     /// Handlers get no environment unless granted.
@@ -135,6 +135,24 @@ pub struct ServeArgs {
     /// Where compiled handlers are cached.
     #[command(flatten)]
     pub cache: CacheArgs,
+}
+
+/// `--when-full`, as the command line spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WhenFullArg {
+    /// Leave new clients in the listen backlog until a slot frees up.
+    Wait,
+    /// Accept new clients and close them at once, so they fail fast.
+    Close,
+}
+
+impl From<WhenFullArg> for WhenFull {
+    fn from(arg: WhenFullArg) -> Self {
+        match arg {
+            WhenFullArg::Wait => WhenFull::Wait,
+            WhenFullArg::Close => WhenFull::Close,
+        }
+    }
 }
 
 impl ServeArgs {
@@ -158,7 +176,7 @@ impl ServeArgs {
     fn server_settings(&self) -> server::Settings {
         server::Settings {
             max_connections: self.max_connections,
-            when_full: self.when_full,
+            when_full: self.when_full.into(),
             idle_timeout: *self.idle_timeout,
             max_connection_time: self.max_connection_time.map(|d| *d),
             drain_timeout: *self.drain_timeout,

@@ -153,14 +153,9 @@ impl fmt::Display for HandlerError {
     }
 }
 
-impl std::error::Error for HandlerError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.problem {
-            Problem::Unreadable(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// No `source`: the message already says everything, the I/O error included,
+/// and an error chain printed with `{:#}` would say it twice.
+impl std::error::Error for HandlerError {}
 
 /// Reads a handler component file, with an error that says what to do.
 pub fn read_component(path: &Path) -> Result<Vec<u8>, HandlerError> {

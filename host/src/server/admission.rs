@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::sys;
 
 /// What to do with a new client while every slot is taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WhenFull {
     /// Leave it in the listen backlog until a slot frees up.
     Wait,

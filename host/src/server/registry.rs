@@ -10,7 +10,7 @@
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -156,6 +156,8 @@ pub struct Registry {
     runtime: Arc<Runtime>,
     policy: Policy,
     current: ArcSwap<Version>,
+    /// Locked with [`sys::lock`]: every critical section is a handful of
+    /// assignments, so a panic in one leaves it consistent.
     history: Mutex<History>,
 }
 
@@ -234,7 +236,7 @@ impl Registry {
         let handler = Handler::compile(&self.runtime, source.clone(), bytes, &sha256)?;
         let compiled_in = started.elapsed();
 
-        let mut history = lock(&self.history);
+        let mut history = sys::lock(&self.history);
         let number = history.next_number;
         history.next_number += 1;
         let on_probation = self.policy.rollback_on_traps.is_some();
@@ -258,7 +260,7 @@ impl Registry {
     /// Returns the version now current and the one replaced, or `None` if
     /// there is no previous version.
     pub fn rollback(&self, reason: &str) -> Option<(Arc<Version>, Arc<Version>)> {
-        let mut history = lock(&self.history);
+        let mut history = sys::lock(&self.history);
         let previous = history.previous.take()?;
         Some(self.roll_back_to(&mut history, previous, reason))
     }
@@ -294,7 +296,7 @@ impl Registry {
         if !pinned.on_probation || early_faults != limit {
             return;
         }
-        let mut history = lock(&self.history);
+        let mut history = sys::lock(&self.history);
         // Only the version still serving can be rolled back, and only to the
         // version it replaced.
         if !Arc::ptr_eq(&self.current.load(), &pinned.version) {
@@ -324,7 +326,7 @@ impl Registry {
     /// A snapshot of every live version and the rollbacks so far.
     pub fn status(&self) -> Status {
         let current = self.current();
-        let history = lock(&self.history);
+        let history = sys::lock(&self.history);
         let mut versions = vec![current.status("current")];
         if let Some(previous) = &history.previous {
             versions.push(previous.status("previous"));
@@ -387,9 +389,4 @@ pub struct RollbackRecord {
     pub to: String,
     /// Who or what asked for it.
     pub reason: String,
-}
-
-/// Every critical section here is a handful of assignments.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    sys::lock(mutex)
 }

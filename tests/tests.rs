@@ -20,5 +20,6 @@ mod handlers;
 mod isolation;
 mod limits;
 mod scaffold;
+mod scale;
 mod shutdown;
 mod swap;

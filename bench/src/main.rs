@@ -25,6 +25,7 @@ mod load;
 mod memory;
 mod report;
 mod servers;
+mod soak;
 mod swap;
 
 use std::collections::BTreeMap;
@@ -83,6 +84,8 @@ Options:
                         [default: target/wasm32-wasip2/release/slow_echo.wasm]
   --python PATH         Python 3 interpreter [default: python3]
   --python-server PATH  the Python server [default: bench/python_echo_server.py]
+  --soak N              run only the soak instead: N idle connections held at
+                        once on each server (`make soak` holds 10000)
   -h, --help            print this help
 
 Paths are relative to the current directory: run from the repository root.
@@ -102,6 +105,11 @@ and once:
                      to slow-echo at 2 s and back at 4 s via the admin API;
                      every connection goes to OUT/swap.csv
 
+With --soak, per server: open N connections one after the other, each with a
+round trip; once all are open, a round trip on every one again; report the
+time to open, RSS, memory mappings and threads per connection. Writes
+OUT/soak.json; fails if any connection was not answered.
+
 Targets are reported with ✓ or ✗; a miss does not fail the run.
 ";
 
@@ -111,6 +119,8 @@ struct Options {
     rounds: usize,
     duration: Duration,
     programs: Programs,
+    /// Run only the soak, with this many connections.
+    soak: Option<usize>,
 }
 
 impl Default for Options {
@@ -122,6 +132,7 @@ impl Default for Options {
             // of ten paired ratios rides it out better than that of five.
             rounds: 10,
             duration: Duration::from_millis(1500),
+            soak: None,
             programs: Programs {
                 hotsock: "target/release/hotsock".into(),
                 native: "target/release/native-echo".into(),
@@ -190,6 +201,12 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Option<Option
             "--swap-handler" => programs.swap_handler = value()?.into(),
             "--python" => programs.python = value()?.into(),
             "--python-server" => programs.python_server = value()?.into(),
+            "--soak" => {
+                let text = value()?;
+                options.soak = Some(text.parse().ok().filter(|&n| n >= 1).with_context(|| {
+                    format!("--soak {text}: expected a whole number of connections, at least 1")
+                })?);
+            }
             _ => bail!("unknown option `{arg}`"),
         }
     }
@@ -222,15 +239,70 @@ fn parse_duration(text: &str) -> Result<Duration> {
 }
 
 /// Raises the open files limit as hotsock does: the bench holds 1000+
-/// sockets at once, and so do the servers, which inherit the limit.
-fn raise_open_files_limit() -> Result<u64> {
+/// sockets at once (more in the soak), and so do the servers, which inherit
+/// the limit.
+fn raise_open_files_limit(needed: u64) -> Result<u64> {
     let soft =
         hotsock::sys::raise_open_file_limit().context("cannot raise the open files limit")?;
     ensure!(
-        soft >= OPEN_FILES_NEEDED,
-        "the open files limit is {soft} (`ulimit -Hn`), and the bench needs {OPEN_FILES_NEEDED}: raise the hard limit"
+        soft >= needed,
+        "the open files limit is {soft} (`ulimit -Hn`), and the bench needs {needed}: raise the hard limit"
     );
     Ok(soft)
+}
+
+/// `--soak N`: each server in turn holds N idle connections.
+fn run_soak(options: &Options, connections: usize) -> Result<()> {
+    let programs = &options.programs;
+    programs.check()?;
+    let logs = options.out.join("logs");
+    servers::reset_logs(&logs)?;
+    let open_files = raise_open_files_limit(connections as u64 + 200)?;
+    let machine = Machine::detect(open_files);
+    let mut soaks = Vec::new();
+    for kind in Kind::ALL {
+        eprintln!("soak: {connections} connections held by {}", kind.name());
+        let extra = ["--max-connections".to_string(), connections.to_string()];
+        let extra: &[String] = match kind {
+            Kind::Hotsock => &extra,
+            _ => &[],
+        };
+        let mut server =
+            Server::start_with(kind, programs, &servers::log_path(&logs, kind), extra)?;
+        let soak = soak::run(&mut server, connections)?;
+        eprint!("{}", soak::table(std::slice::from_ref(&soak)));
+        soaks.push(soak);
+    }
+    println!();
+    println!(
+        "hotsock soak, {}: {} cores ({}), Linux {}, git {}; {connections} idle connections per server",
+        machine.date,
+        machine.nproc,
+        machine.cpu,
+        machine.kernel,
+        machine.git.as_deref().unwrap_or("unknown")
+    );
+    print!("{}", soak::table(&soaks));
+    for (path, lines) in stderr_lines(&logs) {
+        println!("note: {path} has {lines} line(s) of server stderr");
+    }
+    let path = options.out.join("soak.json");
+    let json = json!({ "machine": machine, "connections": connections, "servers": soaks });
+    let text = serde_json::to_string_pretty(&json).context("cannot serialise the results")?;
+    std::fs::write(&path, text + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}", path.display());
+    let short: Vec<_> = soaks
+        .iter()
+        .filter(|s| s.fell_short())
+        .map(|s| s.server.name())
+        .collect();
+    ensure!(
+        short.is_empty(),
+        "not every connection was opened and answered on: {}",
+        short.join(", ")
+    );
+    Ok(())
 }
 
 /// What one round measured on one server.
@@ -252,11 +324,14 @@ struct Round {
 }
 
 fn run(options: &Options) -> Result<()> {
+    if let Some(connections) = options.soak {
+        return run_soak(options, connections);
+    }
     let programs = &options.programs;
     programs.check()?;
     let logs = options.out.join("logs");
     servers::reset_logs(&logs)?;
-    let open_files = raise_open_files_limit()?;
+    let open_files = raise_open_files_limit(OPEN_FILES_NEEDED)?;
     let machine = Machine::detect(open_files);
     eprintln!(
         "hotsock-bench: {} round(s), {:?} per throughput run; about {} minutes",

@@ -172,7 +172,19 @@ impl Server {
     /// Starts `kind` on 127.0.0.1:0 with its stderr appended to `log`, and
     /// waits until it prints where it listens.
     pub fn start(kind: Kind, programs: &Programs, log: &Path) -> Result<Server> {
-        let process = Launch::new(programs.command(kind))
+        Self::start_with(kind, programs, log, &[])
+    }
+
+    /// Like [`Server::start`], with `extra` arguments after the usual ones.
+    pub fn start_with(
+        kind: Kind,
+        programs: &Programs,
+        log: &Path,
+        extra: &[String],
+    ) -> Result<Server> {
+        let mut command = programs.command(kind);
+        command.args(extra);
+        let process = Launch::new(command)
             .name(kind.name())
             .admin(kind == Kind::Hotsock)
             .stderr(Stderr::Append(log.to_path_buf()))

@@ -4,9 +4,13 @@
 //! Kept in one leaf so that `unsafe` is in one place to review, and so that
 //! no layer has to reach past its neighbours for a system call.
 
+use std::ffi::{CStr, c_void};
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::Shutdown;
 use std::os::fd::RawFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::ptr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -83,6 +87,68 @@ pub fn effective_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// A resource limit's soft value, `None` when unlimited.
+fn soft_limit(resource: libc::__rlimit_resource_t) -> io::Result<Option<u64>> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass, nothing else.
+    if unsafe { libc::getrlimit(resource, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur))
+}
+
+/// The most files this process may have open (`ulimit -n`), if limited.
+pub fn open_file_limit() -> io::Result<Option<u64>> {
+    soft_limit(libc::RLIMIT_NOFILE)
+}
+
+/// The most processes and threads this user may have (`ulimit -u`), if
+/// limited. The kernel does not apply it to root.
+pub fn process_limit() -> io::Result<Option<u64>> {
+    match effective_uid() {
+        0 => Ok(None),
+        _ => soft_limit(libc::RLIMIT_NPROC),
+    }
+}
+
+/// The most address space this process may reserve (`ulimit -v`), if limited.
+pub fn address_space_limit() -> io::Result<Option<u64>> {
+    soft_limit(libc::RLIMIT_AS)
+}
+
+/// The largest range of free address space in this process, in bytes: the
+/// most one reservation can take, however much the process may address in
+/// all. Read from `/proc/self/maps`.
+pub fn largest_free_address_range() -> io::Result<u64> {
+    // Addresses below this are never handed out (`vm.mmap_min_addr`'s usual
+    // value); the top is where user space ends with four-level page tables.
+    const LOWEST: u64 = 0x1_0000;
+    const USER_END: u64 = 0x7fff_ffff_f000;
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let mut ranges: Vec<(u64, u64)> = maps
+        .lines()
+        .filter_map(|line| {
+            let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+            Some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .filter(|&(start, _)| start < USER_END)
+        .collect();
+    ranges.sort_unstable();
+    let mut largest = 0;
+    let mut free_from = LOWEST;
+    for (start, end) in ranges {
+        largest = largest.max(start.saturating_sub(free_from));
+        free_from = free_from.max(end);
+    }
+    Ok(largest.max(USER_END.saturating_sub(free_from)))
+}
+
 /// Raises the soft limit on open files to the hard limit, and returns the
 /// limit now in force. Each connection is a socket, so the usual soft limit
 /// of 1024 would cap a server set up for `--max-connections 1000` well below
@@ -109,4 +175,147 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
         }
     }
     Ok(limit.rlim_cur)
+}
+
+/// The signal stack of each thread started with [`spawn_thread`]: the most
+/// wasmtime asks for (it installs a stack of its own, in a mapping of its own,
+/// on any thread whose signal stack is smaller).
+pub const SIGNAL_STACK: usize = 64 * 4096;
+
+/// A job for [`spawn_thread`].
+pub type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Starts a detached OS thread named `name` that runs `job` on a stack of
+/// `stack_size` bytes, plus its [`SIGNAL_STACK`].
+///
+/// Why not `std::thread`: std maps a small signal stack for every thread, and
+/// wasmtime maps a bigger one on every thread that runs wasm; with the thread
+/// stack that is six memory mappings per connection thread, and at 10,000
+/// connections the kernel's default limit of 65,530 mappings per process
+/// (`vm.max_map_count`) runs out. std then aborts the whole process, since it
+/// cannot start a thread without its signal stack. Here the signal stack is
+/// the bottom of the thread's own stack, which costs no mapping and no memory
+/// until a signal is handled on it, and a thread that cannot be started is an
+/// error for the caller, never an abort.
+///
+/// A panic in `job` ends only its thread; the panic hook has reported it.
+pub fn spawn_thread(name: &CStr, stack_size: usize, job: Job) -> io::Result<()> {
+    let job = Box::into_raw(Box::new(job));
+    let started = start_detached(name, stack_size + SIGNAL_STACK, job.cast());
+    if started.is_err() {
+        // SAFETY: the thread was not created, so the job is still ours.
+        drop(unsafe { Box::from_raw(job) });
+    }
+    started
+}
+
+/// Creates the thread, detached, running [`thread_main`] on `arg`.
+fn start_detached(name: &CStr, stack: usize, arg: *mut c_void) -> io::Result<()> {
+    let os = |code: libc::c_int| match code {
+        0 => Ok(()),
+        code => Err(io::Error::from_raw_os_error(code)),
+    };
+    let page = page_size();
+    let stack = stack.max(libc::PTHREAD_STACK_MIN).next_multiple_of(page);
+    let mut attr = MaybeUninit::<libc::pthread_attr_t>::uninit();
+    // SAFETY: each call gets a valid pointer to the attributes, initialised
+    // by the first and destroyed by the last; `thread_main` matches the
+    // signature pthread_create expects, and takes ownership of `arg`.
+    unsafe {
+        os(libc::pthread_attr_init(attr.as_mut_ptr()))?;
+        let created = os(libc::pthread_attr_setstacksize(attr.as_mut_ptr(), stack))
+            .and_then(|()| {
+                os(libc::pthread_attr_setdetachstate(
+                    attr.as_mut_ptr(),
+                    libc::PTHREAD_CREATE_DETACHED,
+                ))
+            })
+            .and_then(|()| {
+                let mut thread = MaybeUninit::<libc::pthread_t>::uninit();
+                os(libc::pthread_create(
+                    thread.as_mut_ptr(),
+                    attr.as_ptr(),
+                    thread_main,
+                    arg,
+                ))
+                .map(|()| thread.assume_init())
+            });
+        libc::pthread_attr_destroy(attr.as_mut_ptr());
+        // A name only helps `top -H` and debuggers: not worth failing over.
+        if let Ok(thread) = created {
+            libc::pthread_setname_np(thread, name.as_ptr());
+        }
+        created.map(drop)
+    }
+}
+
+/// The body of a thread from [`spawn_thread`]: installs the signal stack, runs
+/// the job, and keeps a panic from unwinding into C.
+extern "C" fn thread_main(arg: *mut c_void) -> *mut c_void {
+    // SAFETY: `spawn_thread` passed a leaked `Box<Job>` and gave up ownership.
+    let job = unsafe { Box::from_raw(arg.cast::<Job>()) };
+    let _signal_stack = SignalStack::install();
+    // The panic hook has already reported a panic; the thread just ends.
+    let _ = catch_unwind(AssertUnwindSafe(job));
+    ptr::null_mut()
+}
+
+/// The calling thread's signal stack, in the bottom [`SIGNAL_STACK`] bytes of
+/// its own stack, for as long as this value lives.
+struct SignalStack;
+
+impl SignalStack {
+    /// Installs it, if the thread's stack can be found. Without it wasmtime
+    /// maps a signal stack of its own, which costs mappings but still works.
+    fn install() -> Option<Self> {
+        let mut attr = MaybeUninit::<libc::pthread_attr_t>::uninit();
+        let mut low: *mut c_void = ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        // SAFETY: pthread_getattr_np initialises the attributes for the
+        // calling thread, pthread_attr_getstack reads them into our two
+        // variables, and they are destroyed once read.
+        let found = unsafe {
+            if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
+                return None;
+            }
+            let found = libc::pthread_attr_getstack(attr.as_ptr(), &mut low, &mut size);
+            libc::pthread_attr_destroy(attr.as_mut_ptr());
+            found == 0
+        };
+        // The lowest part of the stack, just above its guard page: the thread's
+        // own frames start at the top and only reach it by overflowing the
+        // `stack_size` they were given.
+        if !found || size < 2 * SIGNAL_STACK {
+            return None;
+        }
+        let stack = libc::stack_t {
+            ss_sp: low,
+            ss_flags: 0,
+            ss_size: SIGNAL_STACK,
+        };
+        // SAFETY: the memory is this thread's own, unused by its frames, and
+        // outlives the registration, which `drop` removes before the thread ends.
+        (unsafe { libc::sigaltstack(&stack, ptr::null_mut()) } == 0).then_some(SignalStack)
+    }
+}
+
+impl Drop for SignalStack {
+    fn drop(&mut self) {
+        let disable = libc::stack_t {
+            ss_sp: ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        };
+        // SAFETY: only unregisters the calling thread's signal stack.
+        unsafe { libc::sigaltstack(&disable, ptr::null_mut()) };
+    }
+}
+
+/// The size of a memory page.
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        size if size > 0 => size as usize,
+        _ => 4096,
+    }
 }

@@ -184,8 +184,21 @@ impl Client {
 /// `hotsock status` as a table, for people; `--json` gives the raw answer.
 fn render_status(status: &ServerStatus) -> String {
     let c = &status.connections;
+    let per_ip = c
+        .max_per_ip
+        .map_or_else(String::new, |n| format!(", at most {n} per address"));
+    let refused_by = c
+        .refused_by
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(why, n)| format!("{n} {why}"))
+        .collect::<Vec<_>>();
+    let refused_by = match refused_by.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", refused_by.join(", ")),
+    };
     let mut out = format!(
-        "connections: {} open of {} max, {} accepted, {} refused, full {} time(s)\n",
+        "connections: {} open of {} max{per_ip}, {} accepted, {} refused{refused_by}, full {} time(s)\n",
         c.active, c.max, c.accepted, c.refused, c.saturated
     );
     let status = &status.handlers;

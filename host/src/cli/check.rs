@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use hotsock::runtime::{HANDLER_EXPORT, Handler, Runtime, Settings};
+use hotsock::server::THREAD_MAPPINGS;
 
 use crate::cli::args::CacheArgs;
 
@@ -31,5 +32,11 @@ pub fn run(args: &CheckArgs) -> Result<()> {
     println!("ok: `{}` is a hotsock handler", handler.name());
     println!("  exports: {HANDLER_EXPORT}");
     println!("  imports: {}", handler.imports().join(", "));
+    println!(
+        "  each connection: {} linear memor{}, up to {} memory mappings with its thread",
+        handler.memories(),
+        if handler.memories() == 1 { "y" } else { "ies" },
+        handler.mappings_per_instance() as u64 + THREAD_MAPPINGS
+    );
     Ok(())
 }

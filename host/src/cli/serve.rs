@@ -13,8 +13,8 @@ use hotsock::runtime::{
     Preopen, Runtime, read_component,
 };
 use hotsock::server::{
-    self, ADMIN_LISTENING, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, LISTENING, Policy,
-    Registry, Reloader, Server, Stopper, Trigger, WhenFull, admin,
+    self, ADMIN_LISTENING, Capacity, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, LISTENING,
+    Policy, Registry, Reloader, Server, Stopper, Trigger, WhenFull, admin,
 };
 use hotsock::sys;
 use hotsock::units::{Size, parse_duration};
@@ -106,10 +106,17 @@ pub struct ServeArgs {
     pub max_connection_time: Option<Duration>,
 
     /// Most connections served at once. It also sizes the pool of handler
-    /// instances, so the two always agree.
+    /// instances, so the two always agree. Checked at start against what the
+    /// machine allows (open files, threads, memory mappings, address space).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
-          value_parser = clap::value_parser!(u32).range(1..=100_000), help_heading = "Limits")]
+          value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
     pub max_connections: u32,
+
+    /// Most connections one client address may have open at once (off by
+    /// default). A connection over it is closed at once, so that one address
+    /// cannot hold every slot; behind a proxy or NAT, many clients share one.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
+    pub max_connections_per_ip: Option<u32>,
 
     /// What happens to a new client while all --max-connections are busy:
     /// `wait` leaves it in the listen backlog until a slot frees, `close`
@@ -176,6 +183,7 @@ impl ServeArgs {
     fn server_settings(&self) -> server::Settings {
         server::Settings {
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
             when_full: self.when_full.into(),
             idle_timeout: *self.idle_timeout,
             max_connection_time: self.max_connection_time.map(|d| *d),
@@ -197,13 +205,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if let Err(e) = sys::raise_open_file_limit() {
         warn!("cannot raise the open file limit: {e}");
     }
+    // Everything --max-connections needs of the machine is checked before
+    // anything listens: files and threads here, address space by the
+    // runtime, memory mappings with the handler.
+    let capacity = Capacity::check(args.max_connections)?;
     runtime::compile_in_background();
     let runtime = Arc::new(Runtime::new(args.runtime_settings())?);
     // Validate the handler before binding, so a bad file fails fast and a
     // script never sees `listening on` for a server that cannot serve.
     let bytes = read_component(&args.handler)?;
     let source = args.handler.display().to_string();
-    let registry = Arc::new(Registry::new(runtime, args.policy(), source, &bytes)?);
+    let registry = Registry::new(runtime, args.policy(), Some(capacity), source, &bytes)?;
+    let registry = Arc::new(registry);
     let listeners = server::bind(&args.addrs)?;
     let admin = match &args.admin {
         Some(addr) => Some(admin::bind(addr, args.admin_allow_remote)?),
@@ -307,6 +320,10 @@ mod tests {
         let server = args.server_settings();
         let defaults = server::Settings::default();
         assert_eq!(server.max_connections, defaults.max_connections);
+        assert_eq!(
+            server.max_connections_per_ip,
+            defaults.max_connections_per_ip
+        );
         assert_eq!(server.idle_timeout, defaults.idle_timeout);
         assert_eq!(server.drain_timeout, defaults.drain_timeout);
         assert_eq!(server.when_full, defaults.when_full);

@@ -32,6 +32,13 @@ const CORE_INSTANCES_PER_HANDLER: u32 = 32;
 const MEMORIES_PER_HANDLER: u32 = 2;
 const TABLES_PER_HANDLER: u32 = 32;
 
+/// Address space each linear memory's pool slot reserves, and the guard
+/// after it: wasmtime's defaults on 64-bit hosts, set here so that the pool's
+/// size can be known before it is reserved. 4 GiB covers every 32-bit
+/// address, so compiled code skips almost every bounds check.
+const MEMORY_RESERVATION: u64 = 4 << 30;
+const MEMORY_GUARD: u64 = 32 << 20;
+
 /// How much of a pool slot's memory and tables stays mapped and resident
 /// between connections. Resetting it by writing beats handing the pages back
 /// and faulting them in again for the next instance.
@@ -82,6 +89,7 @@ impl Runtime {
     /// plus `hotsock:plugin/types`, and starts the epoch ticker.
     pub fn new(settings: Settings) -> Result<Self> {
         settings.capabilities.check()?;
+        check_address_space(&settings)?;
         let engine = Engine::new(&engine_config(&settings)).map_err(anyhow::Error::from)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
@@ -165,6 +173,43 @@ pub fn compile_in_background() {
         .build_global();
 }
 
+/// Address space the instance pool reserves for each instance's memories.
+fn address_space_per_slot(settings: &Settings) -> u64 {
+    let memory = MEMORY_RESERVATION.max(settings.limits.max_memory as u64);
+    u64::from(MEMORIES_PER_HANDLER) * (memory + MEMORY_GUARD)
+}
+
+/// Refuses a pool that cannot be reserved, before wasmtime tries and fails
+/// with a bare "Cannot allocate memory", with what would fit instead. The
+/// linear memories' slots are one reservation, so they need one free range
+/// of address space, which is smaller than the address space in all.
+fn check_address_space(settings: &Settings) -> Result<()> {
+    let per_slot = address_space_per_slot(settings);
+    let slots = u64::from(settings.max_instances) + 1;
+    let needed = slots.saturating_mul(per_slot);
+    let largest = sys::largest_free_address_range()?;
+    let (available, why) = match sys::address_space_limit()? {
+        Some(limit) if limit < largest => (
+            limit,
+            "ulimit -v allows; raise it with `ulimit -v unlimited`, or",
+        ),
+        _ => (largest, "free in one piece in this process, so"),
+    };
+    anyhow::ensure!(
+        needed <= available,
+        "--max-connections {} needs {} GiB of address space in one piece for its instance pool \
+         ({} MiB per connection: each may have {MEMORIES_PER_HANDLER} linear memories, each \
+         reserving 4 GiB plus a guard so that compiled code can skip bounds checks), more than \
+         the {} GiB {why} lower --max-connections to at most {}",
+        settings.max_instances,
+        needed >> 30,
+        per_slot >> 20,
+        available >> 30,
+        (available / per_slot).saturating_sub(1)
+    );
+    Ok(())
+}
+
 /// The engine configuration: epoch interruption for the CPU budget, and an
 /// instance pool sized by the most instances alive at once.
 fn engine_config(settings: &Settings) -> Config {
@@ -181,9 +226,16 @@ fn engine_config(settings: &Settings) -> Config {
         .max_memory_size(settings.limits.max_memory)
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT)
-        .pagemap_scan(wasmtime::Enabled::Auto);
+        .pagemap_scan(wasmtime::Enabled::Auto)
+        // Guests are called synchronously, on their connection's thread, so
+        // the pool of async fiber stacks would go unused: by default it is
+        // 1,000 stacks of 2 MiB, each with a guard page, which is 2,000
+        // memory mappings and 2 GiB of address space for nothing.
+        .total_stacks(0);
     let mut config = Config::new();
     config
+        .memory_reservation(MEMORY_RESERVATION)
+        .memory_guard_size(MEMORY_GUARD)
         .wasm_component_model(true)
         .max_wasm_stack(MAX_WASM_STACK)
         .epoch_interruption(true)

@@ -58,6 +58,9 @@ pub enum Problem {
     WrongExportShape(String),
     /// A component that cannot be instantiated under the server's limits.
     CannotInstantiate(String),
+    /// A component whose instances, as many as the server may run at once,
+    /// would need more of the machine than it allows.
+    ExceedsCapacity(String),
 }
 
 impl Problem {
@@ -75,12 +78,14 @@ impl Problem {
             Problem::UnsupportedImport(_) => "unsupported-import",
             Problem::WrongExportShape(_) => "wrong-export-shape",
             Problem::CannotInstantiate(_) => "cannot-instantiate",
+            Problem::ExceedsCapacity(_) => "exceeds-capacity",
         }
     }
 }
 
 impl HandlerError {
-    fn new(name: &str, problem: Problem) -> Self {
+    /// The `problem` with the file called `name`.
+    pub fn new(name: &str, problem: Problem) -> Self {
         HandlerError {
             name: name.to_string(),
             problem,
@@ -149,6 +154,7 @@ impl fmt::Display for HandlerError {
                 "`{name}` exports `{HANDLER_EXPORT}` with the wrong shape ({why}): rebuild it against wit/plugin.wit"
             ),
             Problem::CannotInstantiate(why) => write!(f, "`{name}` cannot be instantiated: {why}"),
+            Problem::ExceedsCapacity(why) => write!(f, "`{name}` cannot be served here: {why}"),
         }
     }
 }
@@ -176,8 +182,16 @@ pub struct Handler {
     name: String,
     sha256: String,
     imports: Vec<String>,
+    /// Linear memories each instance has.
+    memories: usize,
     pre: PluginPre<StoreData>,
 }
+
+/// Most memory mappings one linear memory takes in its pool slot: the part
+/// before its copy-on-write image of initial data, the image, the heap after
+/// it, and the reserve beyond the heap (each a mapping of its own, since
+/// their backing or protection differs).
+const MAPPINGS_PER_MEMORY: usize = 4;
 
 impl Handler {
     /// Reads, validates and compiles the handler component at `path`.
@@ -239,6 +253,9 @@ impl Handler {
             return Err(fail(Problem::MissingExport(exports)));
         }
         let imports = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+        let memories = component
+            .resources_required()
+            .map_or(0, |r| r.num_memories as usize);
         let pre = runtime
             .linker()
             .instantiate_pre(&component)
@@ -249,6 +266,7 @@ impl Handler {
             name: name.clone(),
             sha256: sha256.to_string(),
             imports,
+            memories,
             pre,
         };
         {
@@ -323,6 +341,17 @@ impl Handler {
     /// Where the handler came from, for logs and errors.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Linear memories each instance has.
+    pub fn memories(&self) -> usize {
+        self.memories
+    }
+
+    /// Most memory mappings one instance adds to the process while it lives:
+    /// what `vm.max_map_count` must leave room for, per connection.
+    pub fn mappings_per_instance(&self) -> usize {
+        self.memories * MAPPINGS_PER_MEMORY
     }
 
     /// The interfaces the handler imports, as named in the component.

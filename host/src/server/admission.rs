@@ -1,9 +1,13 @@
-//! Admission control: at most `--max-connections` connections at once.
+//! Admission control: at most `--max-connections` connections at once, and
+//! at most `--max-connections-per-ip` from one client address.
 //!
-//! The same number sizes the instance pool, so a connection that is admitted
+//! The same maximum sizes the instance pool, so a connection that is admitted
 //! always finds an instance slot. A [`Slot`] is a guard value: whichever way a
-//! connection ends, dropping its slot frees it, so the count cannot leak.
+//! connection ends, dropping its slot frees it, and its address's share, so
+//! the counts cannot leak.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -23,40 +27,84 @@ pub enum WhenFull {
     Close,
 }
 
-/// Least time between two "server is full" log lines: a flood of clients
-/// must not become a flood of log lines.
-const FULL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+/// Why a client was closed as soon as it was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Every slot was taken (`--when-full close`).
+    Full,
+    /// Its address already had `--max-connections-per-ip` connections.
+    PerIp,
+    /// No thread could be started for it: the machine ran out of something.
+    NoThread,
+}
 
-/// Counts open connections against the limit.
+impl Refusal {
+    const ALL: [Refusal; 3] = [Refusal::Full, Refusal::PerIp, Refusal::NoThread];
+
+    /// The stable name `/status` counts it under.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::Full => "full",
+            Refusal::PerIp => "per_ip",
+            Refusal::NoThread => "no_thread",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Least time between two log lines about refused clients, per reason: a
+/// flood of clients must not become a flood of log lines.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Counts open connections against the limits.
 pub struct Admission {
     max: usize,
+    per_ip: Option<u32>,
     policy: WhenFull,
-    open: Mutex<usize>,
+    open: Mutex<Open>,
     idle: Condvar,
     /// Wakes the accept loop when a slot frees up while it is waiting for one.
     wake_accept: Arc<Waker>,
     accepted: AtomicU64,
-    refused: AtomicU64,
+    refused: [AtomicU64; Refusal::ALL.len()],
     saturated: AtomicU64,
-    last_full_log: Mutex<Option<Instant>>,
+    last_logged: Mutex<[Option<Instant>; Refusal::ALL.len()]>,
+}
+
+/// The open connections, in all and per address.
+#[derive(Default)]
+struct Open {
+    total: usize,
+    /// Only with a per-address limit; an address leaves when its last
+    /// connection closes, so this holds no more entries than connections.
+    by_ip: HashMap<IpAddr, u32>,
 }
 
 /// One admitted connection's place; dropping it frees the place.
-pub struct Slot(Arc<Admission>);
+pub struct Slot {
+    admission: Arc<Admission>,
+    /// The address whose share it counts in, with a per-address limit.
+    ip: Option<IpAddr>,
+}
 
 impl Admission {
-    /// Admits up to `max` connections; `wake_accept` wakes the accept loop.
-    pub fn new(max: u32, policy: WhenFull, wake_accept: Arc<Waker>) -> Self {
+    /// Admits up to `max` connections, and up to `per_ip` from one address;
+    /// `wake_accept` wakes the accept loop.
+    pub fn new(max: u32, per_ip: Option<u32>, policy: WhenFull, wake_accept: Arc<Waker>) -> Self {
         Admission {
             max: max as usize,
+            per_ip,
             policy,
-            open: Mutex::new(0),
+            open: Mutex::new(Open::default()),
             idle: Condvar::new(),
             wake_accept,
             accepted: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
+            refused: Default::default(),
             saturated: AtomicU64::new(0),
-            last_full_log: Mutex::new(None),
+            last_logged: Mutex::new([None; Refusal::ALL.len()]),
         }
     }
 
@@ -65,48 +113,88 @@ impl Admission {
         self.policy
     }
 
-    fn lock(&self) -> MutexGuard<'_, usize> {
-        // Every change to the count is a single `+= 1` or `-= 1`.
+    fn lock(&self) -> MutexGuard<'_, Open> {
+        // Every change is a count going up or down by one.
         sys::lock(&self.open)
     }
 
-    /// Takes a slot for a new connection, or `None` if all are taken.
-    pub fn try_admit(self: &Arc<Self>) -> Option<Slot> {
+    /// Takes a slot for a new connection from `ip`, or says why not.
+    pub fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
         let mut open = self.lock();
-        if *open >= self.max {
-            return None;
+        if open.total >= self.max {
+            return Err(Refusal::Full);
         }
-        *open += 1;
-        if *open == self.max {
+        let ip = match self.per_ip {
+            None => None,
+            Some(limit) => {
+                let count = open.by_ip.entry(ip).or_insert(0);
+                if *count >= limit {
+                    return Err(Refusal::PerIp);
+                }
+                *count += 1;
+                Some(ip)
+            }
+        };
+        open.total += 1;
+        if open.total == self.max {
             self.saturated.fetch_add(1, Ordering::Relaxed);
         }
         self.accepted.fetch_add(1, Ordering::Relaxed);
-        Some(Slot(Arc::clone(self)))
+        Ok(Slot {
+            admission: Arc::clone(self),
+            ip,
+        })
     }
 
     /// Whether every slot is taken.
     pub fn is_full(&self) -> bool {
-        *self.lock() >= self.max
+        self.lock().total >= self.max
     }
 
     /// Connections open now.
     pub fn open(&self) -> usize {
-        *self.lock()
+        self.lock().total
     }
 
-    /// Notes a client turned away by `--when-full close`.
-    pub fn refuse(&self) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-        self.log_full();
+    /// Counts a client closed at once, and says so at most once a second
+    /// per reason; `detail` is what went wrong, for [`Refusal::NoThread`].
+    pub fn refuse(&self, why: Refusal, peer: SocketAddr, detail: &str) {
+        let refused = self.refused[why.index()].fetch_add(1, Ordering::Relaxed) + 1;
+        if why == Refusal::Full {
+            return self.log_full();
+        }
+        {
+            let mut last = sys::lock(&self.last_logged);
+            let last = &mut last[why.index()];
+            if last.is_some_and(|at| at.elapsed() < REFUSAL_LOG_INTERVAL) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        match why {
+            Refusal::Full => {}
+            Refusal::PerIp => warn!(
+                "{} already has {} connections, the most one address may have \
+                 (--max-connections-per-ip): closing its new ones; {refused} closed so far",
+                peer.ip(),
+                self.per_ip.unwrap_or_default()
+            ),
+            Refusal::NoThread => warn!(
+                "conn from {peer}: cannot start a thread for it ({detail}): closing it; \
+                 {refused} closed so far for want of a thread"
+            ),
+        }
     }
 
-    /// Logs that the server is full, at most once per [`FULL_LOG_INTERVAL`].
+    /// Logs that the server is full, at most once per [`REFUSAL_LOG_INTERVAL`].
     pub fn log_full(&self) {
-        let mut last = sys::lock(&self.last_full_log);
-        if last.is_some_and(|at| at.elapsed() < FULL_LOG_INTERVAL) {
+        let mut last = sys::lock(&self.last_logged);
+        let full = &mut last[Refusal::Full.index()];
+        if full.is_some_and(|at| at.elapsed() < REFUSAL_LOG_INTERVAL) {
             return;
         }
-        *last = Some(Instant::now());
+        *full = Some(Instant::now());
+        drop(last);
         let what = match self.policy {
             WhenFull::Wait => "new clients wait in the listen backlog",
             WhenFull::Close => "new clients are closed at once (--when-full close)",
@@ -114,7 +202,7 @@ impl Admission {
         warn!(
             "all {} connection slots are busy (--max-connections): {what}; {} turned away so far",
             self.max,
-            self.refused.load(Ordering::Relaxed)
+            self.refused[Refusal::Full.index()].load(Ordering::Relaxed)
         );
     }
 
@@ -122,18 +210,24 @@ impl Admission {
     pub fn wait_idle(&self, timeout: Duration) -> usize {
         let (open, _) = self
             .idle
-            .wait_timeout_while(self.lock(), timeout, |open| *open > 0)
+            .wait_timeout_while(self.lock(), timeout, |open| open.total > 0)
             .unwrap_or_else(|e| e.into_inner());
-        *open
+        open.total
     }
 
     /// The counters `/status` reports.
     pub fn status(&self) -> AdmissionStatus {
+        let refused = |why: Refusal| self.refused[why.index()].load(Ordering::Relaxed);
         AdmissionStatus {
             active: self.open(),
             max: self.max,
+            max_per_ip: self.per_ip,
             accepted: self.accepted.load(Ordering::Relaxed),
-            refused: self.refused.load(Ordering::Relaxed),
+            refused: Refusal::ALL.into_iter().map(refused).sum(),
+            refused_by: Refusal::ALL
+                .into_iter()
+                .map(|why| (why.name().to_string(), refused(why)))
+                .collect(),
             saturated: self.saturated.load(Ordering::Relaxed),
         }
     }
@@ -141,11 +235,19 @@ impl Admission {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let admission = &self.0;
+        let admission = &self.admission;
         let mut open = admission.lock();
-        let was_full = *open >= admission.max;
-        *open -= 1;
-        if *open == 0 {
+        let was_full = open.total >= admission.max;
+        open.total -= 1;
+        if let Some(ip) = self.ip
+            && let Some(count) = open.by_ip.get_mut(&ip)
+        {
+            *count -= 1;
+            if *count == 0 {
+                open.by_ip.remove(&ip);
+            }
+        }
+        if open.total == 0 {
             admission.idle.notify_all();
         }
         drop(open);
@@ -163,10 +265,49 @@ pub struct AdmissionStatus {
     pub active: usize,
     /// `--max-connections`.
     pub max: usize,
+    /// `--max-connections-per-ip`, if set.
+    pub max_per_ip: Option<u32>,
     /// Connections admitted since start.
     pub accepted: u64,
-    /// Clients closed at once because every slot was busy (`--when-full close`).
+    /// Clients closed as soon as they were accepted, for any reason.
     pub refused: u64,
+    /// The same by reason: `full` (`--when-full close`), `per_ip`
+    /// (`--max-connections-per-ip`), `no_thread` (the machine ran out).
+    pub refused_by: std::collections::BTreeMap<String, u64>,
     /// Times every slot became busy.
     pub saturated: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(max: u32, per_ip: Option<u32>) -> Arc<Admission> {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        Arc::new(Admission::new(max, per_ip, WhenFull::Close, waker))
+    }
+
+    #[test]
+    fn one_address_cannot_take_every_slot_and_its_share_frees_on_drop() {
+        let admission = admission(10, Some(2));
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = admission.try_admit(a).unwrap();
+        let _second = admission.try_admit(a).unwrap();
+        assert_eq!(admission.try_admit(a).err(), Some(Refusal::PerIp));
+        let _other = admission.try_admit(b).unwrap();
+        drop(first);
+        let _again = admission.try_admit(a).unwrap();
+        assert_eq!(admission.open(), 3);
+    }
+
+    #[test]
+    fn the_total_comes_first_and_addresses_leave_no_trace() {
+        let admission = admission(1, Some(5));
+        let ip: IpAddr = "::1".parse().unwrap();
+        let slot = admission.try_admit(ip).unwrap();
+        assert_eq!(admission.try_admit(ip).err(), Some(Refusal::Full));
+        drop(slot);
+        assert!(admission.lock().by_ip.is_empty());
+    }
 }

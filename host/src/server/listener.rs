@@ -8,7 +8,7 @@
 //! server.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,9 +18,10 @@ use anyhow::{Context as _, Result};
 use log::{info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::runtime::{DEFAULT_MAX_CONNECTIONS, GUEST_THREAD_STACK};
-use crate::server::admission::{Admission, WhenFull};
+use crate::server::admission::{Admission, Refusal, WhenFull};
 use crate::server::conn::{Conn, Shared};
 use crate::server::registry::Registry;
 use crate::server::workers::Workers;
@@ -60,6 +61,8 @@ pub struct Settings {
     /// Most connections served at once. It must not exceed the runtime's
     /// `max_instances`, so that an admitted connection always finds an instance.
     pub max_connections: u32,
+    /// Most connections from one client address at once, if limited.
+    pub max_connections_per_ip: Option<u32>,
     /// What to do with new clients while every connection slot is taken.
     pub when_full: WhenFull,
     /// Longest a read or write waits for the client.
@@ -75,6 +78,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: None,
             when_full: WhenFull::Wait,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connection_time: None,
@@ -89,10 +93,15 @@ pub fn bind(addrs: &[String]) -> Result<Vec<TcpListener>> {
     addrs.iter().map(|addr| bind_one(addr, "--addr")).collect()
 }
 
+/// Clients the kernel may hold, connected, until they are accepted: room for
+/// a burst of thousands between two passes of the accept loop. The kernel
+/// caps it at `net.core.somaxconn` (4096 by default).
+const BACKLOG: i32 = 4096;
+
 /// Binds `addr`, given by the command-line option `option`, with an error that
 /// says what to do.
 pub fn bind_one(addr: &str, option: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr).map_err(|e| {
+    listen(addr).map_err(|e| {
         let hint = match e.kind() {
             io::ErrorKind::AddrInUse => {
                 format!("; another process is listening there: choose another {option}, or port 0 for any free port")
@@ -102,6 +111,27 @@ pub fn bind_one(addr: &str, option: &str) -> Result<TcpListener> {
         };
         anyhow::anyhow!("cannot listen on {addr}: {e}{hint}")
     })
+}
+
+/// Binds the first of `addr`'s addresses that can be bound, with
+/// [`BACKLOG`] (std's `TcpListener::bind` asks for 128) and `SO_REUSEADDR`
+/// (as std does, so a restart does not wait for old connections' TIME_WAIT).
+fn listen(addr: &str) -> io::Result<TcpListener> {
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
+    for addr in addr.to_socket_addrs()? {
+        let bound = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .and_then(|socket| {
+                socket.set_reuse_address(true)?;
+                socket.bind(&addr.into())?;
+                socket.listen(BACKLOG)?;
+                Ok(socket.into())
+            });
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Asks a running [`Server`] to stop accepting and drain. Cheap to clone.
@@ -174,6 +204,7 @@ impl Server {
         }
         let admission = Arc::new(Admission::new(
             settings.max_connections,
+            settings.max_connections_per_ip,
             settings.when_full,
             Arc::clone(&waker),
         ));
@@ -281,12 +312,15 @@ impl Server {
     }
 
     /// Admits the connection, pins the current handler version for it and
-    /// starts its own thread; or, when full under `--when-full close`, closes it.
+    /// starts its own thread; or, if it may not be served, closes it.
     fn dispatch(&mut self, stream: TcpStream, peer: SocketAddr) {
-        let Some(slot) = self.admission.try_admit() else {
-            // Dropping the socket closes it: the client sees the connection end at once.
-            self.admission.refuse();
-            return;
+        let slot = match self.admission.try_admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                // Dropping the socket closes it: the client sees the connection end at once.
+                self.admission.refuse(why, peer, "");
+                return;
+            }
         };
         let id = self.next_id;
         self.next_id += 1;
@@ -299,8 +333,10 @@ impl Server {
             shared: Arc::clone(&self.shared),
         };
         if let Err(e) = self.workers.run(Box::new(move || conn.run())) {
-            // The job, with its socket and slot, is dropped: the client sees a close.
-            warn!("conn {id} {peer}: cannot start a thread for it ({e}); closing it");
+            // The job, with its socket and slot, is dropped: the client sees
+            // a close, and the server carries on with the connections it has.
+            let detail = format!("conn {id}: {e}");
+            self.admission.refuse(Refusal::NoThread, peer, &detail);
         }
     }
 

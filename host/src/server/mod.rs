@@ -4,7 +4,9 @@
 //!
 //! - `listener`: [`Server`], the accept loop over bound listeners, and its
 //!   [`Settings`]; [`bind`]; a [`Stopper`] that starts the drain.
-//! - `admission`: `--max-connections`, as slots that free themselves.
+//! - `admission`: `--max-connections` and `--max-connections-per-ip`, as
+//!   slots that free themselves.
+//! - `capacity`: what `--max-connections` needs of the machine, checked at start.
 //! - `workers`: connection threads, reused once their connection closes.
 //! - `conn`: one connection's job, from the accepted socket to the close.
 //! - `registry`: [`Registry`], the handler versions: the current one,
@@ -13,6 +15,7 @@
 //! - `admin`: the optional HTTP admin API (status, swap, rollback).
 
 mod admission;
+mod capacity;
 mod conn;
 mod listener;
 mod registry;
@@ -21,7 +24,8 @@ mod workers;
 
 pub mod admin;
 
-pub use admission::{AdmissionStatus, WhenFull};
+pub use admission::{AdmissionStatus, Refusal, WhenFull};
+pub use capacity::{Capacity, THREAD_MAPPINGS};
 pub use listener::{
     ADMIN_LISTENING, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, LISTENING, Server, Settings,
     Stopper, bind,

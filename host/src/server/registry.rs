@@ -17,7 +17,8 @@ use arc_swap::ArcSwap;
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::{Handler, HandlerError, Runtime, sha256_hex};
+use crate::runtime::{Handler, HandlerError, Problem, Runtime, sha256_hex};
+use crate::server::capacity::Capacity;
 use crate::sys;
 use crate::watchdog::Deadline;
 
@@ -155,6 +156,8 @@ pub enum Swapped {
 pub struct Registry {
     runtime: Arc<Runtime>,
     policy: Policy,
+    /// The machine's limits every version's connections must fit, if known.
+    capacity: Option<Capacity>,
     current: ArcSwap<Version>,
     /// Locked with [`sys::lock`]: every critical section is a handful of
     /// assignments, so a panic in one leaves it consistent.
@@ -171,17 +174,21 @@ struct History {
 }
 
 impl Registry {
-    /// Starts with the component `bytes`, from `source`, as version 1.
+    /// Starts with the component `bytes`, from `source`, as version 1. With
+    /// a `capacity`, this and every later version must fit it.
     pub fn new(
         runtime: Arc<Runtime>,
         policy: Policy,
+        capacity: Option<Capacity>,
         source: String,
         bytes: &[u8],
     ) -> Result<Self, HandlerError> {
         let handler = Handler::compile(&runtime, source.clone(), bytes, &sha256_hex(bytes))?;
+        fits(capacity.as_ref(), &handler)?;
         Ok(Registry {
             runtime,
             policy,
+            capacity,
             current: ArcSwap::from_pointee(Version::new(1, source, handler, false)),
             history: Mutex::new(History {
                 next_number: 2,
@@ -234,6 +241,7 @@ impl Registry {
         }
         let started = Instant::now();
         let handler = Handler::compile(&self.runtime, source.clone(), bytes, &sha256)?;
+        fits(self.capacity.as_ref(), &handler)?;
         let compiled_in = started.elapsed();
 
         let mut history = sys::lock(&self.history);
@@ -339,6 +347,17 @@ impl Registry {
             versions,
             rollbacks: history.rollbacks.clone(),
         }
+    }
+}
+
+/// Whether `handler`'s connections fit the machine, as many as may be open.
+fn fits(capacity: Option<&Capacity>, handler: &Handler) -> Result<(), HandlerError> {
+    match capacity.map(|c| c.admits(handler)) {
+        Some(Err(why)) => Err(HandlerError::new(
+            handler.name(),
+            Problem::ExceedsCapacity(why),
+        )),
+        _ => Ok(()),
     }
 }
 

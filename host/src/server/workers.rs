@@ -7,7 +7,6 @@
 use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread;
 use std::time::Duration;
 
 use crate::sys;
@@ -18,7 +17,7 @@ use crate::sys;
 pub const IDLE_THREAD_TTL: Duration = Duration::from_secs(10);
 
 /// One connection's work.
-pub type Job = Box<dyn FnOnce() + Send + 'static>;
+pub use crate::sys::Job;
 
 /// The connection threads: busy ones and idle ones waiting for work.
 #[derive(Clone)]
@@ -64,11 +63,11 @@ impl Workers {
         }
         drop(state);
         let shared = Arc::clone(&self.shared);
-        thread::Builder::new()
-            .name("connection".into())
-            .stack_size(self.stack_size)
-            .spawn(move || shared.work_from(job))
-            .map(drop)
+        sys::spawn_thread(
+            c"connection",
+            self.stack_size,
+            Box::new(move || shared.work_from(job)),
+        )
     }
 }
 
@@ -116,6 +115,7 @@ impl Shared {
 mod tests {
     use super::*;
     use std::sync::mpsc;
+    use std::thread;
 
     #[test]
     fn a_finished_thread_takes_the_next_job() {

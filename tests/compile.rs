@@ -42,8 +42,8 @@ fn serve_and_swap_accept_precompiled_handlers() {
     assert_eq!(echo(&mut server.connect(), b"hi"), [b"hi"]);
     server.wait_for_log(&["loading precompiled native code"]);
 
-    let swapped = hotsock()
-        .args(["swap", "--admin", &server.admin().to_string()])
+    let swapped = server
+        .admin_command("swap")
         .arg(&probe_cwasm)
         .output()
         .unwrap();

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use testkit::http::{Client, Endpoint, Response};
 use testkit::{Launch, ServerProcess};
 
 /// Upper bound on any single wait in the tests, so a broken server fails a
@@ -53,8 +54,15 @@ pub struct Server {
     pub addrs: Vec<SocketAddr>,
     /// The address it printed as an [`hotsock::server::ADMIN_LISTENING`]
     /// line, with `--admin`.
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<Endpoint>,
+    /// The admin token, made up for a TCP `--admin` given no token file.
+    pub token: Option<String>,
+    /// Holds the token file.
+    _token_dir: Option<tempfile::TempDir>,
 }
+
+/// The token a test server's TCP admin API gets unless the test brings its own.
+const TEST_TOKEN: &str = "test-token-0123456789abcdef";
 
 impl Server {
     /// Serves the named guest component on 127.0.0.1:0.
@@ -69,9 +77,27 @@ impl Server {
     }
 
     /// Serves the handler component at `handler`, like [`Server::start_with`].
+    /// A TCP `--admin` without `--admin-token-file` gets a token file made up
+    /// here, which [`Server::http`], [`Server::status`] and
+    /// [`Server::admin_command`] then send.
     pub fn start_path(handler: &Path, args: &[&str]) -> Self {
         let mut cmd = hotsock();
         cmd.arg("serve").args(args);
+        let tcp_admin = args
+            .windows(2)
+            .any(|w| w[0] == "--admin" && w[1].parse::<SocketAddr>().is_ok());
+        let (token, token_dir) = match tcp_admin && !args.contains(&"--admin-token-file") {
+            true => {
+                let dir = tempfile::tempdir().expect("a temporary directory");
+                let file = dir.path().join("admin.token");
+                std::fs::write(&file, TEST_TOKEN).expect("write the token");
+                let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+                std::fs::set_permissions(&file, private).expect("chmod the token");
+                cmd.arg("--admin-token-file").arg(&file);
+                (Some(TEST_TOKEN.to_string()), Some(dir))
+            }
+            false => (None, None),
+        };
         let listeners = args.iter().filter(|a| **a == "--addr").count();
         if listeners == 0 {
             cmd.args(["--addr", "127.0.0.1:0"]);
@@ -86,7 +112,9 @@ impl Server {
         );
         Server {
             addrs: process.addrs().to_vec(),
-            admin: process.admin(),
+            admin: process.admin().cloned(),
+            token,
+            _token_dir: token_dir,
             process,
         }
     }
@@ -256,14 +284,63 @@ pub fn is_ctime(text: &[u8]) -> bool {
 }
 
 impl Server {
-    /// The admin API's address; the server must have been started with `--admin`.
+    /// The admin API's TCP address; the server must have been started with
+    /// `--admin IP:PORT`.
     pub fn admin(&self) -> SocketAddr {
-        self.admin.expect("started with --admin")
+        match self.admin_endpoint() {
+            Endpoint::Tcp(addr) => addr,
+            unix => panic!("the admin API is on a Unix socket, {unix}"),
+        }
+    }
+
+    /// Where the admin API listens; the server must have been started with `--admin`.
+    pub fn admin_endpoint(&self) -> Endpoint {
+        self.admin.clone().expect("started with --admin")
+    }
+
+    /// `hotsock SUBCOMMAND --admin ...`, with the token if there is one.
+    pub fn admin_command(&self, subcommand: &str) -> Command {
+        let mut command = hotsock();
+        command
+            .arg(subcommand)
+            .arg("--admin")
+            .arg(self.admin_endpoint().to_string());
+        if let Some(token) = &self.token {
+            command.env("HOTSOCK_ADMIN_TOKEN", token);
+        } else {
+            command.env_remove("HOTSOCK_ADMIN_TOKEN");
+        }
+        command
+    }
+
+    /// One request to the admin API, as a well-behaved client sends it (with
+    /// the token, and `Content-Type: application/wasm` for `POST /handler`):
+    /// the status code and JSON body.
+    pub fn http(&self, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers = Vec::new();
+        if let Some(authorization) = &authorization {
+            headers.push(("authorization", authorization.as_str()));
+        }
+        if (method, path) == ("POST", "/handler") {
+            headers.push(("content-type", "application/wasm"));
+        }
+        let response = request(&self.admin_endpoint(), method, path, &headers, body);
+        assert!(
+            response
+                .header("content-type")
+                .is_some_and(|t| t.to_ascii_lowercase().starts_with("application/json")),
+            "{} {:?}: {}",
+            response.status,
+            response.headers,
+            testkit::http::text(&response)
+        );
+        (response.status, must(response.json()))
     }
 
     /// `GET /status` of the admin API.
     pub fn status(&self) -> serde_json::Value {
-        let (code, body) = http(self.admin(), "GET", "/status", b"");
+        let (code, body) = self.http("GET", "/status", b"");
         assert_eq!(code, 200, "{body}");
         body
     }
@@ -279,19 +356,16 @@ impl Server {
     }
 }
 
-/// One request to the admin API: the status code and JSON body.
-pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-    let response = must(testkit::http::Client::new(TIMEOUT).request(addr, method, path, &[], body));
-    assert!(
-        response
-            .content_type()
-            .is_some_and(|t| t.to_ascii_lowercase().starts_with("application/json")),
-        "{} {:?}: {}",
-        response.status,
-        response.headers,
-        response.text()
-    );
-    (response.status, must(response.json()))
+/// One request to `endpoint`, exactly as given: for tests of what the admin
+/// API refuses.
+pub fn request(
+    endpoint: &Endpoint,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    must(Client::new(endpoint.clone(), TIMEOUT).request(method, path, headers, body))
 }
 
 /// A client doing a round trip every 50 ms on a connection of its own, for as

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
+use testkit::http::Endpoint;
 use testkit::{Launch, ServerProcess, Stderr};
 
 /// Longest a server may take to print its address. hotsock compiles its
@@ -119,7 +120,10 @@ impl Programs {
             Kind::Hotsock => {
                 let mut command = Command::new(&self.hotsock);
                 command
-                    .args(["serve", "--addr", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+                    .args(["serve", "--addr", "127.0.0.1:0", "--admin"])
+                    // A Unix socket, private to this user: the admin API's
+                    // recommended form, which needs no token.
+                    .arg(admin_socket())
                     // The hot swap swaps in slow-echo, which then replies at once.
                     .args(["--env", "ECHO_DELAY=0"])
                     // Every start, and every swap, really compiles.
@@ -164,7 +168,7 @@ pub struct Server {
     /// Where it accepts clients.
     pub addr: SocketAddr,
     /// hotsock's admin API.
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<Endpoint>,
     process: ServerProcess,
 }
 
@@ -201,7 +205,7 @@ impl Server {
         Ok(Server {
             kind,
             addr,
-            admin: process.admin(),
+            admin: process.admin().cloned(),
             process,
         })
     }
@@ -221,6 +225,21 @@ impl Server {
     pub fn check_alive(&mut self) -> Result<()> {
         self.process.check_alive()
     }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // The server is killed, not stopped, so it cannot remove its socket.
+        if let Some(Endpoint::Unix(path)) = &self.admin {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The Unix socket the bench's hotsock serves its admin API on: one at a
+/// time, so one path per bench process (a stale one is replaced by hotsock).
+fn admin_socket() -> PathBuf {
+    std::env::temp_dir().join(format!("hotsock-bench-{}.sock", std::process::id()))
 }
 
 /// Creates (or empties) the stderr log of each server in `dir`.

@@ -4,7 +4,6 @@
 //! whether any connection failed and what the swaps did to latency.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 use serde_json::Value;
-use testkit::http::Client;
+use testkit::http::{Client, Endpoint};
 
 use crate::cpu::{CpuMeter, CpuUse};
 use crate::load::{self, Sample};
@@ -111,6 +110,7 @@ pub fn run(programs: &Programs, log: &Path, csv: &Path) -> Result<HotSwap> {
     let mut server = Server::start(Kind::Hotsock, programs, log)?;
     let admin = server
         .admin
+        .clone()
         .context("hotsock did not print its admin address")?;
     let uploads = [&programs.swap_handler, &programs.handler].map(|path| {
         std::fs::read(path)
@@ -124,7 +124,7 @@ pub fn run(programs: &Programs, log: &Path, csv: &Path) -> Result<HotSwap> {
         for (at, (source, bytes)) in SWAP_AT.iter().zip(&uploads) {
             thread::sleep((start + *at).saturating_duration_since(Instant::now()));
             let start_s = start.elapsed().as_secs_f64();
-            let (http_status, response) = match post_handler(admin, source, bytes) {
+            let (http_status, response) = match post_handler(&admin, source, bytes) {
                 Ok(answer) => answer,
                 Err(e) => (0, Value::String(format!("{e:#}"))),
             };
@@ -190,18 +190,18 @@ fn analyse(
 
 /// `POST /handler` to hotsock's admin API: the status and the JSON answer
 /// (or its text, if it is not JSON).
-fn post_handler(admin: SocketAddr, source: &str, component: &[u8]) -> Result<(u16, Value)> {
+fn post_handler(admin: &Endpoint, source: &str, component: &[u8]) -> Result<(u16, Value)> {
     let source = source.replace(['\r', '\n'], " ");
     let headers = [
         ("Content-Type", "application/wasm"),
         ("X-Hotsock-Source", source.as_str()),
     ];
-    let response = Client::new(ADMIN_TIMEOUT)
-        .request(admin, "POST", "/handler", &headers, component)
+    let response = Client::new(admin.clone(), ADMIN_TIMEOUT)
+        .request("POST", "/handler", &headers, component)
         .context("no answer from hotsock's admin API")?;
     let body = response
         .json()
-        .unwrap_or_else(|_| Value::String(response.text()));
+        .unwrap_or_else(|_| Value::String(testkit::http::text(&response)));
     Ok((response.status, body))
 }
 

@@ -17,6 +17,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use hotsock::server::http::Endpoint;
 use hotsock::server::{ADMIN_LISTENING, LISTENING};
 
 /// Longest a server may take to announce its addresses unless
@@ -222,8 +223,8 @@ impl Launch {
                     );
                 }
             };
-            if let Some(addr) = line.strip_prefix(ADMIN_LISTENING) {
-                server.admin = Some(server.parse_addr(addr)?);
+            if let Some(endpoint) = line.strip_prefix(ADMIN_LISTENING) {
+                server.admin = Some(server.parse_endpoint(endpoint)?);
             } else if let Some(addr) = line.strip_prefix(LISTENING) {
                 let addr = server.parse_addr(addr)?;
                 server.addrs.push(addr);
@@ -246,7 +247,7 @@ pub struct ServerProcess {
     name: String,
     child: Child,
     addrs: Vec<SocketAddr>,
-    admin: Option<SocketAddr>,
+    admin: Option<Endpoint>,
     log: Log,
 }
 
@@ -278,10 +279,11 @@ impl ServerProcess {
         &self.addrs
     }
 
-    /// The address it announced with an [`ADMIN_LISTENING`] line, if it was
-    /// asked to wait for one ([`Launch::admin`]).
-    pub fn admin(&self) -> Option<SocketAddr> {
-        self.admin
+    /// Where it announced its admin API with an [`ADMIN_LISTENING`] line (a
+    /// TCP address or a Unix socket), if it was asked to wait for one
+    /// ([`Launch::admin`]).
+    pub fn admin(&self) -> Option<&Endpoint> {
+        self.admin.as_ref()
     }
 
     /// Everything it has written to stderr so far: captured, or read back
@@ -414,6 +416,15 @@ impl ServerProcess {
         }
     }
 
+    fn parse_endpoint(&self, text: &str) -> Result<Endpoint> {
+        text.trim().parse().map_err(|e| {
+            anyhow::anyhow!(
+                "{} announced an admin API it cannot be reached at: {e}",
+                self.name
+            )
+        })
+    }
+
     fn parse_addr(&self, text: &str) -> Result<SocketAddr> {
         text.trim().parse().with_context(|| {
             format!(
@@ -499,7 +510,10 @@ mod tests {
         assert_eq!(server.name(), "stand-in");
         let addrs: Vec<String> = server.addrs().iter().map(|a| a.to_string()).collect();
         assert_eq!(addrs, ["127.0.0.1:7001", "[::1]:7002"]);
-        assert_eq!(server.admin().map(|a| a.port()), Some(7003));
+        assert_eq!(
+            server.admin(),
+            Some(&Endpoint::Tcp("127.0.0.1:7003".parse().unwrap()))
+        );
         assert_eq!(
             server
                 .wait_for_log(&["up"], Duration::from_secs(5))

@@ -1,14 +1,14 @@
 //! `hotsock swap`, `status` and `rollback`: the admin API's client, and the
 //! status table people read.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 use hotsock::runtime::read_component;
-use hotsock::server::admin::{SOURCE_HEADER, ServerStatus};
+use hotsock::server::admin::{SOURCE_HEADER, ServerStatus, TOKEN_ENV, Token};
+use hotsock::server::http::{Client, Endpoint, Unreachable};
 use serde_json::Value;
 
 /// The environment variable `swap`, `status` and `rollback` read the admin
@@ -19,12 +19,19 @@ pub const ADMIN_ENV: &str = "HOTSOCK_ADMIN";
 /// while to compile before the server replies.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Where to find a running server's admin API.
+/// Where to find a running server's admin API, and its token.
 #[derive(Debug, Args)]
+#[command(after_help = "\
+The token for an IP:PORT comes from --admin-token-file, else from the HOTSOCK_ADMIN_TOKEN variable.")]
 pub struct AdminArgs {
-    /// The address `hotsock serve --admin` listens on.
-    #[arg(long, value_name = "ADDR", env = ADMIN_ENV)]
-    pub admin: String,
+    /// The Unix socket path or IP:PORT `hotsock serve --admin` listens on.
+    #[arg(long, value_name = "PATH|IP:PORT", env = ADMIN_ENV)]
+    pub admin: Endpoint,
+
+    /// A file holding the admin API's token: the one `hotsock serve` was
+    /// given. Needed for an IP:PORT unless HOTSOCK_ADMIN_TOKEN is set.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// Options of `hotsock swap`.
@@ -56,7 +63,7 @@ pub struct StatusArgs {
 pub fn swap(args: &SwapArgs) -> Result<()> {
     let component = read_component(&args.handler)?;
     let source = std::path::absolute(&args.handler)?.display().to_string();
-    let answer = Client::new(&args.admin.admin)
+    let answer = AdminClient::new(&args.admin)?
         .swap(&source, &component)
         .context("swap rejected")?;
     let field = |name: &str| answer[name].as_str().unwrap_or("?").to_string();
@@ -72,7 +79,7 @@ pub fn swap(args: &SwapArgs) -> Result<()> {
 
 /// `hotsock status`: the table, or the raw JSON.
 pub fn status(args: &StatusArgs) -> Result<()> {
-    let status = Client::new(&args.admin.admin).status()?;
+    let status = AdminClient::new(&args.admin)?.status()?;
     match args.json {
         true => println!("{}", serde_json::to_string_pretty(&status)?),
         false => print!("{}", render_status(&status)),
@@ -82,7 +89,7 @@ pub fn status(args: &StatusArgs) -> Result<()> {
 
 /// `hotsock rollback`.
 pub fn rollback(args: &AdminArgs) -> Result<()> {
-    let answer = Client::new(&args.admin)
+    let answer = AdminClient::new(args)?
         .rollback()
         .context("rollback refused")?;
     println!(
@@ -94,81 +101,93 @@ pub fn rollback(args: &AdminArgs) -> Result<()> {
 }
 
 /// A client of one server's admin API.
-struct Client {
-    addr: String,
-    agent: ureq::Agent,
+struct AdminClient {
+    endpoint: Endpoint,
+    client: Client,
+    /// `Bearer <token>`, if there is a token.
+    authorization: Option<String>,
 }
 
-impl Client {
-    /// A client of the admin API at `addr` (as given to `serve --admin`).
-    fn new(addr: &str) -> Self {
-        let agent = ureq::Agent::config_builder()
-            // The admin API is on this machine or this network: a proxy from
-            // the environment would only be in the way.
-            .proxy(None)
-            // Errors come as JSON with a 4xx status: read them, not just the code.
-            .http_status_as_error(false)
-            .timeout_global(Some(CLIENT_TIMEOUT))
-            .build()
-            .into();
-        Client {
-            addr: addr.to_string(),
-            agent,
+impl AdminClient {
+    /// A client for `args`; an IP:PORT without a token is an error, since
+    /// the server would refuse every request.
+    fn new(args: &AdminArgs) -> Result<Self> {
+        let token = match &args.admin_token_file {
+            Some(path) => Some(Token::read(path)?),
+            None => match std::env::var(TOKEN_ENV) {
+                Ok(text) => {
+                    Some(Token::new(text.trim()).map_err(|why| anyhow!("{TOKEN_ENV} {why}"))?)
+                }
+                Err(_) => None,
+            },
+        };
+        if let (Endpoint::Tcp(addr), None) = (&args.admin, &token) {
+            bail!(
+                "the admin API at {addr} needs its token: pass --admin-token-file FILE (the file \
+                 `hotsock serve --admin-token-file` was given), or set {TOKEN_ENV}"
+            );
         }
+        Ok(AdminClient {
+            endpoint: args.admin.clone(),
+            client: Client::new(args.admin.clone(), CLIENT_TIMEOUT),
+            authorization: token.map(|t| format!("Bearer {}", t.expose())),
+        })
     }
 
     /// `GET /status`.
     fn status(&self) -> Result<ServerStatus> {
-        let body = self.call("GET", "/status", None)?;
+        let body = self.call("GET", "/status", &[], b"")?;
         serde_json::from_value(body)
             .context("the server's /status answer is not what this hotsock expects")
     }
 
     /// `POST /handler`: the server's answer, `{"swapped", "current", "replaced"}`.
     fn swap(&self, source: &str, component: &[u8]) -> Result<Value> {
-        self.call("POST", "/handler", Some((source, component)))
+        let source = source.replace(['\r', '\n'], " ");
+        let headers = [
+            ("content-type", "application/wasm"),
+            (SOURCE_HEADER, source.as_str()),
+        ];
+        self.call("POST", "/handler", &headers, component)
     }
 
     /// `POST /rollback`: the server's answer, `{"current", "replaced"}`.
     fn rollback(&self) -> Result<Value> {
-        self.call("POST", "/rollback", None)
+        self.call("POST", "/rollback", &[], b"")
     }
 
     /// One request; a 4xx or 5xx answer becomes an error with the server's message.
-    fn call(&self, method: &str, path: &str, upload: Option<(&str, &[u8])>) -> Result<Value> {
-        let addr = &self.addr;
-        // A bare IPv6 address needs its brackets back in a URL.
-        let host = match addr.parse::<SocketAddr>() {
-            Ok(socket) => socket.to_string(),
-            Err(_) => addr.clone(),
-        };
-        let url = format!("http://{host}{path}");
-        let sent = match (method, upload) {
-            ("GET", _) => self.agent.get(&url).call(),
-            (_, Some((source, body))) => self
-                .agent
-                .post(&url)
-                .header(SOURCE_HEADER, source.replace(['\r', '\n'], " "))
-                .send(body),
-            _ => self.agent.post(&url).send_empty(),
-        };
-        let mut response = sent.map_err(|e| match e {
-            ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
-                anyhow!("cannot reach the admin API at {addr}: is `hotsock serve --admin {addr}` running?")
-            }
-            ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                anyhow!("cannot reach the admin API at {addr} ({e}): is `hotsock serve --admin {addr}` running?")
-            }
-            e => anyhow!("no answer from the admin API at {addr}: {e}"),
-        })?;
-        let code = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .read_to_string()
-            .with_context(|| format!("no answer from the admin API at {addr}"))?;
-        let body: Value = serde_json::from_str(&text)
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Value> {
+        let addr = &self.endpoint;
+        let mut headers = headers.to_vec();
+        if let Some(authorization) = &self.authorization {
+            headers.push(("authorization", authorization));
+        }
+        let response = self
+            .client
+            .request(method, path, &headers, body)
+            .map_err(|e| match e.downcast_ref::<Unreachable>() {
+                Some(Unreachable(io)) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+                    anyhow!(
+                        "cannot use the admin socket {addr} ({io}): it is private to the user \
+                         running `hotsock serve`; run this as that user"
+                    )
+                }
+                Some(Unreachable(io)) => anyhow!(
+                    "cannot reach the admin API at {addr} ({io}): is `hotsock serve --admin {addr}` running?"
+                ),
+                None => e.context(format!("no answer from the admin API at {addr}")),
+            })?;
+        let body = response
+            .json()
             .with_context(|| format!("{addr} did not answer like a hotsock admin API"))?;
-        if code >= 400 {
+        if response.status >= 400 {
             let message = body["error"]
                 .as_str()
                 .map_or_else(|| body.to_string(), str::to_string);

@@ -12,9 +12,11 @@ use hotsock::runtime::{
     self, Capabilities, DEFAULT_CPU_BUDGET, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MEMORY, Limits,
     Preopen, Runtime, read_component,
 };
+use hotsock::server::admin::{self, DEFAULT_MAX_UPLOAD, Token};
+use hotsock::server::http::Endpoint;
 use hotsock::server::{
     self, ADMIN_LISTENING, Capacity, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, LISTENING,
-    Policy, Registry, Reloader, Server, Stopper, Trigger, WhenFull, admin,
+    Policy, Registry, Reloader, Server, Stopper, Trigger, WhenFull,
 };
 use hotsock::sys;
 use hotsock::units::{Size, parse_duration};
@@ -55,17 +57,32 @@ pub struct ServeArgs {
     #[arg(long)]
     pub watch: bool,
 
-    /// Serve the admin API (status, swap, rollback over HTTP) on this address.
-    /// Off by default; only loopback addresses unless --admin-allow-remote.
-    /// The bound address is printed on stdout as `admin listening on IP:PORT`.
-    #[arg(long, value_name = "ADDR")]
-    pub admin: Option<String>,
+    /// Serve the admin API (status, swap, rollback over HTTP) on a Unix
+    /// socket at this path (recommended: created private to this user,
+    /// removed on exit), or on IP:PORT with --admin-token-file. Off by
+    /// default. Printed on stdout as `admin listening on PATH|IP:PORT`.
+    #[arg(long, value_name = "PATH|IP:PORT", help_heading = "Admin API")]
+    pub admin: Option<Endpoint>,
 
-    /// Let --admin listen on a non-loopback address. The admin API has no
-    /// authentication and can replace the server's code: put it behind
-    /// something that does.
-    #[arg(long, requires = "admin")]
+    /// The token every admin request must carry (`Authorization: Bearer`):
+    /// required with --admin IP:PORT. The file must be private to this user.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "admin",
+        help_heading = "Admin API"
+    )]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Let --admin IP:PORT be other than a loopback address. The token
+    /// then travels over the network in the clear: put it behind TLS.
+    #[arg(long, requires = "admin", help_heading = "Admin API")]
     pub admin_allow_remote: bool,
+
+    /// Largest component `POST /handler` accepts; a larger body is refused
+    /// before it is read.
+    #[arg(long, value_name = "SIZE", default_value_t = Size(DEFAULT_MAX_UPLOAD), help_heading = "Admin API")]
+    pub admin_max_upload: Size,
 
     /// After a swap, close connections still on the replaced version once
     /// this much time has passed (e.g. 30s). Off by default: they run until
@@ -219,7 +236,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let registry = Arc::new(registry);
     let listeners = server::bind(&args.addrs)?;
     let admin = match &args.admin {
-        Some(addr) => Some(admin::bind(addr, args.admin_allow_remote)?),
+        Some(endpoint) => Some(admin::bind(admin::Options {
+            endpoint: endpoint.clone(),
+            token: args
+                .admin_token_file
+                .as_deref()
+                .map(Token::read)
+                .transpose()?,
+            allow_remote: args.admin_allow_remote,
+            max_upload: args.admin_max_upload.0,
+        })?),
         None => None,
     };
 
@@ -234,13 +260,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
         announce.push(format!("{LISTENING}{}", listener.local_addr()?));
     }
     if let Some(admin) = &admin {
-        announce.push(format!("{ADMIN_LISTENING}{}", admin.local_addr()?));
+        announce.push(format!("{ADMIN_LISTENING}{}", admin.endpoint()?));
     }
     let server = Server::new(Arc::clone(&registry), listeners, args.server_settings())?;
     handle_signals(server.stopper(), reloader)?;
-    if let Some(admin) = admin {
-        admin::spawn(admin, Arc::clone(&registry), server.admission())?;
-    }
+    // Held until the server has drained: dropping it removes the socket file.
+    let _admin_socket = match admin {
+        Some(admin) => admin::spawn(admin, Arc::clone(&registry), server.admission())?,
+        None => None,
+    };
 
     info!(
         "serving handler {} as {}",

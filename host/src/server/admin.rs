@@ -1,41 +1,65 @@
-//! The admin API, off unless `serve --admin` is given: a small HTTP interface
-//! to the [`Registry`] and the connection counts.
+//! The admin API, off unless `serve --admin` is given: status, swap and
+//! rollback over HTTP, on a Unix socket (recommended) or a TCP address.
 //!
 //! | request          | what it does                                          |
 //! |------------------|-------------------------------------------------------|
 //! | `GET /status`    | the versions and their connections, as JSON           |
-//! | `POST /handler`  | swaps in the component in the body (`curl --data-binary @h.wasm`) |
+//! | `POST /handler`  | swaps in the component in the body (`Content-Type: application/wasm`) |
 //! | `POST /rollback` | returns to the previous version                       |
 //!
-//! Answers are JSON; failures carry `{"error": "..."}` with a 4xx status, and
-//! a rejected handler also `"reason"`, a stable name for what was wrong.
-//! The API has no authentication, so it listens on loopback unless the
-//! operator explicitly allows otherwise.
+//! It can replace the code that serves every client, so no web page and no
+//! other user may drive it. A Unix socket is private to the user running the
+//! server (mode 0600), and the kernel names who connects. A TCP address needs
+//! a token, sent as `Authorization: Bearer`. Either way, a request from a
+//! browser is refused: one with an `Origin` header or a `Sec-Fetch-Site`
+//! other than `none`, or whose `Host` is not this API's own address or
+//! `localhost` (DNS rebinding). Answers are JSON; failures carry
+//! `{"error": "..."}`, and a rejected handler also `"reason"`.
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::sync::Arc;
-use std::thread;
+use std::fs;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use log::{debug, warn};
+use anyhow::{Result, bail};
+use hyper::Method;
+use hyper::body::Bytes;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN};
+use hyper::http::request::Parts;
+use log::{debug, info, warn};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use tiny_http::{Header, Method, Request, Response};
+use serde_json::json;
+use subtle::ConstantTimeEq as _;
 
 use crate::server::admission::{Admission, AdmissionStatus};
-use crate::server::listener::bind_one;
+use crate::server::http::{
+    Endpoint, Listener, Peer, Reply, Routes, SocketFile, bind as bind_endpoint, serve,
+};
 use crate::server::registry::{Registry, Status, Swapped};
 use crate::sys;
 
-/// Largest component `POST /handler` accepts. Rust handlers are around
-/// 100 KiB and Python ones around 20 MiB; this leaves room while keeping a
-/// stray upload from eating the server's memory.
-pub const MAX_UPLOAD: usize = 128 * 1024 * 1024;
+/// Largest component `POST /handler` accepts by default. Rust handlers are
+/// around 100 KiB and Python ones around 20 MiB; a body over the limit is
+/// refused before it is read.
+pub const DEFAULT_MAX_UPLOAD: usize = 64 << 20;
 
 /// Optional request header naming where an uploaded component came from, so
 /// logs and `/status` can say more than `upload`. `hotsock swap` sends the path.
 pub const SOURCE_HEADER: &str = "X-Hotsock-Source";
+
+/// The environment variable `swap`, `status` and `rollback` take the token
+/// from when `--admin-token-file` is not given.
+pub const TOKEN_ENV: &str = "HOTSOCK_ADMIN_TOKEN";
+
+/// Shortest token accepted: long enough that guessing is hopeless.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// Least time between two log lines about refused requests: a web page that
+/// keeps trying must not flood the log.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What `GET /status` answers: connection counts, and the handler versions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,155 +71,419 @@ pub struct ServerStatus {
     pub handlers: Status,
 }
 
-/// Binds the admin listener, refusing non-loopback addresses unless `allow_remote`.
-pub fn bind(addr: &str, allow_remote: bool) -> Result<TcpListener> {
-    let resolved: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .with_context(|| {
-            format!("--admin {addr} is not an address (expected IP:PORT, e.g. 127.0.0.1:50008)")
-        })?
-        .collect();
-    if !allow_remote && resolved.iter().any(|a| !a.ip().is_loopback()) {
-        bail!(
-            "--admin {addr} is not a loopback address: the admin API can replace the server's code and has \
-             no authentication, so it only listens on loopback (e.g. 127.0.0.1:50008) unless you also pass \
-             --admin-allow-remote"
-        );
+/// The secret a TCP admin API wants in `Authorization: Bearer`.
+pub struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
     }
-    bind_one(addr, "--admin")
 }
 
-/// Serves the admin API on `listener` from a thread of its own, and each
-/// request from a thread of its own, so a slow upload never delays `/status`.
+impl Token {
+    /// Reads the token from `path`, which must be private to this user.
+    pub fn read(path: &Path) -> Result<Self> {
+        let shown = path.display();
+        let meta = fs::metadata(path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the admin token file {shown}: {e}; create it with \
+                 `(umask 077; head -c 32 /dev/urandom | base64 > {shown})`"
+            )
+        })?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            bail!("the admin token file {shown} can be read by other users: `chmod 600 {shown}`");
+        }
+        let text = fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the admin token file {shown}: {e}"))?;
+        Token::new(text.trim()).map_err(|why| anyhow::anyhow!("the admin token in {shown} {why}"))
+    }
+
+    /// A token from text, such as `HOTSOCK_ADMIN_TOKEN`; `Err` says what is wrong.
+    pub fn new(text: &str) -> Result<Self, String> {
+        if text.len() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "is {} characters long: use at least {MIN_TOKEN_LEN}, such as \
+                 `head -c 32 /dev/urandom | base64`",
+                text.len()
+            ));
+        }
+        if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("has spaces or characters a header cannot carry".into());
+        }
+        Ok(Token(text.to_string()))
+    }
+
+    /// The token, for a client to send.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `presented` is the token, compared in constant time.
+    fn matches(&self, presented: &[u8]) -> bool {
+        self.0.as_bytes().ct_eq(presented).into()
+    }
+}
+
+/// How the admin API runs, from `serve`'s options.
+#[derive(Debug)]
+pub struct Options {
+    /// Where it listens.
+    pub endpoint: Endpoint,
+    /// The token every request must carry: required on a TCP address.
+    pub token: Option<Token>,
+    /// Let a TCP address be other than loopback.
+    pub allow_remote: bool,
+    /// Largest body `POST /handler` accepts.
+    pub max_upload: usize,
+}
+
+/// A bound admin API, ready to [`spawn`].
+pub struct Bound {
+    listener: Listener,
+    options: Options,
+    /// The socket's file, removed when this (or what `spawn` returns) is dropped.
+    file: Option<SocketFile>,
+}
+
+impl Bound {
+    /// Where it listens, as bound.
+    pub fn endpoint(&self) -> std::io::Result<Endpoint> {
+        self.listener.endpoint()
+    }
+}
+
+/// Binds the admin API, refusing a TCP address without a token, or a
+/// non-loopback one unless allowed.
+pub fn bind(options: Options) -> Result<Bound> {
+    if let Endpoint::Tcp(addr) = &options.endpoint {
+        if options.token.is_none() {
+            bail!(
+                "--admin {addr} needs --admin-token-file FILE: on a TCP address, anyone who can \
+                 connect could replace the server's code. Create a token with \
+                 `(umask 077; head -c 32 /dev/urandom | base64 > admin.token)`, or use a Unix \
+                 socket instead, e.g. --admin ./hotsock.sock"
+            );
+        }
+        if !options.allow_remote && !addr.ip().is_loopback() {
+            bail!(
+                "--admin {addr} is not a loopback address: the admin API can replace the server's \
+                 code, so it only listens on loopback (e.g. 127.0.0.1:50008) or a Unix socket \
+                 unless you also pass --admin-allow-remote"
+            );
+        }
+    }
+    let (listener, file) = bind_endpoint(&options.endpoint, "--admin")?;
+    Ok(Bound {
+        listener,
+        options,
+        file,
+    })
+}
+
+/// Serves the admin API from a thread of its own. The returned value owns
+/// the socket's file, if any: keep it while serving; dropping it removes the
+/// file.
 pub fn spawn(
-    listener: TcpListener,
+    bound: Bound,
     registry: Arc<Registry>,
     admission: Arc<Admission>,
-) -> Result<()> {
-    let server = tiny_http::Server::from_listener(listener, None)
-        .map_err(|e| anyhow!("cannot start the admin API: {e}"))?;
-    thread::Builder::new()
-        .name("admin".into())
-        .spawn(move || {
-            for request in server.incoming_requests() {
-                let (registry, admission) = (Arc::clone(&registry), Arc::clone(&admission));
-                let spawned =
-                    thread::Builder::new()
-                        .name("admin-request".into())
-                        .spawn(move || {
-                            // A swap validates and compiles on this thread.
-                            sys::background_priority();
-                            respond(&registry, &admission, request)
-                        });
-                if let Err(e) = spawned {
-                    warn!("admin: cannot start a thread for a request: {e}");
+) -> Result<Option<SocketFile>> {
+    let Bound {
+        listener,
+        options,
+        file,
+    } = bound;
+    let admin = Admin {
+        registry,
+        admission,
+        token: options.token,
+        max_upload: options.max_upload,
+        refusals: AtomicU64::new(0),
+        last_refusal_log: Mutex::new(None),
+    };
+    serve(listener, "admin", Arc::new(admin))?;
+    Ok(file)
+}
+
+/// The admin API's state.
+struct Admin {
+    registry: Arc<Registry>,
+    admission: Arc<Admission>,
+    token: Option<Token>,
+    max_upload: usize,
+    refusals: AtomicU64,
+    last_refusal_log: Mutex<Option<Instant>>,
+}
+
+impl Routes for Admin {
+    fn admit(&self, head: &Parts, peer: &Peer) -> Result<usize, Reply> {
+        self.check_sender(head, peer)
+            .inspect_err(|reply| self.log_refusal(head, peer, reply))?;
+        match (&head.method, head.uri.path()) {
+            (&Method::POST, "/handler") => {
+                let wasm = head
+                    .headers
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split(';').next())
+                    .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/wasm"));
+                match wasm {
+                    true => Ok(self.max_upload),
+                    false => Err(Reply::error(
+                        415,
+                        "POST /handler takes a component with Content-Type: application/wasm \
+                         (curl -H 'Content-Type: application/wasm' --data-binary @handler.wasm)",
+                    )),
                 }
             }
-        })
-        .context("cannot start the admin thread")?;
-    Ok(())
-}
-
-fn respond(registry: &Registry, admission: &Admission, mut request: Request) {
-    let (code, body) = route(registry, admission, &mut request);
-    let response = Response::from_string(format!("{body:#}\n"))
-        .with_status_code(code)
-        .with_header(Header {
-            field: "Content-Type".parse().expect("a valid header name"),
-            value: "application/json".parse().expect("a valid header value"),
-        });
-    if let Err(e) = request.respond(response) {
-        debug!("admin: the client left before the answer: {e}");
-    }
-}
-
-fn route(registry: &Registry, admission: &Admission, request: &mut Request) -> (u16, Value) {
-    let path = request
-        .url()
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    match (request.method(), path.as_str()) {
-        (Method::Get, "/status") => {
-            let status = ServerStatus {
-                connections: admission.status(),
-                handlers: registry.status(),
-            };
-            (200, json!(status))
+            _ => Ok(0),
         }
-        (Method::Post, "/handler") => upload(registry, request),
-        (Method::Post, "/rollback") => match registry.rollback("manual: POST /rollback") {
-            Some((current, replaced)) => (
-                200,
-                json!({"current": current.id(), "replaced": replaced.id()}),
+    }
+
+    fn answer(&self, head: Parts, body: Bytes, peer: &Peer) -> Reply {
+        let who = self.who(peer);
+        match (&head.method, head.uri.path()) {
+            (&Method::GET, "/status") => {
+                debug!("admin: GET /status by {who}");
+                let status = ServerStatus {
+                    connections: self.admission.status(),
+                    handlers: self.registry.status(),
+                };
+                Reply::ok(json!(status))
+            }
+            (&Method::POST, "/handler") => self.swap(&head, &body, &who),
+            (&Method::POST, "/rollback") => {
+                match self
+                    .registry
+                    .rollback(&format!("manual: POST /rollback by {who}"))
+                {
+                    Some((current, replaced)) => {
+                        info!(
+                            "admin: rollback by {who}: {} -> {}",
+                            replaced.id(),
+                            current.id()
+                        );
+                        Reply::ok(json!({"current": current.id(), "replaced": replaced.id()}))
+                    }
+                    None => Reply::error(409, "there is no previous version to roll back to"),
+                }
+            }
+            (_, "/status" | "/handler" | "/rollback") => Reply::error(
+                405,
+                "method not allowed: use GET /status, POST /handler, POST /rollback",
             ),
-            None => error(409, "there is no previous version to roll back to".into()),
-        },
-        (_, "/status" | "/handler" | "/rollback") => error(
-            405,
-            "method not allowed: use GET /status, POST /handler, POST /rollback".into(),
-        ),
-        _ => error(
-            404,
-            format!("no such endpoint {path}: use GET /status, POST /handler, POST /rollback"),
-        ),
+            (_, path) => Reply::error(
+                404,
+                format!("no such endpoint {path}: use GET /status, POST /handler, POST /rollback"),
+            ),
+        }
+    }
+
+    fn too_large(&self, limit: usize) -> Reply {
+        Reply::error(
+            413,
+            format!(
+                "the component is larger than the {limit}-byte upload limit (--admin-max-upload)"
+            ),
+        )
     }
 }
 
-fn upload(registry: &Registry, request: &mut Request) -> (u16, Value) {
-    let too_large = || {
-        error(
-            413,
-            format!("the component is larger than the {MAX_UPLOAD}-byte upload limit"),
-        )
-    };
-    if request.body_length().is_some_and(|n| n > MAX_UPLOAD) {
-        return too_large();
+impl Admin {
+    /// Refuses requests a browser sent, or that lack the token.
+    fn check_sender(&self, head: &Parts, peer: &Peer) -> Result<(), Reply> {
+        if let Some(origin) = head.headers.get(ORIGIN) {
+            let origin = String::from_utf8_lossy(origin.as_bytes());
+            return Err(Reply::error(
+                403,
+                format!("requests from web pages are refused (Origin: {origin})"),
+            ));
+        }
+        if let Some(site) = head.headers.get("sec-fetch-site")
+            && site.as_bytes() != b"none"
+        {
+            let site = String::from_utf8_lossy(site.as_bytes());
+            return Err(Reply::error(
+                403,
+                format!("requests from web pages are refused (Sec-Fetch-Site: {site})"),
+            ));
+        }
+        let mut hosts = head.headers.get_all(HOST).iter();
+        let host = hosts.next().and_then(|h| h.to_str().ok());
+        if hosts.next().is_some() {
+            return Err(Reply::error(400, "more than one Host header"));
+        }
+        match host {
+            None => return Err(Reply::error(400, "a Host header is required")),
+            Some(host) if !host_is_ours(host, peer) => {
+                return Err(Reply::error(
+                    403,
+                    format!("Host {host} is not this admin API's address or localhost"),
+                ));
+            }
+            Some(_) => {}
+        }
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let presented = head
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        match presented {
+            Some(presented) if token.matches(presented) => Ok(()),
+            Some(_) => Err(unauthorized("the token is not this server's")),
+            None => Err(unauthorized(
+                "this admin API needs its token: send Authorization: Bearer <the token in \
+                 --admin-token-file> (hotsock swap|status|rollback take --admin-token-file or \
+                 HOTSOCK_ADMIN_TOKEN)",
+            )),
+        }
     }
-    let source = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(SOURCE_HEADER))
-        .map_or_else(|| "upload".to_string(), |h| h.value.to_string());
-    let mut bytes = Vec::new();
-    if let Err(e) = request
-        .as_reader()
-        .take(MAX_UPLOAD as u64 + 1)
-        .read_to_end(&mut bytes)
-    {
-        return error(400, format!("cannot read the upload: {e}"));
+
+    /// Who asked, for the log: the kernel's word on a Unix socket, else the
+    /// token holder at an address.
+    fn who(&self, peer: &Peer) -> String {
+        match (peer, &self.token) {
+            (Peer::Unix { .. }, _) => peer.to_string(),
+            (Peer::Tcp { addr, .. }, Some(_)) => format!("token from {addr}"),
+            (Peer::Tcp { addr, .. }, None) => addr.to_string(),
+        }
     }
-    if bytes.len() > MAX_UPLOAD {
-        return too_large();
+
+    fn swap(&self, head: &Parts, body: &Bytes, who: &str) -> Reply {
+        if body.is_empty() {
+            return Reply::error(
+                400,
+                "the body is empty: send the component's bytes, e.g. curl --data-binary @handler.wasm",
+            );
+        }
+        let source = head
+            .headers
+            .get(SOURCE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| "upload".to_string(), str::to_string);
+        match self.registry.swap(source.clone(), body) {
+            Ok(Swapped::Unchanged(current)) => {
+                info!(
+                    "admin: swap by {who}: {source} is already serving as {}",
+                    current.id()
+                );
+                Reply::ok(json!({"swapped": false, "current": current.id()}))
+            }
+            Ok(Swapped::Replaced { new, old }) => {
+                info!(
+                    "admin: swap by {who}: {} -> {} ({source})",
+                    old.id(),
+                    new.id()
+                );
+                Reply::ok(json!({"swapped": true, "current": new.id(), "replaced": old.id()}))
+            }
+            Err(e) => {
+                warn!(
+                    "admin: swap by {who}: rejected ({}), still serving {}: {e}",
+                    e.reason(),
+                    self.registry.current().id()
+                );
+                Reply {
+                    status: 422,
+                    body: json!({ "error": e.to_string(), "reason": e.reason() }),
+                    headers: Vec::new(),
+                }
+            }
+        }
     }
-    if bytes.is_empty() {
-        return error(
-            400,
-            "the body is empty: send the component's bytes, e.g. curl --data-binary @handler.wasm"
-                .into(),
+
+    /// Logs a refused request, at most once per [`REFUSAL_LOG_INTERVAL`].
+    fn log_refusal(&self, head: &Parts, peer: &Peer, reply: &Reply) {
+        let refused = self.refusals.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = sys::lock(&self.last_refusal_log);
+        if last.is_some_and(|at| at.elapsed() < REFUSAL_LOG_INTERVAL) {
+            return;
+        }
+        *last = Some(Instant::now());
+        warn!(
+            "admin: refused {} {} from {peer} ({}): {}; {refused} refused so far",
+            head.method,
+            head.uri.path(),
+            reply.status,
+            reply.body["error"].as_str().unwrap_or_default()
         );
     }
-    match registry.swap(source, &bytes) {
-        Ok(Swapped::Unchanged(current)) => {
-            (200, json!({"swapped": false, "current": current.id()}))
-        }
-        Ok(Swapped::Replaced { new, old }) => (
-            200,
-            json!({"swapped": true, "current": new.id(), "replaced": old.id()}),
-        ),
-        Err(e) => {
-            let current = registry.current();
-            warn!(
-                "admin: swap rejected ({}), still serving {}: {e}",
-                e.reason(),
-                current.id()
-            );
-            (422, json!({ "error": e.to_string(), "reason": e.reason() }))
-        }
-    }
 }
 
-fn error(code: u16, message: String) -> (u16, Value) {
-    (code, json!({ "error": message }))
+fn unauthorized(message: &str) -> Reply {
+    Reply::error(401, message).with_header("www-authenticate", "Bearer")
+}
+
+/// Whether a request's `Host` names this API: `localhost` (any port), or,
+/// over TCP, the very address the client connected to. Anything else is a
+/// name that resolved here by someone else's choice: DNS rebinding.
+fn host_is_ours(host: &str, peer: &Peer) -> bool {
+    let host = host.trim();
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
+            name
+        }
+        _ => host,
+    };
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let Peer::Tcp { local, .. } = peer else {
+        return false;
+    };
+    host.parse::<SocketAddr>().is_ok_and(|addr| addr == *local)
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip == local.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(local: &str) -> Peer {
+        Peer::Tcp {
+            addr: "127.0.0.1:40000".parse().unwrap(),
+            local: local.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn only_our_own_address_or_localhost_is_a_host() {
+        let peer = tcp("127.0.0.1:50008");
+        for host in [
+            "127.0.0.1:50008",
+            "localhost:50008",
+            "LOCALHOST",
+            "127.0.0.1",
+        ] {
+            assert!(host_is_ours(host, &peer), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:50008",
+            "127.0.0.1:50009",
+            "10.0.0.1:50008",
+        ] {
+            assert!(!host_is_ours(host, &peer), "{host}");
+        }
+        assert!(host_is_ours("[::1]:8", &tcp("[::1]:8")));
+        let unix = Peer::Unix { uid: 0, pid: None };
+        assert!(host_is_ours("localhost", &unix));
+        assert!(!host_is_ours("evil.example", &unix));
+    }
+
+    #[test]
+    fn tokens_are_long_and_compared_whole() {
+        assert!(Token::new("short").is_err());
+        assert!(
+            Token::new("sixteen chars!!!").is_err(),
+            "spaces cannot be sent"
+        );
+        let token = Token::new("0123456789abcdef").unwrap();
+        assert!(token.matches(b"0123456789abcdef"));
+        assert!(!token.matches(b"0123456789abcdeg"));
+        assert!(!token.matches(b"0123456789abcdef0"));
+        assert!(!token.matches(b""));
+    }
 }

@@ -12,7 +12,9 @@
 //! - `registry`: [`Registry`], the handler versions: the current one,
 //!   swapping, rollback, per-version statistics, pinning; no sockets.
 //! - `reload`: [`Reloader`], reloading the handler file on SIGHUP and with `--watch`.
-//! - `admin`: the optional HTTP admin API (status, swap, rollback).
+//! - `admin`: the optional admin API (status, swap, rollback), on a Unix
+//!   socket or a TCP address with a token.
+//! - `http`: HTTP/1.1 for the control plane: endpoints, serving, the client.
 
 mod admission;
 mod capacity;
@@ -23,6 +25,7 @@ mod reload;
 mod workers;
 
 pub mod admin;
+pub mod http;
 
 pub use admission::{AdmissionStatus, Refusal, WhenFull};
 pub use capacity::{Capacity, THREAD_MAPPINGS};

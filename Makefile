@@ -26,6 +26,10 @@ COMPONENTIZE_PY         := $(VENV)/bin/componentize-py
 COMPONENTIZE_PY_STAMP   := $(VENV)/.componentize-py-$(COMPONENTIZE_PY_VERSION)
 PY_HANDLERS             := $(WASM_DIR)/python_echo.wasm
 
+# The tests read /metrics with Prometheus's own Python parser, in the same .venv.
+PROMETHEUS_CLIENT_VERSION := 0.26.0
+PROMETHEUS_CLIENT_STAMP   := $(VENV)/.prometheus-client-$(PROMETHEUS_CLIENT_VERSION)
+
 # `make bench` plots the hot swap with matplotlib, in the same .venv.
 MATPLOTLIB_VERSION := 3.11.2
 MATPLOTLIB_STAMP   := $(VENV)/.matplotlib-$(MATPLOTLIB_VERSION)
@@ -38,7 +42,7 @@ SOAK_CONNECTIONS   ?= 10000
 all: build
 
 ## Install everything the build and tests need (idempotent).
-setup: rust-setup $(COMPONENTIZE_PY_STAMP)
+setup: rust-setup $(COMPONENTIZE_PY_STAMP) $(PROMETHEUS_CLIENT_STAMP)
 
 rust-setup:
 	rustup target add $(WASM_TARGET)
@@ -47,6 +51,11 @@ rust-setup:
 $(COMPONENTIZE_PY_STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
+	touch $@
+
+$(PROMETHEUS_CLIENT_STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check prometheus_client==$(PROMETHEUS_CLIENT_VERSION)
 	touch $@
 
 ## Build the host and every handler, Rust and Python (release).

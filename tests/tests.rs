@@ -19,6 +19,7 @@ mod guest_output;
 mod handlers;
 mod isolation;
 mod limits;
+mod operations;
 mod scaffold;
 mod scale;
 mod shutdown;

@@ -81,6 +81,20 @@ impl Server {
     /// here, which [`Server::http`], [`Server::status`] and
     /// [`Server::admin_command`] then send.
     pub fn start_path(handler: &Path, args: &[&str]) -> Self {
+        let listeners = args.iter().filter(|a| **a == "--addr").count();
+        Self::launch(Some(handler), args, listeners.max(1))
+    }
+
+    /// Serves the config file `config`, with extra `serve` options, waiting
+    /// for its `listeners` addresses to be announced.
+    pub fn start_config(config: &Path, listeners: usize, args: &[&str]) -> Self {
+        let config = config.to_str().expect("a UTF-8 path");
+        let mut all = vec!["--config", config];
+        all.extend_from_slice(args);
+        Self::launch(None, &all, listeners)
+    }
+
+    fn launch(handler: Option<&Path>, args: &[&str], listeners: usize) -> Self {
         let mut cmd = hotsock();
         cmd.arg("serve").args(args);
         let tcp_admin = args
@@ -98,15 +112,19 @@ impl Server {
             }
             false => (None, None),
         };
-        let listeners = args.iter().filter(|a| **a == "--addr").count();
-        if listeners == 0 {
-            cmd.args(["--addr", "127.0.0.1:0"]);
+        let addr_given = args.contains(&"--addr");
+        if let Some(handler) = handler {
+            if !addr_given {
+                cmd.args(["--addr", "127.0.0.1:0"]);
+            }
+            cmd.arg(handler);
         }
-        cmd.arg(handler).env("RUST_LOG", "info");
+        cmd.env("RUST_LOG", "info");
         let process = must(
             Launch::new(cmd)
-                .listeners(listeners.max(1))
+                .listeners(listeners)
                 .admin(args.contains(&"--admin"))
+                .metrics(args.contains(&"--metrics"))
                 .timeout(START_TIMEOUT)
                 .start(),
         );
@@ -117,6 +135,19 @@ impl Server {
             _token_dir: token_dir,
             process,
         }
+    }
+
+    /// The address of the listener called `name`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.process
+            .listener(name)
+            .unwrap_or_else(|| panic!("no listener {name} in {:?}", self.addrs))
+    }
+
+    /// The metrics listener's address; the server must have been started
+    /// with `--metrics`.
+    pub fn metrics(&self) -> SocketAddr {
+        self.process.metrics().expect("started with --metrics")
     }
 
     /// The first listening address.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, anyhow};
-use hotsock::runtime::{Handler, Runtime, Settings};
+use hotsock::runtime::{Fields, Handler, Profile, Runtime, Settings};
 use serde::Serialize;
 
 use crate::report::percentile;
@@ -43,14 +43,14 @@ impl Instantiator {
     pub fn load(path: &Path) -> Result<Self> {
         let runtime =
             Runtime::new(Settings::default()).context("cannot build hotsock's runtime")?;
-        let handler = Handler::load(&runtime, path)?;
+        let handler = Handler::load(&runtime, &Profile::default(), path)?;
         Ok(Instantiator { handler, runtime })
     }
 
     /// One instantiation, as a connection's.
     fn instantiate(&self) -> Result<()> {
         self.handler
-            .instantiate(&self.runtime, "bench")
+            .instantiate(&self.runtime, &Profile::default(), &Fields::none())
             .map_err(|why| anyhow!("cannot instantiate the handler: {why}"))
     }
 

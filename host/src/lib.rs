@@ -8,12 +8,15 @@
 //!
 //! - the binary (`main.rs` and `cli/`, not part of this library): the command
 //!   line, one file per subcommand, turning options into the settings below.
-//! - [`server`]: TCP. Binding and accepting, admission, a thread per
-//!   connection, one connection's job, the registry of handler versions,
-//!   reloading, the admin API.
+//! - [`server`]: TCP. Binding and accepting for every listener, admission
+//!   and per-address limits, what the machine allows, a thread per
+//!   connection, one connection's job, each listener's registry of handler
+//!   versions, reloading, metrics and health, the admin API, HTTP for both.
 //! - [`runtime`]: WebAssembly only. The engine and its instance pool, loading
 //!   a handler, the store a guest runs in and the `connection` it sees, the
-//!   limits on that store, how a guest stopped, the code cache.
+//!   limits and grants of a listener's instances (a `Profile`), how a guest
+//!   stopped, the code cache, and the fields that tie guest output to its
+//!   connection in the log.
 //! - leaves, which depend on nothing above them: [`watchdog`] (idle timeout,
 //!   time limit and drain deadline for every connection, from one thread),
 //!   [`sys`] (every libc call, and the poison-tolerant lock), [`units`]

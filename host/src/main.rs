@@ -6,15 +6,16 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .format_timestamp_millis()
-        .init();
-    match cli::run(cli.command) {
+    // The matches too: `serve` tells options given from defaults left alone.
+    let matches = cli::Cli::command().get_matches();
+    let cli = match cli::Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match cli::run(cli.command, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Once, with its chain of causes, as ripgrep does.

@@ -122,8 +122,6 @@ pub struct Watchdog {
 
 struct Shared {
     tick: Duration,
-    idle_ticks: u64,
-    time_limit_ticks: Option<u64>,
     /// Ticks since the watchdog started; what connections stamp their waits with.
     now: AtomicU64,
     next_key: AtomicU64,
@@ -135,6 +133,8 @@ struct Shared {
 struct Watched {
     fd: RawFd,
     state: Arc<WatchState>,
+    /// Ticks it may wait for its client.
+    idle_ticks: u64,
     /// The tick at which the time limit ends it, if there is one.
     time_up: Option<u64>,
     drain: Option<Arc<Deadline>>,
@@ -151,26 +151,14 @@ struct WatchState {
 }
 
 impl Watchdog {
-    /// Starts the watchdog thread: a connection waiting on its client for
-    /// `idle_timeout` is cut off, and so is one open for `time_limit`.
-    /// `deadlines`, the time between setting a [`Deadline`] and its passing,
-    /// if known, makes the tick fine enough for those too.
-    pub fn start(
-        idle_timeout: Duration,
-        time_limit: Option<Duration>,
-        deadlines: Option<Duration>,
-    ) -> Result<Self> {
-        let shortest = [Some(idle_timeout), time_limit, deadlines]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(idle_timeout);
+    /// Starts the watchdog thread, for limits of which the shortest is
+    /// `shortest` (idle timeouts, time limits, and the time from setting a
+    /// [`Deadline`] to its passing): it looks at every connection a tenth of
+    /// that apart, between 10 ms and 1 s.
+    pub fn start(shortest: Duration) -> Result<Self> {
         let tick = (shortest / 10).clamp(MIN_TICK, MAX_TICK);
-        let ticks = |d: Duration| (d.as_nanos() / tick.as_nanos()).max(1) as u64;
         let shared = Arc::new(Shared {
             tick,
-            idle_ticks: ticks(idle_timeout),
-            time_limit_ticks: time_limit.map(ticks),
             // Start at 1: a waiting stamp of 0 means "not waiting".
             now: AtomicU64::new(1),
             next_key: AtomicU64::new(0),
@@ -188,17 +176,27 @@ impl Watchdog {
         })
     }
 
-    /// Starts watching a connection's socket, also against `drain` if given.
-    /// It is unwatched when the returned [`Watch`] is dropped, which must
-    /// happen before the socket is closed.
-    pub fn watch(&self, stream: &TcpStream, drain: Option<Arc<Deadline>>) -> Watch {
+    /// Starts watching a connection's socket: cut off after waiting
+    /// `idle_timeout` for its client, after `time_limit` in all, and when
+    /// `drain` passes. It is unwatched when the returned [`Watch`] is
+    /// dropped, which must happen before the socket is closed.
+    pub fn watch(
+        &self,
+        stream: &TcpStream,
+        idle_timeout: Duration,
+        time_limit: Option<Duration>,
+        drain: Option<Arc<Deadline>>,
+    ) -> Watch {
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(WatchState::default());
         let now = self.shared.now.load(Ordering::Relaxed);
+        let tick = self.shared.tick;
+        let ticks = |d: Duration| (d.as_nanos() / tick.as_nanos()).max(1) as u64;
         let watched = Watched {
             fd: stream.as_raw_fd(),
             state: Arc::clone(&state),
-            time_up: self.shared.time_limit_ticks.map(|limit| now + limit),
+            idle_ticks: ticks(idle_timeout),
+            time_up: time_limit.map(|limit| now + ticks(limit)),
             drain,
         };
         self.shared.lock().insert(key, watched);
@@ -245,7 +243,7 @@ impl Shared {
                 1 + (instant.duration_since(started).as_nanos() / self.tick.as_nanos()) as u64;
             self.now.store(now, Ordering::Relaxed);
             for watched in self.lock().values() {
-                watched.check(now, instant, self.idle_ticks);
+                watched.check(now, instant);
             }
         }
     }
@@ -255,7 +253,7 @@ impl Watched {
     /// Cuts the connection off if its time is up, its deadline has passed,
     /// or it has waited too long. Runs with the map locked, so the socket
     /// cannot be closed meanwhile.
-    fn check(&self, now: u64, instant: Instant, idle_ticks: u64) {
+    fn check(&self, now: u64, instant: Instant) {
         if self.state.expired.load(Ordering::Relaxed) != 0 {
             return;
         }
@@ -266,7 +264,7 @@ impl Watched {
             return self.cut(Expiry::Drained, Shutdown::Both);
         }
         let waiting = self.state.waiting.load(Ordering::Relaxed);
-        if waiting != 0 && now.saturating_sub(waiting >> 1) >= idle_ticks {
+        if waiting != 0 && now.saturating_sub(waiting >> 1) >= self.idle_ticks {
             // Only the side that is stuck: after an idle read the handler may
             // still say goodbye.
             let side = match waiting & 1 == 1 {
@@ -361,9 +359,9 @@ mod tests {
 
     #[test]
     fn a_read_that_waits_too_long_is_woken_and_marked_idle() {
-        let watchdog = Watchdog::start(Duration::from_millis(100), None, None).unwrap();
+        let watchdog = Watchdog::start(Duration::from_millis(100)).unwrap();
         let (mut server, _client) = pair();
-        let watch = watchdog.watch(&server, None);
+        let watch = watchdog.watch(&server, Duration::from_millis(100), None, None);
         let started = Instant::now();
         let waiting = watch.waiting(Wait::Read);
         let n = server.read(&mut [0; 16]).unwrap();
@@ -379,23 +377,19 @@ mod tests {
 
     #[test]
     fn a_connection_that_is_not_waiting_is_left_alone() {
-        let watchdog = Watchdog::start(Duration::from_millis(50), None, None).unwrap();
+        let watchdog = Watchdog::start(Duration::from_millis(50)).unwrap();
         let (server, _client) = pair();
-        let watch = watchdog.watch(&server, None);
+        let watch = watchdog.watch(&server, Duration::from_millis(50), None, None);
         thread::sleep(Duration::from_millis(200));
         assert_eq!(watch.expired(), None);
     }
 
     #[test]
     fn the_time_limit_ends_a_busy_connection() {
-        let watchdog = Watchdog::start(
-            Duration::from_secs(60),
-            Some(Duration::from_millis(100)),
-            None,
-        )
-        .unwrap();
+        let watchdog = Watchdog::start(Duration::from_millis(100)).unwrap();
         let (mut server, _client) = pair();
-        let watch = watchdog.watch(&server, None);
+        let limit = Some(Duration::from_millis(100));
+        let watch = watchdog.watch(&server, Duration::from_secs(60), limit, None);
         let _waiting = watch.waiting(Wait::Read);
         assert_eq!(server.read(&mut [0; 16]).unwrap(), 0);
         assert_eq!(watch.expired(), Some(Expiry::TimeUp));
@@ -404,10 +398,11 @@ mod tests {
 
     #[test]
     fn a_deadline_ends_its_connections_once_set_and_passed() {
-        let watchdog = Watchdog::start(Duration::from_millis(100), None, None).unwrap();
+        let watchdog = Watchdog::start(Duration::from_millis(100)).unwrap();
         let deadline = Arc::new(Deadline::default());
         let (mut server, _client) = pair();
-        let watch = watchdog.watch(&server, Some(Arc::clone(&deadline)));
+        let drain = Some(Arc::clone(&deadline));
+        let watch = watchdog.watch(&server, Duration::from_secs(60), None, drain);
         thread::sleep(Duration::from_millis(50));
         assert_eq!(watch.expired(), None, "an unset deadline cuts nothing");
         deadline.set(Instant::now() + Duration::from_secs(3600));
@@ -419,7 +414,7 @@ mod tests {
 
     #[test]
     fn dropping_the_watchdog_does_not_wait_for_its_tick() {
-        let watchdog = Watchdog::start(Duration::from_secs(300), None, None).unwrap();
+        let watchdog = Watchdog::start(Duration::from_secs(300)).unwrap();
         thread::sleep(Duration::from_millis(20));
         let started = Instant::now();
         drop(watchdog);

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use hotsock::server::http::Endpoint;
-use hotsock::server::{ADMIN_LISTENING, LISTENING};
+use hotsock::server::{ADMIN_LISTENING, LISTENING, METRICS_LISTENING};
 
 /// Longest a server may take to announce its addresses unless
 /// [`Launch::timeout`] says otherwise: hotsock compiles its handler before it
@@ -54,6 +54,7 @@ pub struct Launch {
     name: String,
     listeners: usize,
     admin: bool,
+    metrics: bool,
     stderr: Stderr,
     timeout: Duration,
     die_with_parent: bool,
@@ -76,6 +77,7 @@ impl Launch {
             name,
             listeners: 1,
             admin: false,
+            metrics: false,
             stderr: Stderr::Capture,
             timeout: DEFAULT_START_TIMEOUT,
             die_with_parent: false,
@@ -97,6 +99,12 @@ impl Launch {
     /// Whether to wait for an [`ADMIN_LISTENING`] line too (`--admin`).
     pub fn admin(mut self, admin: bool) -> Self {
         self.admin = admin;
+        self
+    }
+
+    /// Whether to wait for a [`METRICS_LISTENING`] line too (`--metrics`).
+    pub fn metrics(mut self, metrics: bool) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -132,6 +140,7 @@ impl Launch {
             name,
             listeners,
             admin,
+            metrics,
             stderr,
             timeout,
             die_with_parent,
@@ -183,7 +192,9 @@ impl Launch {
             name,
             child,
             addrs: Vec::new(),
+            names: Vec::new(),
             admin: None,
+            metrics: None,
             log,
         };
         if let (Log::Captured { text, reader }, Some(stderr)) = (&mut server.log, captured) {
@@ -196,14 +207,18 @@ impl Launch {
         };
         let lines = read_lines(stdout).context("cannot start a thread to read its stdout")?;
         let deadline = Instant::now() + timeout;
-        while server.addrs.len() < listeners || admin && server.admin.is_none() {
+        while server.addrs.len() < listeners
+            || admin && server.admin.is_none()
+            || metrics && server.metrics.is_none()
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match lines.recv_timeout(left) {
                 Ok(line) => line,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let missing = match server.addrs.len() < listeners {
-                        true => LISTENING,
-                        false => ADMIN_LISTENING,
+                    let missing = match (server.addrs.len() < listeners, server.admin.is_none()) {
+                        (true, _) => LISTENING,
+                        (false, true) if admin => ADMIN_LISTENING,
+                        _ => METRICS_LISTENING,
                     };
                     bail!(
                         "{} printed no `{}` line within {timeout:?}; {}",
@@ -225,9 +240,17 @@ impl Launch {
             };
             if let Some(endpoint) = line.strip_prefix(ADMIN_LISTENING) {
                 server.admin = Some(server.parse_endpoint(endpoint)?);
-            } else if let Some(addr) = line.strip_prefix(LISTENING) {
+            } else if let Some(addr) = line.strip_prefix(METRICS_LISTENING) {
+                server.metrics = Some(server.parse_addr(addr)?);
+            } else if let Some(rest) = line.strip_prefix(LISTENING) {
+                // `IP:PORT`, or `IP:PORT (listener NAME)` with a config.
+                let (addr, name) = match rest.split_once(" (listener ") {
+                    Some((addr, name)) => (addr, name.strip_suffix(')').map(str::to_string)),
+                    None => (rest, None),
+                };
                 let addr = server.parse_addr(addr)?;
                 server.addrs.push(addr);
+                server.names.push(name);
             } else {
                 // stdout is the interface scripts read: nothing else belongs there.
                 bail!(
@@ -247,7 +270,10 @@ pub struct ServerProcess {
     name: String,
     child: Child,
     addrs: Vec<SocketAddr>,
+    /// The listener each address belongs to, when the server names them.
+    names: Vec<Option<String>>,
     admin: Option<Endpoint>,
+    metrics: Option<SocketAddr>,
     log: Log,
 }
 
@@ -277,6 +303,21 @@ impl ServerProcess {
     /// The addresses it announced with [`LISTENING`] lines, in order.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The address announced for the listener `name` (`listening on ADDR
+    /// (listener NAME)`), if any.
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        self.names
+            .iter()
+            .position(|n| n.as_deref() == Some(name))
+            .map(|i| self.addrs[i])
+    }
+
+    /// Where it announced its metrics with a [`METRICS_LISTENING`] line, if
+    /// it was asked to wait for one ([`Launch::metrics`]).
+    pub fn metrics(&self) -> Option<SocketAddr> {
+        self.metrics
     }
 
     /// Where it announced its admin API with an [`ADMIN_LISTENING`] line (a

@@ -32,6 +32,11 @@ pub struct AdminArgs {
     /// given. Needed for an IP:PORT unless HOTSOCK_ADMIN_TOKEN is set.
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+
+    /// The listener to act on, for a server with several (`[[listener]]`
+    /// tables in its config); `status` shows every listener without it.
+    #[arg(long, value_name = "NAME")]
+    pub listener: Option<String>,
 }
 
 /// Options of `hotsock swap`.
@@ -77,12 +82,25 @@ pub fn swap(args: &SwapArgs) -> Result<()> {
     Ok(())
 }
 
-/// `hotsock status`: the table, or the raw JSON.
+/// `hotsock status`: the table, or the raw JSON; every listener's unless
+/// one was asked for.
 pub fn status(args: &StatusArgs) -> Result<()> {
-    let status = AdminClient::new(&args.admin)?.status()?;
-    match args.json {
-        true => println!("{}", serde_json::to_string_pretty(&status)?),
-        false => print!("{}", render_status(&status)),
+    let client = AdminClient::new(&args.admin)?;
+    let first = client.status(args.admin.listener.as_deref())?;
+    let mut statuses = vec![first.clone()];
+    if args.admin.listener.is_none() {
+        for name in first.listeners.iter().skip(1) {
+            statuses.push(client.status(Some(name))?);
+        }
+    }
+    for status in &statuses {
+        match args.json {
+            true => println!("{}", serde_json::to_string_pretty(status)?),
+            false if statuses.len() > 1 => {
+                print!("listener {}: {}", status.listener, render_status(status))
+            }
+            false => print!("{}", render_status(status)),
+        }
     }
     Ok(())
 }
@@ -103,6 +121,8 @@ pub fn rollback(args: &AdminArgs) -> Result<()> {
 /// A client of one server's admin API.
 struct AdminClient {
     endpoint: Endpoint,
+    /// `?listener=NAME`, or nothing.
+    query: String,
     client: Client,
     /// `Bearer <token>`, if there is a token.
     authorization: Option<String>,
@@ -129,14 +149,16 @@ impl AdminClient {
         }
         Ok(AdminClient {
             endpoint: args.admin.clone(),
+            query: listener_query(args.listener.as_deref()),
             client: Client::new(args.admin.clone(), CLIENT_TIMEOUT),
             authorization: token.map(|t| format!("Bearer {}", t.expose())),
         })
     }
 
-    /// `GET /status`.
-    fn status(&self) -> Result<ServerStatus> {
-        let body = self.call("GET", "/status", &[], b"")?;
+    /// `GET /status`, of `listener` if given.
+    fn status(&self, listener: Option<&str>) -> Result<ServerStatus> {
+        let path = format!("/status{}", listener_query(listener));
+        let body = self.call("GET", &path, &[], b"")?;
         serde_json::from_value(body)
             .context("the server's /status answer is not what this hotsock expects")
     }
@@ -148,12 +170,17 @@ impl AdminClient {
             ("content-type", "application/wasm"),
             (SOURCE_HEADER, source.as_str()),
         ];
-        self.call("POST", "/handler", &headers, component)
+        self.call(
+            "POST",
+            &format!("/handler{}", self.query),
+            &headers,
+            component,
+        )
     }
 
     /// `POST /rollback`: the server's answer, `{"current", "replaced"}`.
     fn rollback(&self) -> Result<Value> {
-        self.call("POST", "/rollback", &[], b"")
+        self.call("POST", &format!("/rollback{}", self.query), &[], b"")
     }
 
     /// One request; a 4xx or 5xx answer becomes an error with the server's message.
@@ -198,6 +225,11 @@ impl AdminClient {
         }
         Ok(body)
     }
+}
+
+/// `?listener=NAME`, or nothing.
+fn listener_query(listener: Option<&str>) -> String {
+    listener.map_or_else(String::new, |name| format!("?listener={name}"))
 }
 
 /// `hotsock status` as a table, for people; `--json` gives the raw answer.

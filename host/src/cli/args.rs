@@ -25,6 +25,11 @@ pub struct CacheArgs {
 }
 
 impl CacheArgs {
+    /// Where the cache is unless told otherwise.
+    pub fn default_dir() -> Option<PathBuf> {
+        default_cache_dir()
+    }
+
     /// The cache directory to use, if any.
     pub fn dir(&self) -> Option<PathBuf> {
         match self.no_cache {
@@ -51,7 +56,7 @@ pub fn parse_writable_dir(text: &str) -> Result<Preopen, String> {
 }
 
 /// Parses `HOST::GUEST`, or `HOST` alone for the same path on both sides.
-fn parse_dir(text: &str, writable: bool) -> Result<Preopen, String> {
+pub fn parse_dir(text: &str, writable: bool) -> Result<Preopen, String> {
     let (host, guest) = text.split_once("::").unwrap_or((text, text));
     if host.is_empty() || guest.is_empty() {
         return Err(format!("`{text}` is not HOST::GUEST"));

@@ -1,20 +1,32 @@
-//! `hotsock check`: is this file a handler this hotsock can serve?
+//! `hotsock check`: is this file a handler this hotsock can serve? Or, with
+//! `--config`: is this whole config servable here?
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Args;
-use hotsock::runtime::{HANDLER_EXPORT, Handler, Runtime, Settings};
-use hotsock::server::THREAD_MAPPINGS;
+use hotsock::runtime::{HANDLER_EXPORT, Handler, Profile, Runtime, Settings};
+use hotsock::server::{Capacity, THREAD_MAPPINGS};
 
 use crate::cli::args::CacheArgs;
+use crate::cli::config::{Overrides, Plan, check_addresses};
 
 /// Options of `hotsock check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// The handler component (.wasm, or .cwasm from `hotsock compile`) to validate.
-    #[arg(value_name = "HANDLER")]
-    pub handler: PathBuf,
+    #[arg(
+        value_name = "HANDLER",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    pub handler: Option<PathBuf>,
+
+    /// Validate a config file instead, as `serve --config` would read it:
+    /// its syntax, every address, every listener's handler under that
+    /// listener's limits, and what it needs of this machine. Nothing binds.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// Where compiled handlers are cached.
     #[command(flatten)]
@@ -22,13 +34,17 @@ pub struct CheckArgs {
 }
 
 /// Validates the handler as `serve` would, with the default limits, and
-/// lists what it imports.
+/// lists what it imports; or validates a config.
 pub fn run(args: &CheckArgs) -> Result<()> {
+    let Some(handler) = &args.handler else {
+        let config = args.config.as_deref().context("nothing to check")?;
+        return check_config(args, config);
+    };
     let runtime = Runtime::new(Settings {
         cache_dir: args.cache.dir(),
         ..Settings::default()
     })?;
-    let handler = Handler::load(&runtime, &args.handler)?;
+    let handler = Handler::load(&runtime, &Profile::default(), handler)?;
     println!("ok: `{}` is a hotsock handler", handler.name());
     println!("  exports: {HANDLER_EXPORT}");
     println!("  imports: {}", handler.imports().join(", "));
@@ -37,6 +53,38 @@ pub fn run(args: &CheckArgs) -> Result<()> {
         handler.memories(),
         if handler.memories() == 1 { "y" } else { "ies" },
         handler.mappings_per_instance() as u64 + THREAD_MAPPINGS
+    );
+    Ok(())
+}
+
+fn check_config(args: &CheckArgs, config: &std::path::Path) -> Result<()> {
+    let plan = Plan::new(Some(config), &Overrides::default(), args.cache.dir())?;
+    check_addresses(&plan)?;
+    let capacity = Capacity::check(plan.total_connections())?;
+    let runtime = Runtime::new(Settings {
+        max_instances: plan.total_connections(),
+        max_memory: plan.max_memory(),
+        cache_dir: args.cache.dir(),
+    })?;
+    for listener in &plan.listeners {
+        let name = &listener.name;
+        runtime
+            .admits(&listener.profile)
+            .with_context(|| format!("listener {name}"))?;
+        let handler = Handler::load(&runtime, &listener.profile, &listener.handler)
+            .with_context(|| format!("listener {name}"))?;
+        capacity
+            .reserve(name, listener.rules.max_connections, &handler)
+            .map_err(|why| anyhow::anyhow!("listener {name}: {why}"))?;
+        println!(
+            "ok: listener {name} on {}: `{}` is a hotsock handler",
+            listener.addrs.join(", "),
+            handler.name()
+        );
+    }
+    println!(
+        "ok: {} is a config this hotsock can serve",
+        config.display()
     );
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use hotsock::runtime::{Handler, Runtime, Settings};
+use hotsock::runtime::{Handler, Profile, Runtime, Settings};
 
 use crate::cli::args::CacheArgs;
 
@@ -38,7 +38,7 @@ pub fn run(args: &CompileArgs) -> Result<()> {
         cache_dir: args.cache.dir(),
         ..Settings::default()
     })?;
-    let handler = Handler::load(&runtime, &args.handler)?;
+    let handler = Handler::load(&runtime, &Profile::default(), &args.handler)?;
     std::fs::write(&output, handler.precompiled()?)
         .with_context(|| format!("cannot write {}", output.display()))?;
     println!(

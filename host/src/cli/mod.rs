@@ -7,11 +7,13 @@ mod args;
 mod check;
 mod client;
 mod compile;
+mod config;
+mod logging;
 mod new;
 mod serve;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, Parser, Subcommand};
 
 /// hotsock: a thread-per-connection TCP server whose per-client logic is a
 /// sandboxed, hot-swappable WebAssembly component.
@@ -44,10 +46,17 @@ pub enum Command {
     New(new::NewArgs),
 }
 
-/// Runs a subcommand to the end.
-pub fn run(command: Command) -> Result<()> {
+/// Runs a subcommand to the end; `matches` are the whole command line's.
+pub fn run(command: Command, matches: &ArgMatches) -> Result<()> {
+    // `serve` starts its log once it knows the format asked for.
+    if !matches!(command, Command::Serve(_)) {
+        logging::init(logging::LogFormat::Text);
+    }
     match command {
-        Command::Serve(args) => serve::run(*args),
+        Command::Serve(args) => {
+            let serve = matches.subcommand_matches("serve").unwrap_or(matches);
+            serve::run(*args, serve)
+        }
         Command::Check(args) => check::run(&args),
         Command::Swap(args) => admin::swap(&args),
         Command::Status(args) => admin::status(&args),

@@ -14,6 +14,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use log::{debug, warn};
@@ -43,11 +44,23 @@ pub fn default_dir() -> Option<PathBuf> {
     xdg.or_else(home).map(|dir| dir.join("hotsock"))
 }
 
+/// How often the cache had what was asked of it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheStats {
+    /// Components loaded from the cache.
+    pub hits: u64,
+    /// Components compiled because the cache did not have them.
+    pub misses: u64,
+}
+
 /// The on-disk cache of compiled components; a no-op when disabled.
 pub struct CodeCache {
     dir: Option<PathBuf>,
     /// The engine's compatibility hash, in hex: half of every entry's name.
     engine_key: String,
+    /// Loads that found an entry, and that did not (so compiled).
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl CodeCache {
@@ -65,7 +78,12 @@ impl CodeCache {
                 false
             }
         });
-        CodeCache { dir, engine_key }
+        CodeCache {
+            dir,
+            engine_key,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
     }
 
     /// Where entries are kept, if the cache is on.
@@ -77,6 +95,24 @@ impl CodeCache {
     /// cache has it.
     pub fn load(&self, engine: &Engine, sha256: &str) -> Option<Component> {
         let entry = self.entry(sha256)?;
+        let found = self.find(engine, &entry);
+        let counter = match found {
+            Some(_) => &self.hits,
+            None => &self.misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Loads counted as hits and misses so far; none while the cache is off.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+
+    fn find(&self, engine: &Engine, entry: &Path) -> Option<Component> {
         if !entry.exists() {
             return None;
         }
@@ -84,7 +120,7 @@ impl CodeCache {
         // engine with the same compatibility hash, into a directory only
         // this user can write (checked in `prepare`); wasmtime still checks
         // its header and compatibility before using it.
-        match unsafe { Component::deserialize_file(engine, &entry) } {
+        match unsafe { Component::deserialize_file(engine, entry) } {
             Ok(component) => {
                 debug!("loaded compiled code from {}", entry.display());
                 Some(component)

@@ -8,6 +8,8 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::watchdog::{Expiry, Verdict, Wait, Watch};
 
@@ -27,6 +29,26 @@ pub enum IoError {
     Refused,
 }
 
+/// Bytes moved by many connections, counted as they go: what metrics read.
+/// Two relaxed atomic additions per round trip, and nothing else.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl Traffic {
+    /// Bytes read from clients so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written to clients so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
 /// A client connection as the host sees it.
 pub struct Connection {
     id: u64,
@@ -35,6 +57,8 @@ pub struct Connection {
     /// is dropped (unwatched) before the socket is closed.
     watch: Option<Watch>,
     stream: TcpStream,
+    /// Where its bytes are counted.
+    traffic: Arc<Traffic>,
     /// Where `read` receives, reused so that a round trip neither allocates
     /// nor zeroes a buffer of the guest's `max`; it grows to the largest
     /// `max` asked for, at most [`MAX_READ`].
@@ -43,13 +67,21 @@ pub struct Connection {
 
 impl Connection {
     /// Wraps an accepted, blocking socket; `id` must be unique within the
-    /// process. With a `watch`, the watchdog's limits apply to it.
-    pub fn new(id: u64, peer: SocketAddr, stream: TcpStream, watch: Option<Watch>) -> Self {
+    /// process. With a `watch`, the watchdog's limits apply to it; its bytes
+    /// are counted in `traffic`.
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        stream: TcpStream,
+        watch: Option<Watch>,
+        traffic: Arc<Traffic>,
+    ) -> Self {
         Connection {
             id,
             peer,
             watch,
             stream,
+            traffic,
             buf: Vec::new(),
         }
     }
@@ -99,7 +131,10 @@ impl Connection {
         };
         match read {
             // Data that made it in before a timeout is still the client's.
-            Ok(n) if n > 0 => Ok(buf[..n].to_vec()),
+            Ok(n) if n > 0 => {
+                self.traffic.received.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(buf[..n].to_vec())
+            }
             // The watchdog's shutdown ends a read like end of stream or an error.
             _ if self.expired().is_some() => self.check_expiry().map(|()| Vec::new()),
             Ok(_) => Ok(Vec::new()),
@@ -115,7 +150,12 @@ impl Connection {
             self.stream.write_all(data)
         };
         match written {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.traffic
+                    .sent
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
             Err(_) if self.expired().is_some() => self.check_expiry(),
             // Anything else means the peer is gone as far as the handler is concerned.
             Err(_) => Err(IoError::Closed),

@@ -1,16 +1,20 @@
-//! Guest stdout and stderr, forwarded to the host log one line at a time.
+//! Guest stdout and stderr, forwarded to the host log one line at a time, and
+//! the fields that tie a log line to its connection.
 //!
 //! WASI drops guest output unless the host supplies streams of its own. Each
 //! connection gets a [`Console`] per stream whose lines are logged with the
-//! connection id and peer, so a plugin author's `println!` is never lost.
+//! connection's [`Fields`], so a plugin author's `println!` is never lost and
+//! a log shipper sees which connection printed it.
 
+use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use log::Level;
+use log::kv::{Key, Value};
+use log::{Level, Record};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
@@ -22,22 +26,88 @@ pub const MAX_LINE: usize = 4096;
 /// this only bounds the size of a single copy.
 const WRITE_PERMIT: usize = 64 * 1024;
 
+/// What ties log lines to one connection, as key-value pairs on each line:
+/// `conn`, `peer`, `version`, `listener`. The text log shows them as the
+/// line's prefix (`conn 7 127.0.0.1:50275 v1-1d2e8999: ...`), the JSON log
+/// as fields.
+#[derive(Debug, Clone, Default)]
+pub struct Fields {
+    pairs: Vec<(&'static str, FieldValue)>,
+}
+
+/// A field's value: connection ids stay numbers in JSON.
+#[derive(Debug, Clone)]
+enum FieldValue {
+    Number(u64),
+    Text(String),
+}
+
+impl Fields {
+    /// No fields: for what is not a connection's (a handler being checked).
+    pub fn none() -> Self {
+        Fields::default()
+    }
+
+    /// Adds a numeric field.
+    pub fn number(mut self, key: &'static str, value: u64) -> Self {
+        self.pairs.push((key, FieldValue::Number(value)));
+        self
+    }
+
+    /// Adds a text field.
+    pub fn text(mut self, key: &'static str, value: impl fmt::Display) -> Self {
+        self.pairs.push((key, FieldValue::Text(value.to_string())));
+        self
+    }
+
+    /// Logs `message` at `level` with these fields, if the log takes `level`.
+    pub fn log(&self, level: Level, message: fmt::Arguments<'_>) {
+        let logger = log::logger();
+        let metadata = log::Metadata::builder()
+            .level(level)
+            .target(module_path!())
+            .build();
+        if !log::log_enabled!(level) || !logger.enabled(&metadata) {
+            return;
+        }
+        let pairs: Vec<(Key<'_>, Value<'_>)> = self
+            .pairs
+            .iter()
+            .map(|(key, value)| {
+                let value = match value {
+                    FieldValue::Number(n) => Value::from(*n),
+                    FieldValue::Text(text) => Value::from(text.as_str()),
+                };
+                (Key::from_str(key), value)
+            })
+            .collect();
+        logger.log(
+            &Record::builder()
+                .metadata(metadata)
+                .args(message)
+                .key_values(&pairs.as_slice())
+                .build(),
+        );
+    }
+}
+
 /// One guest output stream (stdout or stderr) of one connection.
 #[derive(Clone)]
 pub struct Console(Arc<Mutex<Lines>>);
 
 struct Lines {
-    /// `conn 7 127.0.0.1:50275 stdout`: who printed it.
-    label: String,
+    /// Who printed it: the connection's fields, and `stream`.
+    fields: Fields,
     level: Level,
     pending: Vec<u8>,
 }
 
 impl Console {
-    /// A stream whose lines are logged at `level`, prefixed with `label`.
-    pub fn new(label: String, level: Level) -> Self {
+    /// The stream `stream` (`stdout` or `stderr`) of the connection with
+    /// `fields`, whose lines are logged at `level`.
+    pub fn new(fields: &Fields, stream: &'static str, level: Level) -> Self {
         Console(Arc::new(Mutex::new(Lines {
-            label,
+            fields: fields.clone().text("stream", stream),
             level,
             pending: Vec::new(),
         })))
@@ -71,7 +141,7 @@ impl Lines {
         // Blank lines carry nothing and only split up a guest's panic report.
         if !line.is_empty() {
             let line = String::from_utf8_lossy(line);
-            log::log!(self.level, "{}: {line}", self.label);
+            self.fields.log(self.level, format_args!("{line}"));
         }
         self.pending.clear();
     }

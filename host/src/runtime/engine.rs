@@ -19,7 +19,10 @@ use wasmtime::{
 
 use crate::runtime::bindings::Plugin;
 use crate::runtime::cache::CodeCache;
-use crate::runtime::limits::{DEFAULT_MAX_CONNECTIONS, EPOCH_TICK, Limits, MAX_WASM_STACK};
+use crate::runtime::console::Fields;
+use crate::runtime::limits::{
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MEMORY, EPOCH_TICK, Limits, MAX_WASM_STACK,
+};
 use crate::runtime::store::{Capabilities, StoreData};
 use crate::sys;
 use crate::watchdog::Verdict;
@@ -44,16 +47,16 @@ const MEMORY_GUARD: u64 = 32 << 20;
 /// and faulting them in again for the next instance.
 const KEEP_RESIDENT: usize = 1 << 20;
 
-/// How the runtime is set up: the operator's limits and grants.
+/// How the runtime is set up: the pool, and the code cache.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The limits every instance runs under.
-    pub limits: Limits,
-    /// Most instances alive at once: one per connection. It sizes the pool,
-    /// which also keeps one slot back for validating new handlers.
+    /// Most instances alive at once: one per connection, on every listener.
+    /// It sizes the pool, which also keeps one slot back for validating new
+    /// handlers.
     pub max_instances: u32,
-    /// What guests may reach beyond their connection.
-    pub capabilities: Capabilities,
+    /// Most linear memory any instance may have: the size of a pool slot.
+    /// Each [`Profile`] may allow less.
+    pub max_memory: usize,
     /// Where compiled handlers are cached, if anywhere.
     pub cache_dir: Option<PathBuf>,
 }
@@ -62,21 +65,28 @@ impl Default for Settings {
     /// What `hotsock serve` uses by default, without a code cache.
     fn default() -> Self {
         Settings {
-            limits: Limits::default(),
             max_instances: DEFAULT_MAX_CONNECTIONS,
-            capabilities: Capabilities::default(),
+            max_memory: DEFAULT_MAX_MEMORY,
             cache_dir: None,
         }
     }
 }
 
-/// The engine, linker and limits shared by every handler version and instance.
+/// What the instances of one listener get: their limits and grants.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    /// The limits each instance runs under.
+    pub limits: Limits,
+    /// What its guest may reach beyond its connection.
+    pub capabilities: Capabilities,
+}
+
+/// The engine and linker shared by every handler version and instance.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<StoreData>,
-    limits: Limits,
     max_instances: u32,
-    capabilities: Capabilities,
+    max_memory: usize,
     /// Held while validating a handler: its trial instance uses the one pool
     /// slot kept back for that, so it never competes with connections.
     trial_slot: Mutex<()>,
@@ -88,7 +98,6 @@ impl Runtime {
     /// Configures the engine and its instance pool, links WASI preview 2
     /// plus `hotsock:plugin/types`, and starts the epoch ticker.
     pub fn new(settings: Settings) -> Result<Self> {
-        settings.capabilities.check()?;
         check_address_space(&settings)?;
         let engine = Engine::new(&engine_config(&settings)).map_err(anyhow::Error::from)?;
         let mut linker = Linker::new(&engine);
@@ -99,9 +108,8 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
-            limits: settings.limits,
             max_instances: settings.max_instances,
-            capabilities: settings.capabilities,
+            max_memory: settings.max_memory,
             trial_slot: Mutex::new(()),
             cache,
             _ticker: ticker,
@@ -118,15 +126,28 @@ impl Runtime {
         &self.linker
     }
 
-    /// The limits every instance runs under.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
+    /// Checks that this runtime can run instances under `profile`: its
+    /// memory fits a pool slot, and its directories exist.
+    pub fn admits(&self, profile: &Profile) -> Result<()> {
+        anyhow::ensure!(
+            profile.limits.max_memory <= self.max_memory,
+            "--max-memory {} is more than the {} the instance pool was made for: restart the \
+             server to raise it",
+            crate::units::format_size(profile.limits.max_memory),
+            crate::units::format_size(self.max_memory)
+        );
+        profile.capabilities.check()
     }
 
     /// Most instances alive at once, not counting the one kept for
     /// validating handlers.
     pub fn max_instances(&self) -> u32 {
         self.max_instances
+    }
+
+    /// How often the code cache had a component compiled already.
+    pub fn cache_stats(&self) -> crate::runtime::cache::CacheStats {
+        self.cache.stats()
     }
 
     /// The cache of compiled code.
@@ -139,12 +160,18 @@ impl Runtime {
         sys::lock(&self.trial_slot)
     }
 
-    /// A fresh store under every limit, whose guest logs as `label`; with a
-    /// `verdict`, it is stopped once the watchdog closes its connection for good.
-    pub fn store(&self, label: &str, verdict: Option<Verdict>) -> Result<Store<StoreData>> {
-        let data = StoreData::new(label, &self.capabilities)?;
+    /// A fresh store under `profile`'s limits and grants, whose guest logs
+    /// with `fields`; with a `verdict`, it is stopped once the watchdog closes
+    /// its connection for good.
+    pub fn store(
+        &self,
+        profile: &Profile,
+        fields: &Fields,
+        verdict: Option<Verdict>,
+    ) -> Result<Store<StoreData>> {
+        let data = StoreData::new(fields, &profile.capabilities)?;
         let mut store = Store::new(&self.engine, data);
-        self.limits.apply(&mut store, verdict, StoreData::usage);
+        profile.limits.apply(&mut store, verdict, StoreData::usage);
         Ok(store)
     }
 
@@ -175,7 +202,7 @@ pub fn compile_in_background() {
 
 /// Address space the instance pool reserves for each instance's memories.
 fn address_space_per_slot(settings: &Settings) -> u64 {
-    let memory = MEMORY_RESERVATION.max(settings.limits.max_memory as u64);
+    let memory = MEMORY_RESERVATION.max(settings.max_memory as u64);
     u64::from(MEMORIES_PER_HANDLER) * (memory + MEMORY_GUARD)
 }
 
@@ -223,7 +250,7 @@ fn engine_config(settings: &Settings) -> Config {
         .max_memories_per_component(MEMORIES_PER_HANDLER)
         .total_tables(slots.saturating_mul(TABLES_PER_HANDLER))
         .max_tables_per_component(TABLES_PER_HANDLER)
-        .max_memory_size(settings.limits.max_memory)
+        .max_memory_size(settings.max_memory)
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT)
         .pagemap_scan(wasmtime::Enabled::Auto)

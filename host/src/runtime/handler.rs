@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use log::warn;
@@ -17,7 +18,8 @@ use wasmtime::{Engine, Precompiled};
 
 use crate::runtime::bindings::PluginPre;
 use crate::runtime::connection::Connection;
-use crate::runtime::engine::Runtime;
+use crate::runtime::console::Fields;
+use crate::runtime::engine::{Profile, Runtime};
 use crate::runtime::outcome::{Fault, Outcome};
 use crate::runtime::store::StoreData;
 
@@ -177,6 +179,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// What serving one connection came to.
+#[derive(Debug)]
+pub struct Served {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// How long the instance took to create, if it was.
+    pub instantiated_in: Option<Duration>,
+}
+
 /// A compiled, validated handler component, ready to instantiate per connection.
 pub struct Handler {
     name: String,
@@ -194,25 +205,29 @@ pub struct Handler {
 const MAPPINGS_PER_MEMORY: usize = 4;
 
 impl Handler {
-    /// Reads, validates and compiles the handler component at `path`.
-    pub fn load(runtime: &Runtime, path: &Path) -> Result<Self, HandlerError> {
+    /// Reads, validates and compiles the handler component at `path`, to run
+    /// under `profile`.
+    pub fn load(runtime: &Runtime, profile: &Profile, path: &Path) -> Result<Self, HandlerError> {
         let bytes = read_component(path)?;
+        let sha256 = sha256_hex(&bytes);
         Self::compile(
             runtime,
+            profile,
             path.display().to_string(),
             &bytes,
-            &sha256_hex(&bytes),
+            &sha256,
         )
     }
 
     /// Validates and compiles a handler component held in memory, whose
     /// sha256 is `sha256`; `name` is how errors and logs refer to it.
     ///
-    /// The component is instantiated once, under the runtime's limits, so a
-    /// handler that cannot start (too big for a pool slot, over the memory
-    /// limit, trapping as it initialises) is rejected before it serves.
+    /// The component is instantiated once, under `profile`, so a handler that
+    /// cannot start (too big for a pool slot, over the memory limit, trapping
+    /// as it initialises) is rejected before it serves.
     pub fn compile(
         runtime: &Runtime,
+        profile: &Profile,
         name: String,
         bytes: &[u8],
         sha256: &str,
@@ -272,7 +287,7 @@ impl Handler {
         {
             let _slot = runtime.trial_slot();
             handler
-                .instantiate(runtime, &format!("checking {name}"))
+                .instantiate(runtime, profile, &Fields::none().text("checking", &name))
                 .map_err(|why| fail(Problem::CannotInstantiate(why)))?;
         }
         // Only validated code is worth keeping: rejected files take no space.
@@ -285,12 +300,21 @@ impl Handler {
     /// Runs `handle` on `conn` in a fresh instance until it returns, and
     /// says how it ended. Either way the connection is closed when this
     /// returns, because the store that owns it is dropped.
-    pub fn serve(&self, runtime: &Runtime, label: &str, conn: Connection) -> Outcome {
-        let error = |e: String| Outcome::Faulted {
-            fault: Fault::Error(e),
-            backtrace: None,
+    pub fn serve(
+        &self,
+        runtime: &Runtime,
+        profile: &Profile,
+        fields: &Fields,
+        conn: Connection,
+    ) -> Served {
+        let error = |e: String| Served {
+            outcome: Outcome::Faulted {
+                fault: Fault::Error(e),
+                backtrace: None,
+            },
+            instantiated_in: None,
         };
-        let mut store = match runtime.store(label, conn.verdict()) {
+        let mut store = match runtime.store(profile, fields, conn.verdict()) {
             Ok(store) => store,
             Err(e) => return error(format!("{e:#}")),
         };
@@ -301,25 +325,38 @@ impl Handler {
         // The guest only borrows the connection: the store keeps it, so its
         // fate can be read after the call, and closes it when dropped.
         let kept = Resource::<Connection>::new_borrow(handle.rep());
+        let started = Instant::now();
+        let mut instantiated_in = None;
         let result = self.pre.instantiate(&mut store).and_then(|plugin| {
+            instantiated_in = Some(started.elapsed());
             plugin
                 .hotsock_plugin_handler()
                 .call_handle(&mut store, handle)
         });
         let data = store.data();
         let expired = data.connection(&kept).and_then(Connection::expired);
-        Outcome::of(result, expired, runtime.limits(), data.memory_denied())
+        Served {
+            outcome: Outcome::of(result, expired, &profile.limits, data.memory_denied()),
+            instantiated_in,
+        }
     }
 
     /// Does what every connection does before `handle` runs (a store with
     /// its limits and WASI context, and an instance) and drops the result:
     /// the per-connection cost `make bench` measures.
-    pub fn instantiate(&self, runtime: &Runtime, label: &str) -> Result<(), String> {
-        let mut store = runtime.store(label, None).map_err(|e| format!("{e:#}"))?;
+    pub fn instantiate(
+        &self,
+        runtime: &Runtime,
+        profile: &Profile,
+        fields: &Fields,
+    ) -> Result<(), String> {
+        let mut store = runtime
+            .store(profile, fields, None)
+            .map_err(|e| format!("{e:#}"))?;
         match self.pre.instantiate(&mut store) {
             Ok(_) => Ok(()),
             Err(e) => {
-                let limits = runtime.limits();
+                let limits = &profile.limits;
                 match Fault::classify(&e, limits, store.data().memory_denied()) {
                     Some(fault) => Err(fault.to_string()),
                     None => Err("it exited during initialisation".to_string()),

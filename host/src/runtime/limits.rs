@@ -100,7 +100,7 @@ impl fmt::Display for HardStop {
 impl std::error::Error for HardStop {}
 
 impl Limits {
-    /// Applies every limit to a new store, whose data holds a [`Usage`] that
+    /// Applies every limit to a new store, whose data holds a `Usage` that
     /// `usage` finds: memory, the CPU budget and, with a `verdict`, the
     /// watchdog's decisions while the guest computes.
     pub fn apply<T: 'static>(

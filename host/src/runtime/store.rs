@@ -14,7 +14,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::runtime::bindings::hotsock::plugin::types::{ErrorCode, Host, HostConnection};
 use crate::runtime::connection::{Connection, IoError};
-use crate::runtime::console::Console;
+use crate::runtime::console::{Console, Fields};
 use crate::runtime::limits::Usage;
 
 /// What a guest may reach beyond its connection: nothing unless granted.
@@ -62,11 +62,11 @@ pub struct StoreData {
 impl StoreData {
     /// Deny-by-default WASI: no sockets, and only the environment and
     /// directories in `capabilities`; stdout and stderr go to the host log
-    /// under `label`.
-    pub fn new(label: &str, capabilities: &Capabilities) -> Result<Self> {
+    /// with `fields`.
+    pub fn new(fields: &Fields, capabilities: &Capabilities) -> Result<Self> {
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(Console::new(format!("{label} stdout"), Level::Info))
-            .stderr(Console::new(format!("{label} stderr"), Level::Warn))
+        wasi.stdout(Console::new(fields, "stdout", Level::Info))
+            .stderr(Console::new(fields, "stderr", Level::Warn))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);

@@ -34,11 +34,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use subtle::ConstantTimeEq as _;
 
-use crate::server::admission::{Admission, AdmissionStatus};
+use crate::server::admission::AdmissionStatus;
 use crate::server::http::{
     Endpoint, Listener, Peer, Reply, Routes, SocketFile, bind as bind_endpoint, serve,
 };
 use crate::server::registry::{Registry, Status, Swapped};
+use crate::server::service::Service;
 use crate::sys;
 
 /// Largest component `POST /handler` accepts by default. Rust handlers are
@@ -61,9 +62,14 @@ const MIN_TOKEN_LEN: usize = 16;
 /// keeps trying must not flood the log.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What `GET /status` answers: connection counts, and the handler versions.
+/// What `GET /status[?listener=NAME]` answers: one listener's connection
+/// counts and handler versions, and the names of all listeners.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerStatus {
+    /// The listener this is about: the one asked for, else the first.
+    pub listener: String,
+    /// Every listener's name, in the order they were configured.
+    pub listeners: Vec<String>,
     /// Open, admitted and refused connections.
     pub connections: AdmissionStatus,
     /// The handler versions and rollbacks.
@@ -183,19 +189,14 @@ pub fn bind(options: Options) -> Result<Bound> {
 /// Serves the admin API from a thread of its own. The returned value owns
 /// the socket's file, if any: keep it while serving; dropping it removes the
 /// file.
-pub fn spawn(
-    bound: Bound,
-    registry: Arc<Registry>,
-    admission: Arc<Admission>,
-) -> Result<Option<SocketFile>> {
+pub fn spawn(bound: Bound, services: Vec<Arc<Service>>) -> Result<Option<SocketFile>> {
     let Bound {
         listener,
         options,
         file,
     } = bound;
     let admin = Admin {
-        registry,
-        admission,
+        services,
         token: options.token,
         max_upload: options.max_upload,
         refusals: AtomicU64::new(0),
@@ -207,8 +208,7 @@ pub fn spawn(
 
 /// The admin API's state.
 struct Admin {
-    registry: Arc<Registry>,
-    admission: Arc<Admission>,
+    services: Vec<Arc<Service>>,
     token: Option<Token>,
     max_upload: usize,
     refusals: AtomicU64,
@@ -242,21 +242,26 @@ impl Routes for Admin {
 
     fn answer(&self, head: Parts, body: Bytes, peer: &Peer) -> Reply {
         let who = self.who(peer);
+        let changes = head.method != Method::GET;
+        let service = match self.service(&head, changes) {
+            Ok(service) => service,
+            Err(reply) => return reply,
+        };
+        let registry = service.registry();
         match (&head.method, head.uri.path()) {
             (&Method::GET, "/status") => {
                 debug!("admin: GET /status by {who}");
                 let status = ServerStatus {
-                    connections: self.admission.status(),
-                    handlers: self.registry.status(),
+                    listener: service.name().to_string(),
+                    listeners: self.services.iter().map(|s| s.name().to_string()).collect(),
+                    connections: service.admission().status(),
+                    handlers: registry.status(),
                 };
                 Reply::ok(json!(status))
             }
-            (&Method::POST, "/handler") => self.swap(&head, &body, &who),
+            (&Method::POST, "/handler") => self.swap(registry, &head, &body, &who),
             (&Method::POST, "/rollback") => {
-                match self
-                    .registry
-                    .rollback(&format!("manual: POST /rollback by {who}"))
-                {
+                match registry.rollback(&format!("manual: POST /rollback by {who}")) {
                     Some((current, replaced)) => {
                         info!(
                             "admin: rollback by {who}: {} -> {}",
@@ -351,7 +356,42 @@ impl Admin {
         }
     }
 
-    fn swap(&self, head: &Parts, body: &Bytes, who: &str) -> Reply {
+    /// The listener a request is about: `?listener=NAME`, or else the only
+    /// one; with several, a change must say which.
+    fn service(&self, head: &Parts, changes: bool) -> Result<&Arc<Service>, Reply> {
+        let asked = head.uri.query().and_then(|query| {
+            query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("listener="))
+        });
+        let names = || {
+            let names: Vec<_> = self.services.iter().map(|s| s.name()).collect();
+            names.join(", ")
+        };
+        match asked {
+            Some(name) => self
+                .services
+                .iter()
+                .find(|s| s.name() == name)
+                .ok_or_else(|| {
+                    Reply::error(404, format!("no listener {name}: there are {}", names()))
+                }),
+            None if changes && self.services.len() > 1 => Err(Reply::error(
+                400,
+                format!(
+                    "this server has several listeners ({}): say which with ?listener=NAME \
+                     (hotsock swap --listener NAME)",
+                    names()
+                ),
+            )),
+            None => self
+                .services
+                .first()
+                .ok_or_else(|| Reply::error(500, "no listeners")),
+        }
+    }
+
+    fn swap(&self, registry: &Registry, head: &Parts, body: &Bytes, who: &str) -> Reply {
         if body.is_empty() {
             return Reply::error(
                 400,
@@ -363,17 +403,21 @@ impl Admin {
             .get(SOURCE_HEADER)
             .and_then(|v| v.to_str().ok())
             .map_or_else(|| "upload".to_string(), str::to_string);
-        match self.registry.swap(source.clone(), body) {
+        let on = match self.services.len() {
+            1 => String::new(),
+            _ => format!(" on listener {}", registry.name()),
+        };
+        match registry.swap(source.clone(), body) {
             Ok(Swapped::Unchanged(current)) => {
                 info!(
-                    "admin: swap by {who}: {source} is already serving as {}",
+                    "admin: swap by {who}{on}: {source} is already serving as {}",
                     current.id()
                 );
                 Reply::ok(json!({"swapped": false, "current": current.id()}))
             }
             Ok(Swapped::Replaced { new, old }) => {
                 info!(
-                    "admin: swap by {who}: {} -> {} ({source})",
+                    "admin: swap by {who}{on}: {} -> {} ({source})",
                     old.id(),
                     new.id()
                 );
@@ -381,15 +425,11 @@ impl Admin {
             }
             Err(e) => {
                 warn!(
-                    "admin: swap by {who}: rejected ({}), still serving {}: {e}",
+                    "admin: swap by {who}{on}: rejected ({}), still serving {}: {e}",
                     e.reason(),
-                    self.registry.current().id()
+                    registry.current().id()
                 );
-                Reply {
-                    status: 422,
-                    body: json!({ "error": e.to_string(), "reason": e.reason() }),
-                    headers: Vec::new(),
-                }
+                Reply::json(422, json!({ "error": e.to_string(), "reason": e.reason() }))
             }
         }
     }
@@ -407,7 +447,7 @@ impl Admin {
             head.method,
             head.uri.path(),
             reply.status,
-            reply.body["error"].as_str().unwrap_or_default()
+            reply.message()
         );
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -62,8 +62,10 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// Counts open connections against the limits.
 pub struct Admission {
     max: usize,
-    per_ip: Option<u32>,
-    policy: WhenFull,
+    /// `--max-connections-per-ip`, 0 for none; may change on a reload.
+    per_ip: AtomicU32,
+    /// Whether `--when-full close`; may change on a reload.
+    close_when_full: AtomicBool,
     open: Mutex<Open>,
     idle: Condvar,
     /// Wakes the accept loop when a slot frees up while it is waiting for one.
@@ -96,8 +98,8 @@ impl Admission {
     pub fn new(max: u32, per_ip: Option<u32>, policy: WhenFull, wake_accept: Arc<Waker>) -> Self {
         Admission {
             max: max as usize,
-            per_ip,
-            policy,
+            per_ip: AtomicU32::new(per_ip.unwrap_or(0)),
+            close_when_full: AtomicBool::new(policy == WhenFull::Close),
             open: Mutex::new(Open::default()),
             idle: Condvar::new(),
             wake_accept,
@@ -110,7 +112,23 @@ impl Admission {
 
     /// What to do with new clients while full.
     pub fn policy(&self) -> WhenFull {
-        self.policy
+        match self.close_when_full.load(Ordering::Relaxed) {
+            true => WhenFull::Close,
+            false => WhenFull::Wait,
+        }
+    }
+
+    /// The most connections one address may have, if limited.
+    fn per_ip(&self) -> Option<u32> {
+        Some(self.per_ip.load(Ordering::Relaxed)).filter(|&n| n > 0)
+    }
+
+    /// Changes the rules for new clients; the total stays what it is, since
+    /// it sized the instance pool. Open connections are not affected.
+    pub fn set_rules(&self, per_ip: Option<u32>, policy: WhenFull) {
+        self.per_ip.store(per_ip.unwrap_or(0), Ordering::Relaxed);
+        self.close_when_full
+            .store(policy == WhenFull::Close, Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, Open> {
@@ -124,7 +142,7 @@ impl Admission {
         if open.total >= self.max {
             return Err(Refusal::Full);
         }
-        let ip = match self.per_ip {
+        let ip = match self.per_ip() {
             None => None,
             Some(limit) => {
                 let count = open.by_ip.entry(ip).or_insert(0);
@@ -177,7 +195,7 @@ impl Admission {
                 "{} already has {} connections, the most one address may have \
                  (--max-connections-per-ip): closing its new ones; {refused} closed so far",
                 peer.ip(),
-                self.per_ip.unwrap_or_default()
+                self.per_ip().unwrap_or_default()
             ),
             Refusal::NoThread => warn!(
                 "conn from {peer}: cannot start a thread for it ({detail}): closing it; \
@@ -195,7 +213,7 @@ impl Admission {
         }
         *full = Some(Instant::now());
         drop(last);
-        let what = match self.policy {
+        let what = match self.policy() {
             WhenFull::Wait => "new clients wait in the listen backlog",
             WhenFull::Close => "new clients are closed at once (--when-full close)",
         };
@@ -221,7 +239,7 @@ impl Admission {
         AdmissionStatus {
             active: self.open(),
             max: self.max,
-            max_per_ip: self.per_ip,
+            max_per_ip: self.per_ip(),
             accepted: self.accepted.load(Ordering::Relaxed),
             refused: Refusal::ALL.into_iter().map(refused).sum(),
             refused_by: Refusal::ALL
@@ -251,7 +269,7 @@ impl Drop for Slot {
             admission.idle.notify_all();
         }
         drop(open);
-        if was_full && admission.policy == WhenFull::Wait {
+        if was_full && admission.policy() == WhenFull::Wait {
             // Only fails if the accept loop is gone, i.e. the server stopped.
             let _ = admission.wake_accept.wake();
         }

@@ -8,8 +8,10 @@
 //! (its linear memories' mappings: [`Handler::mappings_per_instance`]). The
 //! instance pool's address space is the runtime's to check.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
+use std::sync::Mutex;
 
 use anyhow::{Result, bail};
 
@@ -28,19 +30,22 @@ const BASE_FILES: u64 = 64;
 const BASE_THREADS: u64 = 64;
 const BASE_MAPPINGS: u64 = 1024;
 
-/// The machine's limits that connections count against.
-#[derive(Debug, Clone)]
+/// The machine's limits that connections count against, and the memory
+/// mappings each listener's connections may take of them.
+#[derive(Debug)]
 pub struct Capacity {
-    max_connections: u64,
     /// `vm.max_map_count`, if it could be read.
     max_map_count: Option<u64>,
+    /// Mappings set aside per listener: its connections times what one
+    /// connection of its current handler takes.
+    reserved: Mutex<HashMap<String, u64>>,
 }
 
 impl Capacity {
-    /// Checks that `max_connections` connections fit this machine's open
-    /// files and threads; mappings are checked per handler, with
-    /// [`Capacity::admits`]. The error is one line naming each limit that
-    /// is too low and how to raise it.
+    /// Checks that `max_connections` connections, on all listeners, fit this
+    /// machine's open files and threads; mappings are checked per handler,
+    /// with [`Capacity::reserve`]. The error is one line naming each limit
+    /// that is too low and how to raise it.
     pub fn check(max_connections: u32) -> Result<Self> {
         let connections = u64::from(max_connections);
         let mut short = Vec::new();
@@ -70,29 +75,43 @@ impl Capacity {
             );
         }
         Ok(Capacity {
-            max_connections: connections,
             max_map_count: read_number("/proc/sys/vm/max_map_count"),
+            reserved: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Whether `max_connections` instances of `handler`, each on a thread of
-    /// its own, fit `vm.max_map_count`; if not, why, and what to do.
-    pub fn admits(&self, handler: &Handler) -> Result<(), String> {
-        let Some(limit) = self.max_map_count else {
-            return Ok(());
-        };
+    /// Sets aside the memory mappings of `max_connections` instances of
+    /// `handler`, each on a thread of its own, for `listener`, in place of
+    /// what it had: if they fit `vm.max_map_count` with every other
+    /// listener's; if not, says why and what to do, and changes nothing.
+    pub fn reserve(
+        &self,
+        listener: &str,
+        max_connections: u32,
+        handler: &Handler,
+    ) -> Result<(), String> {
         let per_connection = THREAD_MAPPINGS + handler.mappings_per_instance() as u64;
-        let needed = BASE_MAPPINGS + self.max_connections * per_connection;
-        if needed <= limit {
-            return Ok(());
+        let own = u64::from(max_connections) * per_connection;
+        let mut reserved = sys::lock(&self.reserved);
+        let others: u64 = reserved
+            .iter()
+            .filter(|(name, _)| *name != listener)
+            .map(|(_, n)| n)
+            .sum();
+        if let Some(limit) = self.max_map_count {
+            let needed = BASE_MAPPINGS + others + own;
+            if needed > limit {
+                let room = limit.saturating_sub(BASE_MAPPINGS + others) / per_connection;
+                return Err(format!(
+                    "--max-connections {max_connections} with this handler needs up to {needed} \
+                     memory mappings ({per_connection} per connection), but vm.max_map_count is \
+                     {limit}: raise it with `sysctl -w vm.max_map_count={needed}`, or lower \
+                     --max-connections to at most {room}"
+                ));
+            }
         }
-        Err(format!(
-            "--max-connections {} with this handler needs up to {needed} memory mappings \
-             ({per_connection} per connection), but vm.max_map_count is {limit}: raise it with \
-             `sysctl -w vm.max_map_count={needed}`, or lower --max-connections to at most {}",
-            self.max_connections,
-            limit.saturating_sub(BASE_MAPPINGS) / per_connection
-        ))
+        reserved.insert(listener.to_string(), own);
+        Ok(())
     }
 }
 

@@ -3,26 +3,15 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use log::{info, warn};
+use log::Level;
 
-use crate::runtime::{Connection, Outcome};
+use crate::runtime::{Connection, Fields, Outcome, Served};
 use crate::server::admission::Slot;
-use crate::server::registry::{Pinned, Registry};
-use crate::watchdog::{Expiry, Watchdog};
-
-/// What every connection's job shares, built once by the server.
-pub struct Shared {
-    /// The handler versions, and the runtime they run in.
-    pub registry: Arc<Registry>,
-    /// Enforces the idle timeout, the time limit and the drain deadline.
-    pub watchdog: Watchdog,
-    /// `--idle-timeout`, for log lines.
-    pub idle_timeout: Duration,
-    /// `--max-connection-time`, for log lines.
-    pub max_connection_time: Option<Duration>,
-}
+use crate::server::registry::Pinned;
+use crate::server::service::Service;
+use crate::watchdog::Expiry;
 
 /// One accepted client and everything it holds until it closes.
 pub struct Conn {
@@ -36,8 +25,8 @@ pub struct Conn {
     pub version: Pinned,
     /// Its place under `--max-connections`, freed when this job ends.
     pub slot: Slot,
-    /// What every connection shares.
-    pub shared: Arc<Shared>,
+    /// The listener it came in on.
+    pub service: Arc<Service>,
 }
 
 impl Conn {
@@ -52,70 +41,89 @@ impl Conn {
             stream,
             version,
             slot: _slot,
-            shared,
+            service,
         } = self;
-        // Every log line of the connection names it, its client and its version.
-        let label = format!("conn {id} {peer} {}", version.id());
+        let rules = service.rules();
+        let registry = service.registry();
+        let profile = registry.profile();
+        // Every log line of the connection names it, its client, its listener
+        // and its version.
+        let fields = Fields::none()
+            .number("conn", id)
+            .text("peer", peer)
+            .text("listener", service.name())
+            .text("version", version.id());
+        let log = |level, message: std::fmt::Arguments<'_>| fields.log(level, message);
         // Accepted sockets inherit non-blocking mode from the listener on some
         // platforms; the guest's `read` and `write` are meant to block.
         if let Err(e) = stream.set_nonblocking(false) {
-            warn!("{label}: cannot make the socket blocking ({e}); closing it");
+            log(
+                Level::Warn,
+                format_args!("cannot make the socket blocking ({e}); closing it"),
+            );
             return;
         }
         // Replies are usually one small write each: do not hold them back waiting
         // for an ACK that delayed-ACK on the client holds back in turn.
         if let Err(e) = stream.set_nodelay(true) {
-            warn!("{label}: cannot set TCP_NODELAY ({e}); replies may be delayed");
+            log(
+                Level::Warn,
+                format_args!("cannot set TCP_NODELAY ({e}); replies may be delayed"),
+            );
         }
-        info!("{label}: connected");
+        log(Level::Info, format_args!("connected"));
         let started = Instant::now();
-        let watch = shared.watchdog.watch(&stream, version.drain());
-        let conn = Connection::new(id, peer, stream, Some(watch));
-        let registry = &shared.registry;
-        let outcome = version.handler().serve(registry.runtime(), &label, conn);
+        let watch = service.watchdog().watch(
+            &stream,
+            rules.idle_timeout,
+            rules.max_connection_time,
+            version.drain(),
+        );
+        let traffic = service.metrics().traffic();
+        let conn = Connection::new(id, peer, stream, Some(watch), traffic);
+        let Served {
+            outcome,
+            instantiated_in,
+        } = version
+            .handler()
+            .serve(registry.runtime(), &profile, &fields, conn);
         let elapsed = started.elapsed();
+        service.metrics().connection_ended(elapsed, instantiated_in);
         match outcome {
-            Outcome::Finished => info!("{label}: closed after {elapsed:.1?}"),
-            Outcome::HandlerError(message) => {
-                warn!("{label}: handler returned an error: {message}; closed after {elapsed:.1?}")
-            }
+            Outcome::Finished => log(Level::Info, format_args!("closed after {elapsed:.1?}")),
+            Outcome::HandlerError(message) => log(
+                Level::Warn,
+                format_args!("handler returned an error: {message}; closed after {elapsed:.1?}"),
+            ),
             Outcome::Stopped { expiry, then } => {
-                let why = shared.stop_reason(expiry);
+                version.count_failure(match expiry {
+                    Expiry::Idle => "idle",
+                    Expiry::TimeUp => "time_limit",
+                    Expiry::Drained => "drain",
+                });
+                let why = service.stop_reason(&rules, expiry);
                 match then {
-                    None => info!("{label}: {why}; closed after {elapsed:.1?}"),
-                    Some(then) => {
-                        info!("{label}: {why}; then {then}; closed after {elapsed:.1?}")
-                    }
+                    None => log(
+                        Level::Info,
+                        format_args!("{why}; closed after {elapsed:.1?}"),
+                    ),
+                    Some(then) => log(
+                        Level::Info,
+                        format_args!("{why}; then {then}; closed after {elapsed:.1?}"),
+                    ),
                 }
             }
             Outcome::Faulted { fault, backtrace } => {
+                version.count_failure(fault.kind());
                 match backtrace {
-                    Some(frames) => warn!("{label}: {fault}\nguest backtrace:\n{frames}"),
-                    None => warn!("{label}: {fault}"),
+                    Some(frames) => log(
+                        Level::Warn,
+                        format_args!("{fault}\nguest backtrace:\n{frames}"),
+                    ),
+                    None => log(Level::Warn, format_args!("{fault}")),
                 }
                 registry.record_fault(&version);
             }
-        }
-    }
-}
-
-impl Shared {
-    /// Why the host closed a connection, in the operator's words, naming the
-    /// option that made it.
-    fn stop_reason(&self, expiry: Expiry) -> String {
-        match expiry {
-            Expiry::Idle => format!(
-                "client idle for {:?}: timed out (--idle-timeout)",
-                self.idle_timeout
-            ),
-            Expiry::TimeUp => format!(
-                "connection time limit reached: open for {:?} (--max-connection-time)",
-                self.max_connection_time.unwrap_or_default()
-            ),
-            Expiry::Drained => format!(
-                "closed: its version was replaced more than {:?} ago (--drain-deadline)",
-                self.registry.policy().drain_deadline.unwrap_or_default()
-            ),
         }
     }
 }

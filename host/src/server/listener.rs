@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use log::{info, warn};
@@ -20,10 +20,11 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::runtime::{DEFAULT_MAX_CONNECTIONS, GUEST_THREAD_STACK};
+use crate::runtime::GUEST_THREAD_STACK;
 use crate::server::admission::{Admission, Refusal, WhenFull};
-use crate::server::conn::{Conn, Shared};
+use crate::server::conn::Conn;
 use crate::server::registry::Registry;
+use crate::server::service::{DEFAULT_IDLE_TIMEOUT, Rules, Service};
 use crate::server::workers::Workers;
 use crate::watchdog::Watchdog;
 
@@ -40,11 +41,6 @@ pub const ADMIN_LISTENING: &str = "admin listening on ";
 /// manager's stop timeout (systemd's default is 90 s).
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Longest a `read` or `write` waits for the client, by default. Long enough
-/// for a person typing into `nc`, short enough that silent clients do not
-/// hold a thread and an instance forever.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
-
 /// How long to wait before accepting again after `accept` failed for a reason
 /// other than the client (typically out of file descriptors): long enough for
 /// closing connections to free some, short enough that clients barely notice.
@@ -55,20 +51,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// the listener list.
 const WAKE: Token = Token(usize::MAX);
 
-/// How the server treats its clients, as opposed to what it serves.
+/// How the server stops, for all its listeners.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Most connections served at once. It must not exceed the runtime's
-    /// `max_instances`, so that an admitted connection always finds an instance.
-    pub max_connections: u32,
-    /// Most connections from one client address at once, if limited.
-    pub max_connections_per_ip: Option<u32>,
-    /// What to do with new clients while every connection slot is taken.
-    pub when_full: WhenFull,
-    /// Longest a read or write waits for the client.
-    pub idle_timeout: Duration,
-    /// Longest a connection may stay open, if limited.
-    pub max_connection_time: Option<Duration>,
+    /// How long to keep accepting after a stop is requested, with `/readyz`
+    /// failing, so that load balancers stop sending before the listeners close.
+    pub stop_delay: Duration,
     /// How long open connections may run on after a stop is requested.
     pub drain_timeout: Duration,
 }
@@ -77,14 +65,23 @@ impl Default for Settings {
     /// The defaults of `hotsock serve`.
     fn default() -> Self {
         Settings {
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            max_connections_per_ip: None,
-            when_full: WhenFull::Wait,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            max_connection_time: None,
+            stop_delay: Duration::ZERO,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
+}
+
+/// One listener to serve: its bound sockets, its handler versions, and how
+/// it treats its clients.
+pub struct Listener {
+    /// Its name, in log lines, metrics and the admin API.
+    pub name: String,
+    /// Its bound sockets, all serving the same handler.
+    pub sockets: Vec<TcpListener>,
+    /// Its handler versions.
+    pub registry: Arc<Registry>,
+    /// How it treats its clients.
+    pub rules: Rules,
 }
 
 /// Binds one listener per address, in order. Port 0 picks a free port; ask the
@@ -142,6 +139,11 @@ pub struct Stopper {
 }
 
 impl Stopper {
+    /// Whether a stop has been requested: the server is draining, or about to.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
     /// Requests the stop; the server's [`Server::run`] then drains and returns.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -154,13 +156,14 @@ impl Stopper {
 
 /// A thread-per-connection server over already bound listeners.
 pub struct Server {
-    listeners: Vec<TcpListener>,
+    /// Every bound socket, with the index of its listener in `services`.
+    sockets: Vec<(TcpListener, usize)>,
+    services: Vec<Arc<Service>>,
+    stop_delay: Duration,
     drain_timeout: Duration,
     poll: Poll,
     stopper: Stopper,
-    admission: Arc<Admission>,
     workers: Workers,
-    shared: Arc<Shared>,
     next_id: u64,
 }
 
@@ -175,72 +178,84 @@ enum Backlog {
 }
 
 impl Server {
-    /// Prepares to serve the registry's current handler on `listeners`, and
-    /// starts the watchdog; nothing is accepted until [`Server::run`].
-    pub fn new(
-        registry: Arc<Registry>,
-        listeners: Vec<TcpListener>,
-        settings: Settings,
-    ) -> Result<Self> {
-        // An admitted connection must always find an instance slot.
-        let instances = registry.runtime().max_instances();
-        anyhow::ensure!(
-            settings.max_connections <= instances,
-            "{} connections cannot be served by a runtime sized for {instances} instances",
-            settings.max_connections
-        );
+    /// Prepares to serve every listener's current handler, and starts the
+    /// watchdog; nothing is accepted until [`Server::run`].
+    pub fn new(listeners: Vec<Listener>, settings: Settings) -> Result<Self> {
         let poll = Poll::new().context("cannot create the accept poller")?;
         let waker =
             Arc::new(Waker::new(poll.registry(), WAKE).context("cannot create the accept waker")?);
-        for (i, listener) in listeners.iter().enumerate() {
-            listener.set_nonblocking(true)?;
-            poll.registry()
-                .register(
-                    &mut SourceFd(&listener.as_raw_fd()),
-                    Token(i),
-                    Interest::READABLE,
-                )
-                .context("cannot watch a listener")?;
+        let shortest = listeners
+            .iter()
+            .flat_map(|l| {
+                let deadline = l.registry.policy().drain_deadline;
+                [
+                    Some(l.rules.idle_timeout),
+                    l.rules.max_connection_time,
+                    deadline,
+                ]
+            })
+            .flatten()
+            .min()
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        let watchdog = Arc::new(Watchdog::start(shortest)?);
+        let mut sockets = Vec::new();
+        let mut services = Vec::new();
+        for (index, listener) in listeners.into_iter().enumerate() {
+            // An admitted connection must always find an instance slot.
+            let instances = listener.registry.runtime().max_instances();
+            anyhow::ensure!(
+                listener.rules.max_connections <= instances,
+                "{} connections cannot be served by a runtime sized for {instances} instances",
+                listener.rules.max_connections
+            );
+            let admission = Arc::new(Admission::new(
+                listener.rules.max_connections,
+                listener.rules.max_connections_per_ip,
+                listener.rules.when_full,
+                Arc::clone(&waker),
+            ));
+            for socket in listener.sockets {
+                socket.set_nonblocking(true)?;
+                poll.registry()
+                    .register(
+                        &mut SourceFd(&socket.as_raw_fd()),
+                        Token(sockets.len()),
+                        Interest::READABLE,
+                    )
+                    .context("cannot watch a listener")?;
+                sockets.push((socket, index));
+            }
+            services.push(Arc::new(Service::new(
+                listener.name,
+                listener.registry,
+                admission,
+                listener.rules,
+                Arc::clone(&watchdog),
+            )));
         }
-        let admission = Arc::new(Admission::new(
-            settings.max_connections,
-            settings.max_connections_per_ip,
-            settings.when_full,
-            Arc::clone(&waker),
-        ));
-        let watchdog = Watchdog::start(
-            settings.idle_timeout,
-            settings.max_connection_time,
-            registry.policy().drain_deadline,
-        )?;
         Ok(Server {
-            listeners,
+            sockets,
+            services,
+            stop_delay: settings.stop_delay,
             drain_timeout: settings.drain_timeout,
             poll,
             stopper: Stopper {
                 waker,
                 stop: Arc::new(AtomicBool::new(false)),
             },
-            admission,
             workers: Workers::new(GUEST_THREAD_STACK),
-            shared: Arc::new(Shared {
-                registry,
-                watchdog,
-                idle_timeout: settings.idle_timeout,
-                max_connection_time: settings.max_connection_time,
-            }),
             next_id: 1,
         })
+    }
+
+    /// Every listener, as it serves: for the admin API, metrics and reloads.
+    pub fn services(&self) -> Vec<Arc<Service>> {
+        self.services.clone()
     }
 
     /// A handle that makes [`Server::run`] stop accepting and drain.
     pub fn stopper(&self) -> Stopper {
         self.stopper.clone()
-    }
-
-    /// The connection counts, for the admin API.
-    pub fn admission(&self) -> Arc<Admission> {
-        Arc::clone(&self.admission)
     }
 
     /// Accepts and serves clients until stopped, then closes the listeners and
@@ -249,7 +264,7 @@ impl Server {
         self.accept_until_stopped()?;
         // Closing the listeners makes new clients fail fast instead of
         // queueing in a backlog nobody will read.
-        self.listeners.clear();
+        self.sockets.clear();
         self.drain();
         Ok(())
     }
@@ -261,41 +276,62 @@ impl Server {
         // error, retry on a timer; when woken (a slot freed up), try every
         // listener.
         let mut retry = false;
+        // Once a stop is asked for: when to stop accepting (`--stop-delay`).
+        let mut stop_at: Option<Instant> = None;
         loop {
-            let timeout = retry.then_some(ACCEPT_BACKOFF);
+            let until_stop = stop_at.map(|at| at.saturating_duration_since(Instant::now()));
+            let timeout = match (retry.then_some(ACCEPT_BACKOFF), until_stop) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             match self.poll.poll(&mut events, timeout) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 result => result.context("waiting for connections failed")?,
             }
-            if self.stopper.stop.load(Ordering::SeqCst) {
+            if stop_at.is_none() && self.stopper.is_stopping() {
+                if self.stop_delay.is_zero() {
+                    return Ok(());
+                }
+                info!(
+                    "/readyz now fails; still accepting for {:?} so load balancers stop sending first (--stop-delay)",
+                    self.stop_delay
+                );
+                stop_at = Some(Instant::now() + self.stop_delay);
+            }
+            if stop_at.is_some_and(|at| Instant::now() >= at) {
                 return Ok(());
             }
             let every_listener = events.is_empty() || events.iter().any(|e| e.token() == WAKE);
             let ready: Vec<usize> = match every_listener {
-                true => (0..self.listeners.len()).collect(),
+                true => (0..self.sockets.len()).collect(),
                 false => events.iter().map(|e| e.token().0).collect(),
             };
             retry = false;
             for i in ready {
                 match self.accept_backlog(i) {
-                    Backlog::Empty => {}
-                    // A freed slot wakes us; the others wait until then.
-                    Backlog::Full => break,
+                    // A full listener's clients wait until a freed slot wakes us.
+                    Backlog::Empty | Backlog::Full => {}
                     Backlog::Failed => retry = true,
                 }
             }
         }
     }
 
-    /// Accepts the clients queued on listener `i`, as long as there is room.
+    /// Accepts the clients queued on socket `i`, as long as its listener
+    /// has room.
     fn accept_backlog(&mut self, i: usize) -> Backlog {
+        let Some(&(_, service)) = self.sockets.get(i) else {
+            return Backlog::Empty; // not a socket of ours: nothing to do
+        };
+        let service = Arc::clone(&self.services[service]);
         loop {
-            if self.admission.policy() == WhenFull::Wait && self.admission.is_full() {
-                self.admission.log_full();
+            let admission = service.admission();
+            if admission.policy() == WhenFull::Wait && admission.is_full() {
+                admission.log_full();
                 return Backlog::Full;
             }
-            match self.listeners[i].accept() {
-                Ok((stream, peer)) => self.dispatch(stream, peer),
+            match self.sockets[i].0.accept() {
+                Ok((stream, peer)) => self.dispatch(&service, stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Backlog::Empty,
                 // The client gave up between connecting and our accept.
                 Err(e)
@@ -313,12 +349,13 @@ impl Server {
 
     /// Admits the connection, pins the current handler version for it and
     /// starts its own thread; or, if it may not be served, closes it.
-    fn dispatch(&mut self, stream: TcpStream, peer: SocketAddr) {
-        let slot = match self.admission.try_admit(peer.ip()) {
+    fn dispatch(&mut self, service: &Arc<Service>, stream: TcpStream, peer: SocketAddr) {
+        let admission = service.admission();
+        let slot = match admission.try_admit(peer.ip()) {
             Ok(slot) => slot,
             Err(why) => {
                 // Dropping the socket closes it: the client sees the connection end at once.
-                self.admission.refuse(why, peer, "");
+                admission.refuse(why, peer, "");
                 return;
             }
         };
@@ -328,20 +365,20 @@ impl Server {
             id,
             peer,
             stream,
-            version: self.shared.registry.pin(),
+            version: service.registry().pin(),
             slot,
-            shared: Arc::clone(&self.shared),
+            service: Arc::clone(service),
         };
         if let Err(e) = self.workers.run(Box::new(move || conn.run())) {
             // The job, with its socket and slot, is dropped: the client sees
             // a close, and the server carries on with the connections it has.
             let detail = format!("conn {id}: {e}");
-            self.admission.refuse(Refusal::NoThread, peer, &detail);
+            admission.refuse(Refusal::NoThread, peer, &detail);
         }
     }
 
     fn drain(&self) {
-        let open = self.admission.open();
+        let open: usize = self.services.iter().map(|s| s.admission().open()).sum();
         if open == 0 {
             info!("stopped; no open connections");
             return;
@@ -350,7 +387,16 @@ impl Server {
         info!(
             "stopped accepting; waiting up to {timeout:?} for {open} open connection(s) to finish"
         );
-        match self.admission.wait_idle(timeout) {
+        let deadline = Instant::now() + timeout;
+        let left: usize = self
+            .services
+            .iter()
+            .map(|s| {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                s.admission().wait_idle(remaining)
+            })
+            .sum();
+        match left {
             0 => info!("all connections finished"),
             left => warn!("drain timeout: exiting with {left} connection(s) still open"),
         }

@@ -8,6 +8,7 @@
 //! accept path never waits for a swap. The registry keeps the previous version
 //! for rollback; any older version lives only as long as its last connection.
 
+use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -17,10 +18,14 @@ use arc_swap::ArcSwap;
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::{Handler, HandlerError, Problem, Runtime, sha256_hex};
+use crate::runtime::{Handler, HandlerError, Problem, Profile, Runtime, sha256_hex};
 use crate::server::capacity::Capacity;
 use crate::sys;
 use crate::watchdog::Deadline;
+
+/// The name of the one listener of a server started without a config file:
+/// what metrics and logs call it.
+pub const DEFAULT_LISTENER: &str = "default";
 
 /// A new version is on probation for this many of its first connections:
 /// with `--rollback-on-traps N`, N faults among them roll it back. Long enough
@@ -51,6 +56,9 @@ pub struct Version {
     active: AtomicUsize,
     faults: AtomicU64,
     early_faults: AtomicU64,
+    /// Connections that failed, by kind (a fault's kind, or why the host
+    /// stopped it): what `hotsock_connection_failures_total` reports.
+    failures: Mutex<BTreeMap<&'static str, u64>>,
     /// When its connections are closed (`--drain-deadline`): set when it is
     /// replaced, unset if it is rolled back to. The watchdog enforces it.
     drain: Arc<Deadline>,
@@ -70,6 +78,7 @@ impl Version {
             active: AtomicUsize::new(0),
             faults: AtomicU64::new(0),
             early_faults: AtomicU64::new(0),
+            failures: Mutex::new(BTreeMap::new()),
             drain: Arc::new(Deadline::default()),
         }
     }
@@ -82,6 +91,21 @@ impl Version {
     /// The compiled handler this version runs.
     pub fn handler(&self) -> &Handler {
         &self.handler
+    }
+
+    /// Counts a connection of this version that failed, by `kind`.
+    pub fn count_failure(&self, kind: &'static str) {
+        *sys::lock(&self.failures).entry(kind).or_insert(0) += 1;
+    }
+
+    /// Connections of this version that failed so far, by kind.
+    pub fn failures(&self) -> BTreeMap<&'static str, u64> {
+        sys::lock(&self.failures).clone()
+    }
+
+    /// The sha256 of its component, in hex.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     /// Counts a fault of one of this version's connections; returns how
@@ -152,16 +176,56 @@ pub enum Swapped {
     },
 }
 
-/// The handler versions of one server.
-pub struct Registry {
-    runtime: Arc<Runtime>,
-    policy: Policy,
+/// What a registry is set up with.
+pub struct Setup {
+    /// The listener's name.
+    pub name: String,
+    /// The runtime its versions are compiled for and run in.
+    pub runtime: Arc<Runtime>,
+    /// Limits and grants of its instances.
+    pub profile: Profile,
+    /// What swaps must respect.
+    pub policy: Policy,
     /// The machine's limits every version's connections must fit, if known.
-    capacity: Option<Capacity>,
+    pub capacity: Option<Arc<Capacity>>,
+    /// Most connections the listener serves at once.
+    pub max_connections: u32,
+}
+
+/// A handler compiled and checked for a registry, not yet serving.
+pub struct Prepared {
+    source: String,
+    size: usize,
+    compiled_in: Duration,
+    handler: Handler,
+}
+
+/// The handler versions of one listener.
+pub struct Registry {
+    name: String,
+    runtime: Arc<Runtime>,
+    /// Limits and grants, loaded once per connection; a reload may change them.
+    profile: ArcSwap<Profile>,
+    policy: ArcSwap<Policy>,
+    capacity: Option<Arc<Capacity>>,
+    max_connections: u32,
     current: ArcSwap<Version>,
     /// Locked with [`sys::lock`]: every critical section is a handful of
     /// assignments, so a panic in one leaves it consistent.
     history: Mutex<History>,
+    /// Swaps done, rejected, and rollbacks (manual or automatic).
+    swaps: SwapCounts,
+}
+
+/// How swaps have gone, for metrics.
+#[derive(Debug, Default)]
+pub struct SwapCounts {
+    /// Components swapped in.
+    pub ok: AtomicU64,
+    /// Components rejected.
+    pub rejected: AtomicU64,
+    /// Rollbacks, asked for or automatic.
+    pub rolled_back: AtomicU64,
 }
 
 struct History {
@@ -175,20 +239,29 @@ struct History {
 
 impl Registry {
     /// Starts with the component `bytes`, from `source`, as version 1. With
-    /// a `capacity`, this and every later version must fit it.
-    pub fn new(
-        runtime: Arc<Runtime>,
-        policy: Policy,
-        capacity: Option<Capacity>,
-        source: String,
-        bytes: &[u8],
-    ) -> Result<Self, HandlerError> {
-        let handler = Handler::compile(&runtime, source.clone(), bytes, &sha256_hex(bytes))?;
-        fits(capacity.as_ref(), &handler)?;
+    /// a capacity, this and every later version must fit it.
+    pub fn new(setup: Setup, source: String, bytes: &[u8]) -> anyhow::Result<Self> {
+        setup.runtime.admits(&setup.profile)?;
+        let sha256 = sha256_hex(bytes);
+        let handler = Handler::compile(
+            &setup.runtime,
+            &setup.profile,
+            source.clone(),
+            bytes,
+            &sha256,
+        )?;
+        if let Some(capacity) = &setup.capacity {
+            capacity
+                .reserve(&setup.name, setup.max_connections, &handler)
+                .map_err(|why| HandlerError::new(handler.name(), Problem::ExceedsCapacity(why)))?;
+        }
         Ok(Registry {
-            runtime,
-            policy,
-            capacity,
+            name: setup.name,
+            runtime: setup.runtime,
+            profile: ArcSwap::from_pointee(setup.profile),
+            policy: ArcSwap::from_pointee(setup.policy),
+            capacity: setup.capacity,
+            max_connections: setup.max_connections,
             current: ArcSwap::from_pointee(Version::new(1, source, handler, false)),
             history: Mutex::new(History {
                 next_number: 2,
@@ -196,7 +269,13 @@ impl Registry {
                 retired: Vec::new(),
                 rollbacks: Vec::new(),
             }),
+            swaps: SwapCounts::default(),
         })
+    }
+
+    /// The listener's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The runtime every version is compiled for and runs in.
@@ -204,9 +283,27 @@ impl Registry {
         &self.runtime
     }
 
+    /// Limits and grants for a new connection's instance.
+    pub fn profile(&self) -> Arc<Profile> {
+        self.profile.load_full()
+    }
+
+    /// Changes the limits and grants of new connections' instances; open
+    /// ones keep theirs.
+    pub fn set_profile(&self, profile: Profile) -> anyhow::Result<()> {
+        self.runtime.admits(&profile)?;
+        self.profile.store(Arc::new(profile));
+        Ok(())
+    }
+
     /// What the operator asked of swaps.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Changes what later swaps must respect.
+    pub fn set_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
     }
 
     /// The version new connections get right now.
@@ -221,6 +318,7 @@ impl Registry {
         version.active.fetch_add(1, Ordering::Relaxed);
         let drain = self
             .policy
+            .load()
             .drain_deadline
             .map(|_| Arc::clone(&version.drain));
         Pinned {
@@ -230,37 +328,89 @@ impl Registry {
         }
     }
 
+    /// How swaps have gone so far.
+    pub fn swap_counts(&self) -> &SwapCounts {
+        &self.swaps
+    }
+
     /// Validates and compiles `bytes`, then makes it the current version.
     /// Compiling happens on the caller's thread, without blocking the accept
     /// path or other readers; a rejected component changes nothing.
     pub fn swap(&self, source: String, bytes: &[u8]) -> Result<Swapped, HandlerError> {
+        match self.prepare(&self.profile(), source, bytes) {
+            Ok(None) => Ok(Swapped::Unchanged(self.current())),
+            Ok(Some(prepared)) => Ok(self.install(prepared)),
+            Err(e) => {
+                self.swaps.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Validates and compiles `bytes` to run under `profile` (the listener's
+    /// own, or the one it is about to get) and within its capacity, without
+    /// swapping it in; `None` if it is the component already serving.
+    /// Nothing changes either way.
+    pub fn prepare(
+        &self,
+        profile: &Profile,
+        source: String,
+        bytes: &[u8],
+    ) -> Result<Option<Prepared>, HandlerError> {
         let sha256 = sha256_hex(bytes);
-        let current = self.current();
-        if current.sha256 == sha256 {
-            return Ok(Swapped::Unchanged(current));
+        if self.current().sha256 == sha256 {
+            return Ok(None);
         }
         let started = Instant::now();
-        let handler = Handler::compile(&self.runtime, source.clone(), bytes, &sha256)?;
-        fits(self.capacity.as_ref(), &handler)?;
-        let compiled_in = started.elapsed();
+        let handler = Handler::compile(&self.runtime, profile, source.clone(), bytes, &sha256)?;
+        if let Some(capacity) = &self.capacity {
+            capacity
+                .reserve(&self.name, self.max_connections, &handler)
+                .map_err(|why| HandlerError::new(handler.name(), Problem::ExceedsCapacity(why)))?;
+        }
+        Ok(Some(Prepared {
+            source,
+            size: bytes.len(),
+            compiled_in: started.elapsed(),
+            handler,
+        }))
+    }
 
+    /// Makes a prepared handler the current version.
+    pub fn install(&self, prepared: Prepared) -> Swapped {
+        let Prepared {
+            source,
+            size,
+            compiled_in,
+            handler,
+        } = prepared;
         let mut history = sys::lock(&self.history);
         let number = history.next_number;
         history.next_number += 1;
-        let on_probation = self.policy.rollback_on_traps.is_some();
+        let on_probation = self.policy.load().rollback_on_traps.is_some();
         let new = Arc::new(Version::new(number, source, handler, on_probation));
         let old = self.current.swap(Arc::clone(&new));
         self.retire(&mut history, &old);
+        self.swaps.ok.fetch_add(1, Ordering::Relaxed);
         info!(
-            "swapped handler {} -> {} ({}, {} bytes, compiled in {compiled_in:.0?}); {} open connection(s) stay on {}",
+            "{}swapped handler {} -> {} ({}, {size} bytes, compiled in {compiled_in:.0?}); {} open connection(s) stay on {}",
+            self.log_prefix(),
             old.id,
             new.id,
             new.source,
-            bytes.len(),
             old.active.load(Ordering::Relaxed),
             old.id,
         );
-        Ok(Swapped::Replaced { new, old })
+        Swapped::Replaced { new, old }
+    }
+
+    /// `listener NAME: ` before a line about versions, unless it is the
+    /// default listener's.
+    fn log_prefix(&self) -> String {
+        match self.name == DEFAULT_LISTENER {
+            true => String::new(),
+            false => format!("listener {}: ", self.name),
+        }
     }
 
     /// Makes the previous version current again; the version it replaces
@@ -280,9 +430,15 @@ impl Registry {
         reason: &str,
     ) -> (Arc<Version>, Arc<Version>) {
         previous.drain.clear();
+        self.swaps.rolled_back.fetch_add(1, Ordering::Relaxed);
         let from = self.current.swap(Arc::clone(&previous));
         self.retire(history, &from);
-        warn!("rolled back {} -> {}: {reason}", from.id, previous.id);
+        warn!(
+            "{}rolled back {} -> {}: {reason}",
+            self.log_prefix(),
+            from.id,
+            previous.id
+        );
         history.rollbacks.push(RollbackRecord {
             at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             from: from.id.clone(),
@@ -298,7 +454,7 @@ impl Registry {
     /// this for them.
     pub fn record_fault(&self, pinned: &Pinned) {
         let early_faults = pinned.count_fault(pinned.ordinal);
-        let Some(limit) = self.policy.rollback_on_traps else {
+        let Some(limit) = self.policy.load().rollback_on_traps else {
             return;
         };
         if !pinned.on_probation || early_faults != limit {
@@ -322,7 +478,7 @@ impl Registry {
     /// Moves the version that just stopped being current into history, and
     /// starts its drain deadline if there is one.
     fn retire(&self, history: &mut History, old: &Arc<Version>) {
-        if let Some(deadline) = self.policy.drain_deadline {
+        if let Some(deadline) = self.policy.load().drain_deadline {
             old.drain.set(Instant::now() + deadline);
         }
         if let Some(older) = history.previous.replace(Arc::clone(old)) {
@@ -331,33 +487,27 @@ impl Registry {
         history.retired.retain(|v| v.strong_count() > 0);
     }
 
-    /// A snapshot of every live version and the rollbacks so far.
-    pub fn status(&self) -> Status {
+    /// Every live version, with its state (`current`, `previous`, `retired`).
+    pub fn versions(&self) -> Vec<(Arc<Version>, &'static str)> {
         let current = self.current();
         let history = sys::lock(&self.history);
-        let mut versions = vec![current.status("current")];
-        if let Some(previous) = &history.previous {
-            versions.push(previous.status("previous"));
-        }
+        let mut versions = vec![(current, "current")];
+        versions.extend(history.previous.iter().map(|v| (Arc::clone(v), "previous")));
         let retired = history.retired.iter().filter_map(Weak::upgrade);
-        versions.extend(retired.rev().map(|v| v.status("retired")));
+        versions.extend(retired.rev().map(|v| (v, "retired")));
+        versions
+    }
+
+    /// A snapshot of every live version and the rollbacks so far.
+    pub fn status(&self) -> Status {
+        let versions = self.versions();
+        let history = sys::lock(&self.history);
         Status {
-            current: current.id.clone(),
+            current: versions[0].0.id.clone(),
             previous: history.previous.as_ref().map(|v| v.id.clone()),
-            versions,
+            versions: versions.iter().map(|(v, state)| v.status(state)).collect(),
             rollbacks: history.rollbacks.clone(),
         }
-    }
-}
-
-/// Whether `handler`'s connections fit the machine, as many as may be open.
-fn fits(capacity: Option<&Capacity>, handler: &Handler) -> Result<(), HandlerError> {
-    match capacity.map(|c| c.admits(handler)) {
-        Some(Err(why)) => Err(HandlerError::new(
-            handler.name(),
-            Problem::ExceedsCapacity(why),
-        )),
-        _ => Ok(()),
     }
 }
 

@@ -1,12 +1,13 @@
-//! Reloading the handler from the file the server was started with: on
-//! SIGHUP, and with `--watch` whenever the file changes.
+//! Reloading: on SIGHUP, and with `--watch` whenever a listener's handler
+//! file changes.
 //!
 //! Every reload goes through one thread, so reloads never overlap and never
-//! run on the accept path; the registry validates and compiles the new
-//! component there before swapping it in.
+//! run on the accept path. What a reload does is the caller's: swap a
+//! listener's handler from its file ([`reload_handler`]), or re-read a whole
+//! config file.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use crate::runtime::read_component;
 use crate::server::registry::{Registry, Swapped};
 use crate::sys;
 
-/// How long the handler file must stay unchanged before `--watch` reads it.
+/// How long a handler file must stay unchanged before `--watch` reads it.
 /// Builds and editors write a file in several steps a few milliseconds apart;
 /// a third of a second of quiet means they are done, and still feels instant.
 pub const WATCH_QUIET: Duration = Duration::from_millis(300);
@@ -30,33 +31,29 @@ pub const WATCH_QUIET: Duration = Duration::from_millis(300);
 pub enum Trigger {
     /// The operator sent SIGHUP.
     Signal,
-    /// `--watch` saw the file change.
-    FileChanged,
+    /// `--watch` saw the handler file of the listener with this index change.
+    FileChanged(usize),
 }
 
-impl Trigger {
-    fn describe(self) -> &'static str {
-        match self {
-            Trigger::Signal => "SIGHUP",
-            Trigger::FileChanged => "--watch",
-        }
-    }
-}
-
-/// Asks the reload thread to reload the handler. Cheap to clone.
+/// Asks the reload thread to reload. Cheap to clone.
 #[derive(Clone)]
 pub struct Reloader(Sender<Trigger>);
 
 impl Reloader {
-    /// Starts the reload thread for the handler at `path`.
-    pub fn spawn(registry: Arc<Registry>, path: PathBuf) -> Result<Self> {
+    /// Starts the reload thread: `on_signal` runs for each SIGHUP, and
+    /// `on_change` with a listener's index once its watched file has been
+    /// quiet for [`WATCH_QUIET`].
+    pub fn spawn(
+        mut on_signal: impl FnMut() + Send + 'static,
+        mut on_change: impl FnMut(usize) + Send + 'static,
+    ) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
             .name("reload".into())
             .spawn(move || {
                 // Reloading validates and compiles on this thread.
                 sys::background_priority();
-                reload_on_request(&registry, &path, &rx)
+                reload_on_request(&rx, &mut on_signal, &mut on_change)
             })
             .context("cannot start the reload thread")?;
         Ok(Reloader(tx))
@@ -68,9 +65,10 @@ impl Reloader {
         let _ = self.0.send(trigger);
     }
 
-    /// Watches `path` and requests a reload whenever it changes. The watch
-    /// lasts as long as the returned watcher is kept.
-    pub fn watch(&self, path: &Path) -> Result<RecommendedWatcher> {
+    /// Watches `path`, the handler file of the listener with `index`, and
+    /// requests a reload whenever it changes. The watch lasts as long as the
+    /// returned watcher is kept.
+    pub fn watch(&self, index: usize, path: &Path) -> Result<RecommendedWatcher> {
         // Watch the directory, not the file: builds and editors replace the
         // file (a new inode), which a watch on the old one would not see.
         let path = std::path::absolute(path)?;
@@ -89,7 +87,7 @@ impl Reloader {
                     if changes_content(&event.kind)
                         && event.paths.iter().any(|p| p.file_name() == Some(&name)) =>
                 {
-                    reloader.request(Trigger::FileChanged);
+                    reloader.request(Trigger::FileChanged(index));
                 }
                 Ok(_) => {}
                 Err(e) => warn!("--watch: {e}"),
@@ -114,25 +112,40 @@ fn changes_content(kind: &EventKind) -> bool {
     )
 }
 
-fn reload_on_request(registry: &Registry, path: &Path, requests: &Receiver<Trigger>) {
-    while let Ok(mut trigger) = requests.recv() {
-        if trigger == Trigger::FileChanged {
-            // Wait for the writer to finish; a SIGHUP meanwhile is folded in.
+fn reload_on_request(
+    requests: &Receiver<Trigger>,
+    on_signal: &mut dyn FnMut(),
+    on_change: &mut dyn FnMut(usize),
+) {
+    while let Ok(trigger) = requests.recv() {
+        let mut signalled = trigger == Trigger::Signal;
+        let mut changed = BTreeSet::new();
+        if let Trigger::FileChanged(index) = trigger {
+            changed.insert(index);
+            // Wait for the writers to finish; whatever else comes meanwhile
+            // is folded in.
             loop {
                 match requests.recv_timeout(WATCH_QUIET) {
-                    Ok(Trigger::Signal) => trigger = Trigger::Signal,
-                    Ok(Trigger::FileChanged) => {}
+                    Ok(Trigger::Signal) => signalled = true,
+                    Ok(Trigger::FileChanged(index)) => {
+                        changed.insert(index);
+                    }
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
         }
-        reload(registry, path, trigger);
+        // A SIGHUP reloads everything, changed files included.
+        match signalled {
+            true => on_signal(),
+            false => changed.into_iter().for_each(&mut *on_change),
+        }
     }
 }
 
-fn reload(registry: &Registry, path: &Path, trigger: Trigger) {
-    let why = trigger.describe();
+/// Reloads `registry`'s handler from `path`, saying `why` in the log: what
+/// SIGHUP does without a config file, and `--watch`.
+pub fn reload_handler(registry: &Registry, path: &Path, why: &str) {
     let swapped =
         read_component(path).and_then(|bytes| registry.swap(path.display().to_string(), &bytes));
     match swapped {

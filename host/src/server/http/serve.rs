@@ -44,33 +44,65 @@ const MAX_HEAD: usize = 64 * 1024;
 /// reason other than the client (out of file descriptors, typically).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// What a service answers: a status, a JSON body, and any extra headers.
+/// What a service answers: a status, a body, and any extra headers.
 #[derive(Debug, Clone)]
 pub struct Reply {
     /// The HTTP status.
     pub status: u16,
-    /// The body, sent as JSON.
-    pub body: Value,
+    /// The body.
+    pub body: Body,
     /// Extra headers, such as `WWW-Authenticate`.
     pub headers: Vec<(&'static str, String)>,
 }
 
+/// A reply's body.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// JSON, sent pretty-printed.
+    Json(Value),
+    /// Text of the given content type.
+    Text {
+        /// Its `Content-Type`.
+        content_type: &'static str,
+        /// The text.
+        text: String,
+    },
+}
+
 impl Reply {
-    /// A 2xx answer with `body`.
-    pub fn ok(body: Value) -> Self {
+    /// A JSON answer with `status`.
+    pub fn json(status: u16, body: Value) -> Self {
         Reply {
-            status: 200,
-            body,
+            status,
+            body: Body::Json(body),
             headers: Vec::new(),
         }
     }
 
+    /// A 200 answer with a JSON body.
+    pub fn ok(body: Value) -> Self {
+        Reply::json(200, body)
+    }
+
     /// A failure: `{"error": message}` with `status`.
     pub fn error(status: u16, message: impl Into<String>) -> Self {
+        Reply::json(status, json!({ "error": message.into() }))
+    }
+
+    /// A text answer of `content_type`.
+    pub fn text(status: u16, content_type: &'static str, text: String) -> Self {
         Reply {
             status,
-            body: json!({ "error": message.into() }),
+            body: Body::Text { content_type, text },
             headers: Vec::new(),
+        }
+    }
+
+    /// The `error` of a JSON failure, for log lines.
+    pub fn message(&self) -> &str {
+        match &self.body {
+            Body::Json(value) => value["error"].as_str().unwrap_or_default(),
+            Body::Text { .. } => "",
         }
     }
 
@@ -81,11 +113,15 @@ impl Reply {
     }
 
     fn into_response(self) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(Bytes::from(format!("{:#}\n", self.body))));
+        let (content_type, body) = match self.body {
+            Body::Json(value) => ("application/json", format!("{value:#}\n")),
+            Body::Text { content_type, text } => (content_type, text),
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() =
             StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         for (name, value) in self.headers {
             if let Ok(value) = HeaderValue::from_str(&value) {
                 headers.insert(HeaderName::from_static(name), value);

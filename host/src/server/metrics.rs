@@ -1,0 +1,298 @@
+//! Prometheus metrics, `/healthz` and `/readyz`, on a read-only listener of
+//! their own (`--metrics`), without authentication: nothing here changes
+//! anything.
+//!
+//! Nothing is added to a round trip but the two relaxed atomic additions of
+//! [`crate::runtime::Traffic`]: what is already counted elsewhere (admission, the registry,
+//! the code cache) is read when Prometheus scrapes, and the histograms are
+//! observed once per connection, as it ends. Every metric carries the
+//! `listener` it belongs to (`default` for a server without a config file),
+//! so that dashboards keep working when a second listener is added.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hyper::Method;
+use hyper::body::Bytes;
+use hyper::http::request::Parts;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry as Prometheus, Unit};
+
+use crate::runtime::Runtime;
+use crate::server::http::{Peer, Reply, Routes};
+use crate::server::listener::Stopper;
+use crate::server::service::Service;
+
+/// What `hotsock serve` prints on stdout before the metrics listener's address.
+pub const METRICS_LISTENING: &str = "metrics listening on ";
+
+/// The OpenMetrics text format, which Prometheus reads.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Every metric of the process, encoded on each scrape.
+pub struct Metrics {
+    prometheus: Prometheus,
+}
+
+impl Metrics {
+    /// The metrics of `runtime` and of every listener in `services`. Each
+    /// metric is one family, with a sample per listener (label `listener`).
+    pub fn new(runtime: Arc<Runtime>, services: Vec<Arc<Service>>) -> Self {
+        let mut prometheus = Prometheus::with_prefix("hotsock");
+        prometheus.register_collector(Box::new(ProcessCollector { runtime, services }));
+        Metrics { prometheus }
+    }
+
+    /// The OpenMetrics text of every metric now.
+    pub fn encode(&self) -> Result<String, fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.prometheus)?;
+        Ok(text)
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz`.
+pub struct HealthRoutes {
+    metrics: Metrics,
+    stopper: Stopper,
+}
+
+impl HealthRoutes {
+    /// Routes for `metrics`; `/readyz` fails once `stopper` has been used.
+    pub fn new(metrics: Metrics, stopper: Stopper) -> Self {
+        HealthRoutes { metrics, stopper }
+    }
+}
+
+impl Routes for HealthRoutes {
+    fn admit(&self, head: &Parts, _peer: &Peer) -> Result<usize, Reply> {
+        match head.method {
+            Method::GET | Method::HEAD => Ok(0),
+            _ => Err(Reply::error(
+                405,
+                "read-only: use GET /metrics, /healthz or /readyz",
+            )),
+        }
+    }
+
+    fn answer(&self, head: Parts, _body: Bytes, _peer: &Peer) -> Reply {
+        let text =
+            |status, text: &str| Reply::text(status, "text/plain; charset=utf-8", text.into());
+        match head.uri.path() {
+            "/metrics" => match self.metrics.encode() {
+                Ok(metrics) => Reply::text(200, OPENMETRICS, metrics),
+                Err(_) => text(500, "cannot encode the metrics\n"),
+            },
+            "/healthz" => text(200, "ok\n"),
+            "/readyz" => match self.stopper.is_stopping() {
+                false => text(200, "ready\n"),
+                true => text(503, "draining: not taking new connections\n"),
+            },
+            path => text(
+                404,
+                &format!("no such endpoint {path}: use /metrics, /healthz or /readyz\n"),
+            ),
+        }
+    }
+}
+
+/// A counter or gauge family with the given label sets and values.
+fn family<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Vec<(&'a str, &'a str)>, u64)>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in samples {
+        let mut sample = metric.encode_family(&labels)?;
+        match kind {
+            MetricType::Gauge => sample.encode_gauge(&value)?,
+            _ => sample.encode_counter::<NoLabelSet, _, u64>(&value, None)?,
+        }
+    }
+    Ok(())
+}
+
+/// A histogram family with one histogram per listener.
+fn histograms<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (&'a str, &'a Histogram)>,
+) -> fmt::Result {
+    let unit = Unit::Seconds;
+    let mut metric = encoder.encode_descriptor(name, help, Some(&unit), MetricType::Histogram)?;
+    for (listener, histogram) in samples {
+        histogram.encode(metric.encode_family(&[("listener", listener)])?)?;
+    }
+    Ok(())
+}
+
+/// Every listener's counts, and the runtime's, read on each scrape.
+struct ProcessCollector {
+    runtime: Arc<Runtime>,
+    services: Vec<Arc<Service>>,
+}
+
+impl fmt::Debug for ProcessCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ProcessCollector")
+    }
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let services = &self.services;
+        let statuses: Vec<_> = services.iter().map(|s| s.admission().status()).collect();
+        let each = |value: &dyn Fn(usize) -> u64| {
+            (0..services.len())
+                .map(|i| (vec![("listener", services[i].name())], value(i)))
+                .collect::<Vec<_>>()
+        };
+        family(
+            &mut encoder,
+            "connections_active",
+            "Connections open now.",
+            Gauge,
+            each(&|i| statuses[i].active as u64),
+        )?;
+        family(
+            &mut encoder,
+            "connections_accepted",
+            "Connections admitted since start.",
+            Counter,
+            each(&|i| statuses[i].accepted),
+        )?;
+        family(
+            &mut encoder,
+            "connections_refused",
+            "Clients closed as soon as accepted, by reason: full, per_ip, no_thread.",
+            Counter,
+            services
+                .iter()
+                .zip(&statuses)
+                .flat_map(|(service, status)| {
+                    status.refused_by.iter().map(|(reason, n)| {
+                        (
+                            vec![("listener", service.name()), ("reason", reason.as_str())],
+                            *n,
+                        )
+                    })
+                }),
+        )?;
+        let versions: Vec<_> = services.iter().map(|s| s.registry().versions()).collect();
+        let failures: Vec<Vec<_>> = versions
+            .iter()
+            .map(|versions| {
+                versions
+                    .iter()
+                    .map(|(version, _)| (version.id(), version.failures()))
+                    .collect()
+            })
+            .collect();
+        family(
+            &mut encoder,
+            "connection_failures",
+            "Connections that failed, by handler version and kind: trap, memory, cpu, stack, \
+             exit, error (the handler's own), idle, time_limit, drain (the host's limits).",
+            Counter,
+            services
+                .iter()
+                .zip(&failures)
+                .flat_map(|(service, versions)| {
+                    versions.iter().flat_map(move |(version, kinds)| {
+                        kinds.iter().map(move |(kind, n)| {
+                            let labels = vec![
+                                ("listener", service.name()),
+                                ("version", *version),
+                                ("kind", *kind),
+                            ];
+                            (labels, *n)
+                        })
+                    })
+                }),
+        )?;
+        histograms(
+            &mut encoder,
+            "connection_duration",
+            "How long connections stayed open.",
+            services.iter().map(|s| (s.name(), &s.metrics().duration)),
+        )?;
+        histograms(
+            &mut encoder,
+            "instantiate",
+            "How long creating a connection's handler instance took.",
+            services
+                .iter()
+                .map(|s| (s.name(), &s.metrics().instantiate)),
+        )?;
+        family(
+            &mut encoder,
+            "bytes_received",
+            "Bytes read from clients.",
+            Counter,
+            each(&|i| services[i].metrics().traffic().received()),
+        )?;
+        family(
+            &mut encoder,
+            "bytes_sent",
+            "Bytes written to clients.",
+            Counter,
+            each(&|i| services[i].metrics().traffic().sent()),
+        )?;
+        family(
+            &mut encoder,
+            "handler_info",
+            "The handler versions loaded, 1 each, with their state: current, previous, retired.",
+            Gauge,
+            services
+                .iter()
+                .zip(&versions)
+                .flat_map(|(service, versions)| {
+                    versions.iter().map(|(version, state)| {
+                        let labels = vec![
+                            ("listener", service.name()),
+                            ("version", version.id()),
+                            ("sha256", version.sha256()),
+                            ("state", *state),
+                        ];
+                        (labels, 1)
+                    })
+                }),
+        )?;
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        family(
+            &mut encoder,
+            "swaps",
+            "Handler swaps, by result: ok, rejected, rolled_back.",
+            Counter,
+            services.iter().flat_map(|service| {
+                let swaps = service.registry().swap_counts();
+                [
+                    ("ok", load(&swaps.ok)),
+                    ("rejected", load(&swaps.rejected)),
+                    ("rolled_back", load(&swaps.rolled_back)),
+                ]
+                .map(|(result, n)| (vec![("listener", service.name()), ("result", result)], n))
+            }),
+        )?;
+        let cache = self.runtime.cache_stats();
+        family(
+            &mut encoder,
+            "compile_cache",
+            "Handler components looked up in the compiled-code cache: hit, or miss (compiled).",
+            MetricType::Counter,
+            [
+                (vec![("result", "hit")], cache.hits),
+                (vec![("result", "miss")], cache.misses),
+            ],
+        )
+    }
+}

@@ -5,11 +5,14 @@
 //! no layer has to reach past its neighbours for a system call.
 
 use std::ffi::{CStr, c_void};
-use std::io;
+use std::fs::File;
+use std::io::{self, Seek as _, SeekFrom, Write as _};
 use std::mem::MaybeUninit;
 use std::net::Shutdown;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::process::Command;
 use std::ptr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -85,6 +88,103 @@ pub unsafe fn shutdown(fd: RawFd, side: Shutdown) {
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// The id of the process that started this one.
+pub fn parent_pid() -> u32 {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    unsafe { libc::getppid() as u32 }
+}
+
+/// Takes ownership of `fd`, a file descriptor this process inherited
+/// (systemd's `LISTEN_FDS`, or a parent's on an upgrade), and marks it
+/// close-on-exec so that it does not leak into processes started later.
+///
+/// # Safety
+///
+/// `fd` must be open and owned by nobody else in this process.
+pub unsafe fn adopt_inherited(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl on an open descriptor only reads and sets its flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the caller guarantees the descriptor is open and ours alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The first descriptor number a program gets its inherited descriptors at,
+/// by systemd's convention (after stdin, stdout and stderr).
+pub const FIRST_INHERITED_FD: RawFd = 3;
+
+/// Makes `command`'s program start with `fds` as its descriptors 3, 4, ...
+/// in order, and nothing else beyond stdin, stdout and stderr (every other
+/// descriptor of this process is close-on-exec, as std and this module open
+/// them).
+pub fn pass_fds(command: &mut Command, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let first_free = FIRST_INHERITED_FD + fds.len() as RawFd;
+    // Copies numbered above the target range, so that moving one into place
+    // in the child never overwrites another still to be moved.
+    let mut copies = Vec::with_capacity(fds.len());
+    for fd in fds {
+        // SAFETY: F_DUPFD_CLOEXEC duplicates an open descriptor we borrow.
+        let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, first_free) };
+        if copy < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fcntl just created it, and nothing else owns it.
+        copies.push(unsafe { OwnedFd::from_raw_fd(copy) });
+    }
+    let moves: Vec<(RawFd, RawFd)> = copies
+        .iter()
+        .enumerate()
+        .map(|(i, copy)| (copy.as_raw_fd(), FIRST_INHERITED_FD + i as RawFd))
+        .collect();
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: dup2 is one, and `moves` was
+    // allocated before the fork. dup2 leaves the new descriptor without
+    // close-on-exec, so the program inherits it; the copies close at exec.
+    // The closure owns the copies, so they stay open for as long as
+    // `command` can start a process, and close with it.
+    unsafe {
+        command.pre_exec(move || {
+            let _still_open = &copies;
+            for &(from, to) in &moves {
+                if libc::dup2(from, to) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// A file in memory holding `bytes`, for handing data to a child process as
+/// a descriptor (`memfd_create`): it needs no directory, and disappears when
+/// the last descriptor to it closes.
+pub fn memory_file(name: &CStr, bytes: &[u8]) -> io::Result<File> {
+    // SAFETY: memfd_create reads the name and returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create just created it, and nothing else owns it.
+    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(bytes)?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file)
+}
+
+/// Asks process `pid` to stop (SIGTERM); a process already gone is not an
+/// error worth reporting.
+pub fn terminate(pid: u32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
 }
 
 /// A resource limit's soft value, `None` when unlimited.

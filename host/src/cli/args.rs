@@ -1,10 +1,12 @@
 //! What several subcommands share: the default address, the cache options,
 //! and how grants are parsed.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::Args;
 use hotsock::runtime::{CACHE_DIR_ENV, Preopen, default_cache_dir};
+use ipnet::IpNet;
 
 /// Where `serve` listens, and `client` connects, unless told otherwise: the
 /// textbook thread server's port, on loopback so that a fresh install exposes
@@ -45,6 +47,26 @@ pub fn parse_env(text: &str) -> Result<(String, String), String> {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!("`{text}` is not KEY=VALUE")),
     }
+}
+
+/// Parses `--proxy-from`: an address range (`10.0.0.0/8`, `fd00::/8`), or
+/// one address. Host bits set under the prefix (`10.1.2.3/8`) are refused:
+/// they are usually a typo for a narrower range.
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    let net: IpNet = text.parse().map_err(|_| {
+        format!("`{text}` is not an address range: give one like 10.0.0.0/8, fd00::/8 or 192.0.2.7")
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "`{text}` has bits set past its prefix: did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
 }
 
 pub fn parse_read_only_dir(text: &str) -> Result<Preopen, String> {

@@ -22,12 +22,14 @@ use hotsock::runtime::{
 use hotsock::server::admin::DEFAULT_MAX_UPLOAD;
 use hotsock::server::http::Endpoint;
 use hotsock::server::{
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTENER, Policy, Rules, WhenFull,
+    ADMIN_SOCKET, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTENER, METRICS_SOCKET,
+    Policy, Proxy, Rules, WhenFull,
 };
 use hotsock::units::{parse_duration, parse_size};
+use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::cli::args::{DEFAULT_ADDR, parse_dir, parse_env};
+use crate::cli::args::{DEFAULT_ADDR, parse_cidr, parse_dir, parse_env};
 use crate::cli::logging::LogFormat;
 
 /// Settings given on the command line, each `None` unless given there: they
@@ -54,6 +56,9 @@ pub struct Overrides {
     pub max_connections: Option<u32>,
     pub max_connections_per_ip: Option<u32>,
     pub when_full: Option<WhenFull>,
+    pub proxy_protocol: Option<bool>,
+    pub proxy_from: Option<Vec<IpNet>>,
+    pub reuse_port: Option<bool>,
     pub env: Option<Vec<(String, String)>>,
     pub dirs: Option<Vec<Preopen>>,
     /// `Some(None)` for `--no-cache`.
@@ -82,6 +87,8 @@ pub struct Plan {
 pub struct ListenerPlan {
     pub name: String,
     pub addrs: Vec<String>,
+    /// `SO_REUSEPORT` on its sockets: fixed once bound.
+    pub reuse_port: bool,
     pub handler: PathBuf,
     pub watch: bool,
     pub profile: Profile,
@@ -262,6 +269,9 @@ struct File {
     max_connections: Option<u32>,
     max_connections_per_ip: Option<u32>,
     when_full: Option<WhenFullName>,
+    proxy_protocol: Option<bool>,
+    proxy_from: Option<Cidrs>,
+    reuse_port: Option<bool>,
     env: Option<Env>,
     dir: Option<OneOrMany>,
     dir_rw: Option<OneOrMany>,
@@ -287,6 +297,9 @@ struct ListenerTable {
     max_connections: Option<u32>,
     max_connections_per_ip: Option<u32>,
     when_full: Option<WhenFullName>,
+    proxy_protocol: Option<bool>,
+    proxy_from: Option<Cidrs>,
+    reuse_port: Option<bool>,
     env: Option<Env>,
     dir: Option<OneOrMany>,
     dir_rw: Option<OneOrMany>,
@@ -347,6 +360,13 @@ impl File {
                     path.display()
                 );
             }
+            if name == ADMIN_SOCKET || name == METRICS_SOCKET {
+                bail!(
+                    "{}: listener name `{name}` is reserved: it names the {name} socket when \
+                     sockets are passed in (systemd); choose another",
+                    path.display()
+                );
+            }
             if seen.insert(name.clone(), ()).is_some() {
                 bail!("{}: two listeners are called `{name}`", path.display());
             }
@@ -396,9 +416,35 @@ impl ListenerTable {
         let size = |g: Option<usize>, o: &Option<Size>, t: &Option<Size>| {
             g.or(o.map(|s| s.0)).or(t.map(|s| s.0))
         };
+        let proxy_protocol = given
+            .proxy_protocol
+            .or(own.proxy_protocol)
+            .or(top.proxy_protocol)
+            .unwrap_or(false);
+        let proxy_from = given
+            .proxy_from
+            .clone()
+            .or_else(|| own.proxy_from.as_ref().map(Cidrs::nets))
+            .or_else(|| top.proxy_from.as_ref().map(Cidrs::nets));
+        let proxy = match (proxy_protocol, proxy_from) {
+            (true, from) => Some(Proxy {
+                trusted: from.unwrap_or_else(Proxy::loopback),
+            }),
+            (false, None) => None,
+            (false, Some(_)) => bail!(
+                "listener `{}`: proxy-from (--proxy-from) is set without proxy-protocol \
+                 (--proxy-protocol): the sources it trusts would send nothing to trust",
+                self.name
+            ),
+        };
         Ok(ListenerPlan {
             name: self.name.clone(),
             addrs: self.addr.clone().into_vec(),
+            reuse_port: given
+                .reuse_port
+                .or(own.reuse_port)
+                .or(top.reuse_port)
+                .unwrap_or(false),
             handler: self.handler.clone(),
             watch: given.watch.or(own.watch).or(top.watch).unwrap_or(false),
             profile: Profile {
@@ -439,6 +485,7 @@ impl ListenerTable {
                     own.max_connection_time,
                     top.max_connection_time,
                 ),
+                proxy,
             },
         })
     }
@@ -457,6 +504,30 @@ pub fn check_addresses(plan: &Plan) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Address ranges (`10.0.0.0/8`, or a single address): one, or a list.
+/// Read as strings first, so that a bad one is named with its line (an
+/// untagged enum would only say that nothing matched).
+#[derive(Debug, Clone)]
+struct Cidrs(Vec<IpNet>);
+
+impl Cidrs {
+    fn nets(&self) -> Vec<IpNet> {
+        self.0.clone()
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidrs {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let texts = OneOrMany::deserialize(deserializer)?.into_vec();
+        texts
+            .iter()
+            .map(|text| parse_cidr(text))
+            .collect::<Result<_, _>>()
+            .map(Cidrs)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// A string, or a list of strings.

@@ -69,6 +69,7 @@ fn text(buf: &mut Formatter, record: &Record<'_>) -> std::io::Result<()> {
     if let Some(conn) = field("conn") {
         prefix.push(format!("conn {conn}"));
         prefix.extend(field("peer"));
+        prefix.extend(field("via").map(|balancer| format!("via {balancer}")));
         prefix.extend(field("listener").filter(|name| name != DEFAULT_LISTENER));
         prefix.extend(field("version"));
     }

@@ -10,7 +10,9 @@ mod compile;
 mod config;
 mod logging;
 mod new;
+mod reloads;
 mod serve;
+mod signals;
 
 use anyhow::Result;
 use clap::{ArgMatches, Parser, Subcommand};

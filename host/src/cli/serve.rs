@@ -3,12 +3,12 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::os::fd::AsFd as _;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Result, bail};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use hotsock::runtime::{
@@ -17,29 +17,36 @@ use hotsock::runtime::{
 };
 use hotsock::server::admin::{self, DEFAULT_MAX_UPLOAD, Token};
 use hotsock::server::http::{self, Endpoint};
+use hotsock::server::upgrade::{Invocation, Upgrading};
 use hotsock::server::{
-    self, ADMIN_LISTENING, Capacity, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, HealthRoutes,
-    LISTENING, Listener, METRICS_LISTENING, Metrics, Registry, Reloader, Server, Service, Setup,
-    Stopper, Trigger, WhenFull, reload_handler,
+    self, ADMIN_LISTENING, ADMIN_SOCKET, Capacity, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    HealthRoutes, Inherited, LISTENING, Listener, METRICS_LISTENING, METRICS_SOCKET, Metrics,
+    Registry, Reloader, Server, Setup, WhenFull, notify,
 };
 use hotsock::sys;
 use hotsock::units::{Size, parse_duration};
+use ipnet::IpNet;
 use log::{info, warn};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 use crate::cli::args::{
-    CacheArgs, DEFAULT_ADDR, parse_env, parse_read_only_dir, parse_writable_dir,
+    CacheArgs, DEFAULT_ADDR, parse_cidr, parse_env, parse_read_only_dir, parse_writable_dir,
 };
 use crate::cli::config::{Overrides, Plan};
 use crate::cli::logging::{self, LogFormat};
+use crate::cli::reloads::Reloads;
+use crate::cli::signals::{self, Upgrader};
 
 /// Options of `hotsock serve`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Log verbosity follows RUST_LOG (default: info), e.g. RUST_LOG=warn.
 SIGINT or SIGTERM stops accepting and lets open connections finish; a second one exits at once.
-SIGHUP reloads HANDLER from its path, or re-reads --config; open connections finish on the version they started with.")]
+SIGHUP reloads HANDLER from its path, or re-reads --config; open connections finish on the version they started with.
+SIGUSR2 upgrades the binary: the hotsock now at this one's path starts with the same options, the
+listening sockets and each listener's current handler; once it serves, this process stops accepting,
+lets its open connections finish and exits. If the new one fails to start, this one keeps serving.
+Sockets passed in by systemd (LISTEN_FDS, LISTEN_FDNAMES) replace --addr: matched to listeners by
+name, `admin` and `metrics` to those. With NOTIFY_SOCKET set, systemd hears READY=1 and STOPPING=1.")]
 pub struct ServeArgs {
     /// The handler component (.wasm) that serves each connection, built for
     /// wasm32-wasip2 against wit/plugin.wit. Not needed with a --config that
@@ -167,6 +174,26 @@ pub struct ServeArgs {
     #[arg(long, value_name = "POLICY", value_enum, default_value_t = WhenFullArg::Wait, help_heading = "Limits")]
     pub when_full: WhenFullArg,
 
+    /// Expect a PROXY protocol header (v1 or v2, as HAProxy's send-proxy
+    /// and send-proxy-v2 send) at the start of every connection, from a
+    /// load balancer in front: the handler's peer-addr(), the logs and
+    /// --max-connections-per-ip then see the real client. A connection
+    /// without a valid header within 3s is closed and logged.
+    #[arg(long, help_heading = "Load balancing")]
+    pub proxy_protocol: bool,
+
+    /// Accept PROXY headers only from this address range (e.g. 10.0.0.0/8,
+    /// or one address); connections from anywhere else are closed.
+    /// Repeatable. [default: 127.0.0.0/8 and ::1, a balancer on this machine]
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr, requires = "proxy_protocol", help_heading = "Load balancing")]
+    pub proxy_from: Vec<IpNet>,
+
+    /// Let several hotsock processes listen on the same addresses
+    /// (SO_REUSEPORT): the kernel spreads new connections over them. Every
+    /// process sharing a port needs it, and must run as the same user.
+    #[arg(long, help_heading = "Load balancing")]
+    pub reuse_port: bool,
+
     /// Give handlers an environment variable, as KEY=VALUE. Repeatable.
     /// Handlers get no environment unless granted.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env, help_heading = "Capabilities")]
@@ -239,6 +266,9 @@ impl ServeArgs {
             max_connections: when("max_connections").map(|()| self.max_connections),
             max_connections_per_ip: self.max_connections_per_ip,
             when_full: when("when_full").map(|()| self.when_full.into()),
+            proxy_protocol: when("proxy_protocol").map(|()| self.proxy_protocol),
+            proxy_from: given("proxy_from").then(|| self.proxy_from.clone()),
+            reuse_port: when("reuse_port").map(|()| self.reuse_port),
             env: given("env").then(|| self.env.clone()),
             dirs,
             cache_dir: match (self.cache.no_cache, &self.cache.cache_dir) {
@@ -250,12 +280,21 @@ impl ServeArgs {
     }
 }
 
-/// Serves until SIGINT or SIGTERM, then drains.
+/// Serves until SIGINT or SIGTERM, then drains; or, after SIGUSR2, until
+/// the upgraded binary serves, then drains.
 pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
+    // Where this binary is, read before anything could replace it.
+    let invocation = Invocation::current();
     let overrides = args.overrides(matches);
     let default_cache = CacheArgs::default_dir();
     let plan = Plan::new(args.config.as_deref(), &overrides, default_cache.clone())?;
     logging::init(plan.log_format);
+    // What a process being upgraded, or systemd, handed this one.
+    let mut upgrading = Upgrading::from_env()?;
+    let mut inherited = Inherited::from_env(upgrading.as_ref().map(Upgrading::parent))?;
+    if let Some(upgrading) = &upgrading {
+        info!("upgrade: taking over from process {}", upgrading.parent());
+    }
     if let Err(e) = sys::raise_open_file_limit() {
         warn!("cannot raise the open file limit: {e}");
     }
@@ -277,7 +316,18 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
             true => e.context(format!("listener {}", listener.name)),
             false => e,
         };
-        let bytes = read_component(&listener.handler).map_err(|e| named(e.into()))?;
+        // After an upgrade, each listener starts on the handler it served in
+        // the old process, which a swap may have changed since its file.
+        let handed = upgrading
+            .as_mut()
+            .and_then(|u| u.take_handler(&listener.name));
+        let (source, bytes) = match handed {
+            Some(handed) => handed,
+            None => (
+                listener.handler.display().to_string(),
+                read_component(&listener.handler).map_err(|e| named(e.into()))?,
+            ),
+        };
         let setup = Setup {
             name: listener.name.clone(),
             runtime: Arc::clone(&runtime),
@@ -286,21 +336,34 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
             capacity: Some(Arc::clone(&capacity)),
             max_connections: listener.rules.max_connections,
         };
-        let source = listener.handler.display().to_string();
         let registry = Registry::new(setup, source, &bytes).map_err(named)?;
         registries.push(Arc::new(registry));
     }
 
     let mut announce = Vec::new();
     let mut listeners = Vec::new();
+    // A copy of every listening socket, by name, for a binary upgrade.
+    let mut handover = Vec::new();
+    let only = plan.listeners.len() == 1;
     for (listener, registry) in plan.listeners.iter().zip(registries) {
-        let sockets = server::bind(&listener.addrs)?;
+        let mut sockets = inherited.take_listener(&listener.name, only)?;
+        match (sockets.is_empty(), inherited.source()) {
+            (true, _) => sockets = server::bind(&listener.addrs, listener.reuse_port)?,
+            (false, source) => info!(
+                "listener {}: {} socket(s) from {}, instead of binding {}",
+                listener.name,
+                sockets.len(),
+                source.map_or_else(String::new, |s| s.to_string()),
+                listener.addrs.join(", ")
+            ),
+        }
         for socket in &sockets {
             let addr = socket.local_addr()?;
             announce.push(match plan.named {
                 true => format!("{LISTENING}{addr} (listener {})", listener.name),
                 false => format!("{LISTENING}{addr}"),
             });
+            handover.push((listener.name.clone(), socket.as_fd().try_clone_to_owned()?));
         }
         listeners.push(Listener {
             name: listener.name.clone(),
@@ -309,24 +372,39 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
             rules: listener.rules.clone(),
         });
     }
-    let admin = match &plan.admin {
-        Some(options) => Some(admin::bind(admin::Options {
-            endpoint: options.endpoint.clone(),
-            token: options.token_file.as_deref().map(Token::read).transpose()?,
-            allow_remote: options.allow_remote,
-            max_upload: options.max_upload,
-        })?),
-        None => None,
+    let inherited_admin = inherited.take_http(ADMIN_SOCKET)?;
+    let admin = match (&plan.admin, inherited_admin) {
+        (Some(options), inherited) => Some(admin::bind(
+            admin::Options {
+                endpoint: options.endpoint.clone(),
+                token: options.token_file.as_deref().map(Token::read).transpose()?,
+                allow_remote: options.allow_remote,
+                max_upload: options.max_upload,
+            },
+            inherited,
+        )?),
+        (None, Some(_)) => {
+            bail!("an `{ADMIN_SOCKET}` socket was passed in, but the admin API is off: set --admin")
+        }
+        (None, None) => None,
     };
-    let metrics = match plan.metrics {
-        Some(addr) => Some(http::bind(&Endpoint::Tcp(addr), "--metrics")?.0),
-        None => None,
+    let metrics = match (plan.metrics, inherited.take_http(METRICS_SOCKET)?) {
+        (_, Some(inherited)) => Some(inherited),
+        (Some(addr), None) => Some(http::bind(&Endpoint::Tcp(addr), "--metrics")?.0),
+        (None, None) => None,
     };
+    let names: Vec<&str> = plan.listeners.iter().map(|l| l.name.as_str()).collect();
+    inherited.finish(&names)?;
     if let Some(admin) = &admin {
         announce.push(format!("{ADMIN_LISTENING}{}", admin.endpoint()?));
+        handover.push((ADMIN_SOCKET.into(), admin.as_fd().try_clone_to_owned()?));
     }
     if let Some(listener) = &metrics {
         announce.push(format!("{METRICS_LISTENING}{}", listener.endpoint()?));
+        handover.push((
+            METRICS_SOCKET.into(),
+            listener.as_fd().try_clone_to_owned()?,
+        ));
     }
 
     let settings = server::Settings {
@@ -355,27 +433,38 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
             _watchers.push(reloader.watch(index, &listener.handler)?);
         }
     }
-    handle_signals(server.stopper(), reloader)?;
+    let mut closers = Vec::new();
     // Held until the server has drained: dropping it removes the socket file.
-    let _admin_socket = match admin {
-        Some(admin) => admin::spawn(admin, services.clone())?,
-        None => None,
-    };
+    let mut admin_socket = None;
+    if let Some(admin) = admin {
+        let running = admin::spawn(admin, services.clone())?;
+        closers.push(running.closer);
+        admin_socket = running.file;
+    }
     if let Some(listener) = metrics {
         let metrics = Metrics::new(Arc::clone(&runtime), services.clone());
         let routes = HealthRoutes::new(metrics, server.stopper());
-        http::serve(listener, "metrics", Arc::new(routes))?;
+        closers.push(http::serve(listener, "metrics", Arc::new(routes))?);
     }
+    let upgrader = Arc::new(Upgrader::new(
+        invocation,
+        handover,
+        services.clone(),
+        server.stopper(),
+        closers,
+    ));
+    signals::handle(server.stopper(), reloader, upgrader)?;
 
     for (listener, service) in plan.listeners.iter().zip(&services) {
         let on = match plan.named {
             true => format!(" on listener {}", listener.name),
             false => String::new(),
         };
+        let version = service.registry().current();
         info!(
             "serving handler {} as {}{on}",
-            listener.handler.display(),
-            service.registry().current().id()
+            version.source(),
+            version.id()
         );
     }
     let mut stdout = std::io::stdout().lock();
@@ -385,211 +474,28 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
     // Scripts wait for these lines before connecting; do not leave them in a buffer.
     stdout.flush()?;
     drop(stdout);
-    server.run()
-}
-
-/// What SIGHUP and `--watch` do: swap handlers in from their files, or
-/// re-read the config file and apply it, all of it or nothing.
-struct Reloads {
-    config: Option<PathBuf>,
-    overrides: Overrides,
-    default_cache: Option<PathBuf>,
-    services: Vec<Arc<Service>>,
-    /// Each listener's handler file, as the config last said.
-    handlers: Mutex<Vec<PathBuf>>,
-    /// Each listener's name and addresses, which cannot change while serving.
-    layout: Vec<(String, Vec<String>)>,
-    /// What else cannot change while serving, to warn when it does.
-    fixed: String,
-    named: bool,
-}
-
-impl Reloads {
-    fn new(
-        plan: &Plan,
-        overrides: Overrides,
-        default_cache: Option<PathBuf>,
-        services: Vec<Arc<Service>>,
-    ) -> Self {
-        Reloads {
-            config: plan.config.clone(),
-            overrides,
-            default_cache,
-            services,
-            handlers: Mutex::new(plan.listeners.iter().map(|l| l.handler.clone()).collect()),
-            layout: plan
-                .listeners
-                .iter()
-                .map(|l| (l.name.clone(), l.addrs.clone()))
-                .collect(),
-            fixed: fixed(plan),
-            named: plan.named,
-        }
-    }
-
-    /// `why`, naming the listener when there are several.
-    fn why(&self, index: usize, why: &str) -> String {
-        match self.named {
-            true => format!("listener {}: {why}", self.services[index].name()),
-            false => why.to_string(),
-        }
-    }
-
-    /// SIGHUP.
-    fn signal(&self) {
-        let Some(config) = &self.config else {
-            let handlers = sys::lock(&self.handlers).clone();
-            for (index, (service, path)) in self.services.iter().zip(&handlers).enumerate() {
-                reload_handler(service.registry(), path, &self.why(index, "SIGHUP"));
-            }
-            return;
-        };
-        let shown = config.display();
-        let plan = Plan::new(Some(config), &self.overrides, self.default_cache.clone());
-        match plan.and_then(|plan| self.apply(&plan)) {
-            Ok(done) => info!("SIGHUP: re-read {shown}: {done}"),
-            Err(e) => warn!("SIGHUP: {shown} not applied, nothing changed: {e:#}"),
-        }
-    }
-
-    /// `--watch` saw listener `index`'s handler file change.
-    fn file_changed(&self, index: usize) {
-        let path = sys::lock(&self.handlers)[index].clone();
-        reload_handler(
-            self.services[index].registry(),
-            &path,
-            &self.why(index, "--watch"),
-        );
-    }
-
-    /// Applies a re-read config: every change is checked (and every changed
-    /// handler compiled) before any is made.
-    fn apply(&self, plan: &Plan) -> Result<String> {
-        let layout: Vec<_> = plan
-            .listeners
-            .iter()
-            .map(|l| (l.name.clone(), l.addrs.clone()))
-            .collect();
-        if layout != self.layout {
-            bail!(
-                "listeners cannot be added, removed, renamed or moved to other addresses while \
-                 serving: restart the server for that"
-            );
-        }
-        let mut prepared = Vec::new();
-        for (listener, service) in plan.listeners.iter().zip(&self.services) {
-            let name = &listener.name;
-            let max = service.rules().max_connections;
-            if listener.rules.max_connections != max {
-                bail!(
-                    "listener {name}: max-connections cannot change from {max} to {} while \
-                     serving (it sized the instance pool): restart the server for that",
-                    listener.rules.max_connections
+    match &mut upgrading {
+        // The old process stops accepting once it hears this: every socket
+        // is served here from now on.
+        Some(upgrading) => {
+            if let Err(e) = upgrading.report_ready() {
+                warn!(
+                    "upgrade: cannot tell process {} that this one is ready: {e}",
+                    upgrading.parent()
                 );
             }
-            let registry = service.registry();
-            registry
-                .runtime()
-                .admits(&listener.profile)
-                .with_context(|| format!("listener {name}"))?;
-            let bytes =
-                read_component(&listener.handler).map_err(|e| anyhow!("listener {name}: {e}"))?;
-            let source = listener.handler.display().to_string();
-            let handler = registry
-                .prepare(&listener.profile, source, &bytes)
-                .map_err(|e| anyhow!("listener {name}: swap rejected ({}): {e}", e.reason()))?;
-            prepared.push(handler);
         }
-        let mut done = Vec::new();
-        for ((listener, service), handler) in
-            plan.listeners.iter().zip(&self.services).zip(prepared)
-        {
-            let registry = service.registry();
-            registry.set_profile(listener.profile.clone())?;
-            registry.set_policy(listener.policy.clone());
-            service.set_rules(listener.rules.clone())?;
-            let now = match handler {
-                Some(handler) => match registry.install(handler) {
-                    server::Swapped::Replaced { new, old } => {
-                        format!("{} -> {}", old.id(), new.id())
-                    }
-                    server::Swapped::Unchanged(current) => current.id().to_string(),
-                },
-                None => format!("{} unchanged", registry.current().id()),
-            };
-            done.push(format!("listener {}: {now}", listener.name));
-        }
-        *sys::lock(&self.handlers) = plan.listeners.iter().map(|l| l.handler.clone()).collect();
-        if fixed(plan) != self.fixed {
-            warn!(
-                "SIGHUP: admin, metrics, log-format, drain-timeout, stop-delay and cache settings \
-                 apply only at start: restart the server to change them"
-            );
-        }
-        Ok(format!(
-            "{}; limits apply to new connections",
-            done.join(", ")
-        ))
+        None => notify("READY=1"),
     }
-}
-
-/// The settings a reload cannot change, as text to compare.
-fn fixed(plan: &Plan) -> String {
-    let admin = plan.admin.as_ref().map(|a| {
-        (
-            a.endpoint.to_string(),
-            a.token_file.clone(),
-            a.allow_remote,
-            a.max_upload,
-        )
-    });
-    format!(
-        "{admin:?} {:?} {:?} {:?} {:?} {:?}",
-        plan.metrics, plan.log_format, plan.drain_timeout, plan.stop_delay, plan.cache_dir
-    )
-}
-
-/// SIGHUP reloads. The first SIGINT or SIGTERM drains the server; a second
-/// one exits at once, for an operator who does not want to wait.
-fn handle_signals(stopper: Stopper, reloader: Reloader) -> Result<()> {
-    let mut signals =
-        Signals::new([SIGHUP, SIGINT, SIGTERM]).context("cannot install signal handlers")?;
-    thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut stopping = false;
-            for signal in signals.forever() {
-                let name = signal_name(signal);
-                match signal {
-                    SIGHUP => {
-                        info!("received SIGHUP: reloading");
-                        reloader.request(Trigger::Signal);
-                    }
-                    _ if !stopping => {
-                        info!("received {name}: shutting down");
-                        stopper.stop();
-                        stopping = true;
-                    }
-                    _ => {
-                        warn!(
-                            "received {name} again: exiting without waiting for open connections"
-                        );
-                        std::process::exit(128 + signal);
-                    }
-                }
-            }
-        })
-        .context("cannot start the signal thread")?;
-    Ok(())
-}
-
-fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        SIGHUP => "SIGHUP",
-        SIGINT => "SIGINT",
-        SIGTERM => "SIGTERM",
-        _ => "a signal",
+    let stopper = server.stopper();
+    let served = server.run();
+    if stopper.is_handed_over()
+        && let Some(file) = admin_socket.take()
+    {
+        // The new process serves the admin socket from the same file.
+        file.keep();
     }
+    served
 }
 
 #[cfg(test)]

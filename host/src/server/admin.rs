@@ -18,6 +18,7 @@
 
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +37,7 @@ use subtle::ConstantTimeEq as _;
 
 use crate::server::admission::AdmissionStatus;
 use crate::server::http::{
-    Endpoint, Listener, Peer, Reply, Routes, SocketFile, bind as bind_endpoint, serve,
+    Closer, Endpoint, Listener, Peer, Reply, Routes, SocketFile, bind as bind_endpoint, serve,
 };
 use crate::server::registry::{Registry, Status, Swapped};
 use crate::server::service::Service;
@@ -66,6 +67,9 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// counts and handler versions, and the names of all listeners.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerStatus {
+    /// The process answering: after a binary upgrade (SIGUSR2), a new one.
+    #[serde(default)]
+    pub pid: u32,
     /// The listener this is about: the one asked for, else the first.
     pub listener: String,
     /// Every listener's name, in the order they were configured.
@@ -158,9 +162,20 @@ impl Bound {
     }
 }
 
+impl AsFd for Bound {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+}
+
 /// Binds the admin API, refusing a TCP address without a token, or a
-/// non-loopback one unless allowed.
-pub fn bind(options: Options) -> Result<Bound> {
+/// non-loopback one unless allowed. An `inherited` socket (from systemd, or
+/// the process an upgrade replaces) is used instead of binding, under the
+/// same rules.
+pub fn bind(mut options: Options, inherited: Option<Listener>) -> Result<Bound> {
+    if let Some(listener) = &inherited {
+        options.endpoint = listener.endpoint()?;
+    }
     if let Endpoint::Tcp(addr) = &options.endpoint {
         if options.token.is_none() {
             bail!(
@@ -178,7 +193,16 @@ pub fn bind(options: Options) -> Result<Bound> {
             );
         }
     }
-    let (listener, file) = bind_endpoint(&options.endpoint, "--admin")?;
+    let (listener, file) = match inherited {
+        Some(listener) => {
+            let file = match &listener {
+                Listener::Unix(_, path) => Some(SocketFile::adopt(path.clone())),
+                Listener::Tcp(_) => None,
+            };
+            (listener, file)
+        }
+        None => bind_endpoint(&options.endpoint, "--admin")?,
+    };
     Ok(Bound {
         listener,
         options,
@@ -186,10 +210,17 @@ pub fn bind(options: Options) -> Result<Bound> {
     })
 }
 
-/// Serves the admin API from a thread of its own. The returned value owns
-/// the socket's file, if any: keep it while serving; dropping it removes the
-/// file.
-pub fn spawn(bound: Bound, services: Vec<Arc<Service>>) -> Result<Option<SocketFile>> {
+/// A running admin API.
+pub struct Running {
+    /// Closes its listening socket.
+    pub closer: Closer,
+    /// Its socket's file, if any: removed when dropped, so keep it while
+    /// serving, and [`SocketFile::keep`] it when handing the socket over.
+    pub file: Option<SocketFile>,
+}
+
+/// Serves the admin API from a thread of its own.
+pub fn spawn(bound: Bound, services: Vec<Arc<Service>>) -> Result<Running> {
     let Bound {
         listener,
         options,
@@ -202,8 +233,8 @@ pub fn spawn(bound: Bound, services: Vec<Arc<Service>>) -> Result<Option<SocketF
         refusals: AtomicU64::new(0),
         last_refusal_log: Mutex::new(None),
     };
-    serve(listener, "admin", Arc::new(admin))?;
-    Ok(file)
+    let closer = serve(listener, "admin", Arc::new(admin))?;
+    Ok(Running { closer, file })
 }
 
 /// The admin API's state.
@@ -252,6 +283,7 @@ impl Routes for Admin {
             (&Method::GET, "/status") => {
                 debug!("admin: GET /status by {who}");
                 let status = ServerStatus {
+                    pid: std::process::id(),
                     listener: service.name().to_string(),
                     listeners: self.services.iter().map(|s| s.name().to_string()).collect(),
                     connections: service.admission().status(),

@@ -36,10 +36,21 @@ pub enum Refusal {
     PerIp,
     /// No thread could be started for it: the machine ran out of something.
     NoThread,
+    /// It came from a source not trusted to send a PROXY header
+    /// (`--proxy-from`), on a `--proxy-protocol` listener.
+    Untrusted,
+    /// Its PROXY header was missing, invalid or too slow.
+    ProxyHeader,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 3] = [Refusal::Full, Refusal::PerIp, Refusal::NoThread];
+    const ALL: [Refusal; 5] = [
+        Refusal::Full,
+        Refusal::PerIp,
+        Refusal::NoThread,
+        Refusal::Untrusted,
+        Refusal::ProxyHeader,
+    ];
 
     /// The stable name `/status` counts it under.
     pub fn name(self) -> &'static str {
@@ -47,6 +58,8 @@ impl Refusal {
             Refusal::Full => "full",
             Refusal::PerIp => "per_ip",
             Refusal::NoThread => "no_thread",
+            Refusal::Untrusted => "untrusted",
+            Refusal::ProxyHeader => "proxy_header",
         }
     }
 
@@ -136,22 +149,17 @@ impl Admission {
         sys::lock(&self.open)
     }
 
-    /// Takes a slot for a new connection from `ip`, or says why not.
-    pub fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
+    /// Takes a slot for a new connection from `ip`, or says why not. `None`
+    /// when the client's address is not known yet (a PROXY header will
+    /// tell): [`Slot::claim`] counts it against its address then.
+    pub fn try_admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Slot, Refusal> {
         let mut open = self.lock();
         if open.total >= self.max {
             return Err(Refusal::Full);
         }
-        let ip = match self.per_ip() {
+        let ip = match ip {
+            Some(ip) => self.count_ip(&mut open, ip)?,
             None => None,
-            Some(limit) => {
-                let count = open.by_ip.entry(ip).or_insert(0);
-                if *count >= limit {
-                    return Err(Refusal::PerIp);
-                }
-                *count += 1;
-                Some(ip)
-            }
         };
         open.total += 1;
         if open.total == self.max {
@@ -162,6 +170,20 @@ impl Admission {
             admission: Arc::clone(self),
             ip,
         })
+    }
+
+    /// Counts one more connection from `ip` under the per-address limit, if
+    /// there is one: the address to uncount when it closes.
+    fn count_ip(&self, open: &mut Open, ip: IpAddr) -> Result<Option<IpAddr>, Refusal> {
+        let Some(limit) = self.per_ip() else {
+            return Ok(None);
+        };
+        let count = open.by_ip.entry(ip).or_insert(0);
+        if *count >= limit {
+            return Err(Refusal::PerIp);
+        }
+        *count += 1;
+        Ok(Some(ip))
     }
 
     /// Whether every slot is taken.
@@ -175,7 +197,8 @@ impl Admission {
     }
 
     /// Counts a client closed at once, and says so at most once a second
-    /// per reason; `detail` is what went wrong, for [`Refusal::NoThread`].
+    /// per reason; `detail` is what went wrong, for [`Refusal::NoThread`]
+    /// and [`Refusal::ProxyHeader`].
     pub fn refuse(&self, why: Refusal, peer: SocketAddr, detail: &str) {
         let refused = self.refused[why.index()].fetch_add(1, Ordering::Relaxed) + 1;
         if why == Refusal::Full {
@@ -200,6 +223,15 @@ impl Admission {
             Refusal::NoThread => warn!(
                 "conn from {peer}: cannot start a thread for it ({detail}): closing it; \
                  {refused} closed so far for want of a thread"
+            ),
+            Refusal::Untrusted => warn!(
+                "{} may not send a PROXY header (not in --proxy-from): closing its \
+                 connection; {refused} closed so far",
+                peer.ip()
+            ),
+            Refusal::ProxyHeader => warn!(
+                "conn from {peer}: {detail}: closing it; {refused} closed so far for their \
+                 PROXY header"
             ),
         }
     }
@@ -251,6 +283,20 @@ impl Admission {
     }
 }
 
+impl Slot {
+    /// Counts this connection against `ip`'s share, now that its address is
+    /// known; `Err` if the address already has all it may have (the slot
+    /// is then freed when dropped, as always).
+    pub fn claim(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        if self.ip.is_some() {
+            return Ok(()); // already counted
+        }
+        let mut open = self.admission.lock();
+        self.ip = self.admission.count_ip(&mut open, ip)?;
+        Ok(())
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         let admission = &self.admission;
@@ -290,7 +336,9 @@ pub struct AdmissionStatus {
     /// Clients closed as soon as they were accepted, for any reason.
     pub refused: u64,
     /// The same by reason: `full` (`--when-full close`), `per_ip`
-    /// (`--max-connections-per-ip`), `no_thread` (the machine ran out).
+    /// (`--max-connections-per-ip`), `no_thread` (the machine ran out),
+    /// `untrusted` (not in `--proxy-from`), `proxy_header` (a missing,
+    /// invalid or slow PROXY header).
     pub refused_by: std::collections::BTreeMap<String, u64>,
     /// Times every slot became busy.
     pub saturated: u64,
@@ -310,12 +358,12 @@ mod tests {
     fn one_address_cannot_take_every_slot_and_its_share_frees_on_drop() {
         let admission = admission(10, Some(2));
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let first = admission.try_admit(a).unwrap();
-        let _second = admission.try_admit(a).unwrap();
-        assert_eq!(admission.try_admit(a).err(), Some(Refusal::PerIp));
-        let _other = admission.try_admit(b).unwrap();
+        let first = admission.try_admit(Some(a)).unwrap();
+        let _second = admission.try_admit(Some(a)).unwrap();
+        assert_eq!(admission.try_admit(Some(a)).err(), Some(Refusal::PerIp));
+        let _other = admission.try_admit(Some(b)).unwrap();
         drop(first);
-        let _again = admission.try_admit(a).unwrap();
+        let _again = admission.try_admit(Some(a)).unwrap();
         assert_eq!(admission.open(), 3);
     }
 
@@ -323,9 +371,24 @@ mod tests {
     fn the_total_comes_first_and_addresses_leave_no_trace() {
         let admission = admission(1, Some(5));
         let ip: IpAddr = "::1".parse().unwrap();
-        let slot = admission.try_admit(ip).unwrap();
-        assert_eq!(admission.try_admit(ip).err(), Some(Refusal::Full));
+        let slot = admission.try_admit(Some(ip)).unwrap();
+        assert_eq!(admission.try_admit(Some(ip)).err(), Some(Refusal::Full));
         drop(slot);
         assert!(admission.lock().by_ip.is_empty());
+    }
+
+    #[test]
+    fn an_address_learnt_later_counts_like_one_known_at_once() {
+        let admission = admission(10, Some(1));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut first = admission.try_admit(None).unwrap();
+        first.claim(ip).unwrap();
+        let mut second = admission.try_admit(None).unwrap();
+        assert_eq!(second.claim(ip), Err(Refusal::PerIp));
+        assert_eq!(admission.try_admit(Some(ip)).err(), Some(Refusal::PerIp));
+        drop(second);
+        drop(first);
+        assert!(admission.lock().by_ip.is_empty());
+        assert_eq!(admission.open(), 0);
     }
 }

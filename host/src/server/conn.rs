@@ -5,19 +5,21 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Instant;
 
-use log::Level;
+use log::{Level, warn};
 
 use crate::runtime::{Connection, Fields, Outcome, Served};
-use crate::server::admission::Slot;
+use crate::server::admission::{Refusal, Slot};
+use crate::server::proxy::{self, Origin};
 use crate::server::registry::Pinned;
-use crate::server::service::Service;
+use crate::server::service::{Rules, Service};
 use crate::watchdog::Expiry;
 
 /// One accepted client and everything it holds until it closes.
 pub struct Conn {
     /// Unique within the process; the guest sees it as `id()`.
     pub id: u64,
-    /// The client's address.
+    /// The socket's peer: the client, or the load balancer that relays it
+    /// (`--proxy-protocol`).
     pub peer: SocketAddr,
     /// The accepted socket.
     pub stream: TcpStream,
@@ -25,6 +27,8 @@ pub struct Conn {
     pub version: Pinned,
     /// Its place under `--max-connections`, freed when this job ends.
     pub slot: Slot,
+    /// Its listener's rules when it was accepted.
+    pub rules: Arc<Rules>,
     /// The listener it came in on.
     pub service: Arc<Service>,
 }
@@ -37,32 +41,47 @@ impl Conn {
     pub fn run(self) {
         let Conn {
             id,
-            peer,
+            peer: socket_peer,
             stream,
             version,
-            slot: _slot,
+            mut slot,
+            rules,
             service,
         } = self;
-        let rules = service.rules();
-        let registry = service.registry();
-        let profile = registry.profile();
-        // Every log line of the connection names it, its client, its listener
-        // and its version.
-        let fields = Fields::none()
-            .number("conn", id)
-            .text("peer", peer)
-            .text("listener", service.name())
-            .text("version", version.id());
-        let log = |level, message: std::fmt::Arguments<'_>| fields.log(level, message);
         // Accepted sockets inherit non-blocking mode from the listener on some
         // platforms; the guest's `read` and `write` are meant to block.
         if let Err(e) = stream.set_nonblocking(false) {
-            log(
-                Level::Warn,
-                format_args!("cannot make the socket blocking ({e}); closing it"),
+            warn!(
+                "conn {id} from {socket_peer}: cannot make the socket blocking ({e}); closing it"
             );
             return;
         }
+        let admission = service.admission();
+        let peer = match &rules.proxy {
+            None => socket_peer,
+            Some(_) => match proxy::read_header(&stream, proxy::HEADER_TIMEOUT) {
+                Ok(Origin::Client(client)) => client,
+                Ok(Origin::Balancer) => socket_peer,
+                Err(e) => {
+                    return admission.refuse(Refusal::ProxyHeader, socket_peer, &e.to_string());
+                }
+            },
+        };
+        if let Err(why) = slot.claim(peer.ip()) {
+            return admission.refuse(why, peer, "");
+        }
+        let registry = service.registry();
+        let profile = registry.profile();
+        // Every log line of the connection names it, its client (and the
+        // balancer it came through), its listener and its version.
+        let mut fields = Fields::none().number("conn", id).text("peer", peer);
+        if peer != socket_peer {
+            fields = fields.text("via", socket_peer);
+        }
+        let fields = fields
+            .text("listener", service.name())
+            .text("version", version.id());
+        let log = |level, message: std::fmt::Arguments<'_>| fields.log(level, message);
         // Replies are usually one small write each: do not hold them back waiting
         // for an ACK that delayed-ACK on the client holds back in turn.
         if let Err(e) = stream.set_nodelay(true) {

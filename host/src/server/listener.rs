@@ -85,9 +85,14 @@ pub struct Listener {
 }
 
 /// Binds one listener per address, in order. Port 0 picks a free port; ask the
-/// listener for its `local_addr` to learn which.
-pub fn bind(addrs: &[String]) -> Result<Vec<TcpListener>> {
-    addrs.iter().map(|addr| bind_one(addr, "--addr")).collect()
+/// listener for its `local_addr` to learn which. With `reuse_port`, other
+/// processes may bind the same addresses (`SO_REUSEPORT`): the kernel then
+/// spreads new connections over all of them.
+pub fn bind(addrs: &[String], reuse_port: bool) -> Result<Vec<TcpListener>> {
+    addrs
+        .iter()
+        .map(|addr| bind_one(addr, "--addr", reuse_port))
+        .collect()
 }
 
 /// Clients the kernel may hold, connected, until they are accepted: room for
@@ -97,9 +102,12 @@ const BACKLOG: i32 = 4096;
 
 /// Binds `addr`, given by the command-line option `option`, with an error that
 /// says what to do.
-pub fn bind_one(addr: &str, option: &str) -> Result<TcpListener> {
-    listen(addr).map_err(|e| {
+pub fn bind_one(addr: &str, option: &str, reuse_port: bool) -> Result<TcpListener> {
+    listen(addr, reuse_port).map_err(|e| {
         let hint = match e.kind() {
+            io::ErrorKind::AddrInUse if reuse_port => "; another process is listening there \
+                without --reuse-port (or as another user): every process sharing a port needs it"
+                .to_string(),
             io::ErrorKind::AddrInUse => {
                 format!("; another process is listening there: choose another {option}, or port 0 for any free port")
             }
@@ -113,12 +121,15 @@ pub fn bind_one(addr: &str, option: &str) -> Result<TcpListener> {
 /// Binds the first of `addr`'s addresses that can be bound, with
 /// [`BACKLOG`] (std's `TcpListener::bind` asks for 128) and `SO_REUSEADDR`
 /// (as std does, so a restart does not wait for old connections' TIME_WAIT).
-fn listen(addr: &str) -> io::Result<TcpListener> {
+fn listen(addr: &str, reuse_port: bool) -> io::Result<TcpListener> {
     let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
     for addr in addr.to_socket_addrs()? {
         let bound = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
             .and_then(|socket| {
                 socket.set_reuse_address(true)?;
+                if reuse_port {
+                    socket.set_reuse_port(true)?;
+                }
                 socket.bind(&addr.into())?;
                 socket.listen(BACKLOG)?;
                 Ok(socket.into())
@@ -136,6 +147,9 @@ fn listen(addr: &str) -> io::Result<TcpListener> {
 pub struct Stopper {
     waker: Arc<Waker>,
     stop: Arc<AtomicBool>,
+    /// Stop accepting at once, without `--stop-delay`: another process
+    /// serves the same sockets now.
+    handed_over: Arc<AtomicBool>,
 }
 
 impl Stopper {
@@ -147,6 +161,23 @@ impl Stopper {
     /// Requests the stop; the server's [`Server::run`] then drains and returns.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Stops accepting at once, and drains: another process (an upgrade)
+    /// accepts from the same sockets now, so there is nothing to wait for
+    /// and no client to turn away.
+    pub fn hand_over(&self) {
+        self.handed_over.store(true, Ordering::SeqCst);
+        self.stop();
+    }
+
+    /// Whether the sockets were handed over to another process.
+    pub fn is_handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::SeqCst)
+    }
+
+    fn wake(&self) {
         if let Err(e) = self.waker.wake() {
             // Only fails if the poll instance is gone, i.e. the server already stopped.
             warn!("cannot wake the accept loop: {e}");
@@ -242,6 +273,7 @@ impl Server {
             stopper: Stopper {
                 waker,
                 stop: Arc::new(AtomicBool::new(false)),
+                handed_over: Arc::new(AtomicBool::new(false)),
             },
             workers: Workers::new(GUEST_THREAD_STACK),
             next_id: 1,
@@ -289,7 +321,7 @@ impl Server {
                 result => result.context("waiting for connections failed")?,
             }
             if stop_at.is_none() && self.stopper.is_stopping() {
-                if self.stop_delay.is_zero() {
+                if self.stop_delay.is_zero() || self.stopper.is_handed_over() {
                     return Ok(());
                 }
                 info!(
@@ -351,13 +383,21 @@ impl Server {
     /// starts its own thread; or, if it may not be served, closes it.
     fn dispatch(&mut self, service: &Arc<Service>, stream: TcpStream, peer: SocketAddr) {
         let admission = service.admission();
-        let slot = match admission.try_admit(peer.ip()) {
-            Ok(slot) => slot,
-            Err(why) => {
+        let rules = service.rules();
+        // Behind a PROXY protocol balancer, the socket's peer is the balancer:
+        // the client's own address, for its per-address share, comes with
+        // the header, which the connection's thread reads.
+        let client = match &rules.proxy {
+            Some(proxy) if !proxy.trusts(peer.ip()) => {
                 // Dropping the socket closes it: the client sees the connection end at once.
-                admission.refuse(why, peer, "");
-                return;
+                return admission.refuse(Refusal::Untrusted, peer, "");
             }
+            Some(_) => None,
+            None => Some(peer.ip()),
+        };
+        let slot = match admission.try_admit(client) {
+            Ok(slot) => slot,
+            Err(why) => return admission.refuse(why, peer, ""),
         };
         let id = self.next_id;
         self.next_id += 1;
@@ -367,6 +407,7 @@ impl Server {
             stream,
             version: service.registry().pin(),
             slot,
+            rules,
             service: Arc::clone(service),
         };
         if let Err(e) = self.workers.run(Box::new(move || conn.run())) {

@@ -18,12 +18,22 @@
 //! - `admin`: the optional admin API (status, swap, rollback), on a Unix
 //!   socket or a TCP address with a token.
 //! - `http`: HTTP/1.1 for the control plane: endpoints, serving, the client.
+//! - `proxy`: the PROXY protocol header a load balancer sends first
+//!   (`--proxy-protocol`), and which sources may send it.
+//! - `inherited`: listening sockets passed in by systemd or by the process
+//!   an upgrade replaces, matched to listeners by name.
+//! - `upgrade`: starting the hotsock binary now on disk with this
+//!   process's sockets, and waiting until it is ready (SIGUSR2).
+//! - `notify`: `READY=1` and `STOPPING=1` for systemd (`NOTIFY_SOCKET`).
 
 mod admission;
 mod capacity;
 mod conn;
+mod inherited;
 mod listener;
 mod metrics;
+mod notify;
+mod proxy;
 mod registry;
 mod reload;
 mod service;
@@ -32,13 +42,17 @@ mod workers;
 
 pub mod admin;
 pub mod http;
+pub mod upgrade;
 
 pub use admission::{AdmissionStatus, Refusal, WhenFull};
 pub use capacity::{Capacity, THREAD_MAPPINGS};
+pub use inherited::{ADMIN_SOCKET, Inherited, METRICS_SOCKET, Source};
 pub use listener::{
     ADMIN_LISTENING, DEFAULT_DRAIN_TIMEOUT, LISTENING, Listener, Server, Settings, Stopper, bind,
 };
 pub use metrics::{HealthRoutes, METRICS_LISTENING, Metrics};
+pub use notify::{is_supervised, notify};
+pub use proxy::{HEADER_TIMEOUT, Proxy};
 pub use registry::{
     DEFAULT_LISTENER, PROBATION_CONNECTIONS, Policy, Prepared, Registry, Setup, Status, Swapped,
     VersionStatus,

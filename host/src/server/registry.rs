@@ -50,6 +50,9 @@ pub struct Version {
     source: String,
     loaded_at: SystemTime,
     handler: Handler,
+    /// The component's bytes, for handing to the process that replaces this
+    /// one on a binary upgrade (the compiled handler does not keep them).
+    component: Arc<[u8]>,
     /// Whether faults among its first connections can roll it back.
     on_probation: bool,
     connections: AtomicU64,
@@ -65,7 +68,13 @@ pub struct Version {
 }
 
 impl Version {
-    fn new(number: u64, source: String, handler: Handler, on_probation: bool) -> Self {
+    fn new(
+        number: u64,
+        source: String,
+        handler: Handler,
+        component: Arc<[u8]>,
+        on_probation: bool,
+    ) -> Self {
         let sha256 = handler.sha256().to_string();
         Version {
             id: format!("v{number}-{}", &sha256[..8]),
@@ -73,6 +82,7 @@ impl Version {
             source,
             loaded_at: SystemTime::now(),
             handler,
+            component,
             on_probation,
             connections: AtomicU64::new(0),
             active: AtomicUsize::new(0),
@@ -91,6 +101,16 @@ impl Version {
     /// The compiled handler this version runs.
     pub fn handler(&self) -> &Handler {
         &self.handler
+    }
+
+    /// Where its component came from: a path, or what the uploader said.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Its component's bytes.
+    pub fn component(&self) -> &Arc<[u8]> {
+        &self.component
     }
 
     /// Counts a connection of this version that failed, by `kind`.
@@ -195,7 +215,7 @@ pub struct Setup {
 /// A handler compiled and checked for a registry, not yet serving.
 pub struct Prepared {
     source: String,
-    size: usize,
+    component: Arc<[u8]>,
     compiled_in: Duration,
     handler: Handler,
 }
@@ -262,7 +282,7 @@ impl Registry {
             policy: ArcSwap::from_pointee(setup.policy),
             capacity: setup.capacity,
             max_connections: setup.max_connections,
-            current: ArcSwap::from_pointee(Version::new(1, source, handler, false)),
+            current: ArcSwap::from_pointee(Version::new(1, source, handler, bytes.into(), false)),
             history: Mutex::new(History {
                 next_number: 2,
                 previous: None,
@@ -370,7 +390,7 @@ impl Registry {
         }
         Ok(Some(Prepared {
             source,
-            size: bytes.len(),
+            component: bytes.into(),
             compiled_in: started.elapsed(),
             handler,
         }))
@@ -380,7 +400,7 @@ impl Registry {
     pub fn install(&self, prepared: Prepared) -> Swapped {
         let Prepared {
             source,
-            size,
+            component,
             compiled_in,
             handler,
         } = prepared;
@@ -388,7 +408,14 @@ impl Registry {
         let number = history.next_number;
         history.next_number += 1;
         let on_probation = self.policy.load().rollback_on_traps.is_some();
-        let new = Arc::new(Version::new(number, source, handler, on_probation));
+        let size = component.len();
+        let new = Arc::new(Version::new(
+            number,
+            source,
+            handler,
+            component,
+            on_probation,
+        ));
         let old = self.current.swap(Arc::clone(&new));
         self.retire(&mut history, &old);
         self.swaps.ok.fetch_add(1, Ordering::Relaxed);

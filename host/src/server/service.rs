@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::runtime::DEFAULT_MAX_CONNECTIONS;
 use crate::server::admission::{Admission, WhenFull};
+use crate::server::proxy::Proxy;
 use crate::server::registry::Registry;
 use crate::server::stats::ListenerMetrics;
 use crate::watchdog::{Expiry, Watchdog};
@@ -34,6 +35,9 @@ pub struct Rules {
     pub idle_timeout: Duration,
     /// Longest a connection may stay open, if limited.
     pub max_connection_time: Option<Duration>,
+    /// Whether each connection starts with a PROXY protocol header, and
+    /// from which sources (`--proxy-protocol`, `--proxy-from`).
+    pub proxy: Option<Proxy>,
 }
 
 impl Default for Rules {
@@ -45,6 +49,7 @@ impl Default for Rules {
             when_full: WhenFull::Wait,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connection_time: None,
+            proxy: None,
         }
     }
 }

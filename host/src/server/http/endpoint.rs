@@ -5,6 +5,7 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -110,6 +111,15 @@ pub enum Listener {
     Unix(UnixListener, PathBuf),
 }
 
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(listener) => listener.as_fd(),
+            Listener::Unix(listener, _) => listener.as_fd(),
+        }
+    }
+}
+
 impl Listener {
     /// Where it listens, as bound (a port 0 becomes the port given).
     pub fn endpoint(&self) -> io::Result<Endpoint> {
@@ -123,12 +133,27 @@ impl Listener {
 /// A Unix socket's file, removed when this is dropped: keep it for as long as
 /// the socket is served.
 #[derive(Debug)]
-pub struct SocketFile(PathBuf);
+pub struct SocketFile(Option<PathBuf>);
+
+impl SocketFile {
+    /// Takes charge of the file of a socket this process was handed (by
+    /// systemd, or the process an upgrade replaced), to remove it on exit.
+    pub fn adopt(path: PathBuf) -> Self {
+        SocketFile(Some(path))
+    }
+
+    /// Leaves the file in place: another process serves the socket now.
+    pub fn keep(mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        // Already gone (removed by hand) is as good as removed.
-        let _ = fs::remove_file(&self.0);
+        if let Some(path) = &self.0 {
+            // Already gone (removed by hand) is as good as removed.
+            let _ = fs::remove_file(path);
+        }
     }
 }
 
@@ -138,12 +163,15 @@ impl Drop for SocketFile {
 /// one or any other file is not.
 pub fn bind(endpoint: &Endpoint, option: &str) -> Result<(Listener, Option<SocketFile>)> {
     match endpoint {
-        Endpoint::Tcp(addr) => Ok((Listener::Tcp(bind_one(&addr.to_string(), option)?), None)),
+        Endpoint::Tcp(addr) => Ok((
+            Listener::Tcp(bind_one(&addr.to_string(), option, false)?),
+            None,
+        )),
         Endpoint::Unix(path) => {
             let listener = bind_unix(path, option)?;
             Ok((
                 Listener::Unix(listener, path.clone()),
-                Some(SocketFile(path.clone())),
+                Some(SocketFile::adopt(path.clone())),
             ))
         }
     }

@@ -17,4 +17,4 @@ mod serve;
 
 pub use client::{Client, Response, Unreachable};
 pub use endpoint::{Endpoint, Listener, Peer, SocketFile, bind};
-pub use serve::{Body, Reply, Routes, serve};
+pub use serve::{Body, Closer, Reply, Routes, serve};

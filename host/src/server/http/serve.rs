@@ -150,9 +150,23 @@ pub trait Routes: Send + Sync + 'static {
     }
 }
 
+/// Stops a [`serve`]d API from accepting; cheap to clone.
+#[derive(Clone)]
+pub struct Closer(Arc<tokio::sync::Notify>);
+
+impl Closer {
+    /// Closes the listening socket: no new connections are accepted, while
+    /// requests already in progress are answered. Used when another process
+    /// takes over the same socket (an upgrade), so that every new request
+    /// reaches the process that serves from now on.
+    pub fn close(&self) {
+        self.0.notify_one();
+    }
+}
+
 /// Serves `routes` on `listener` from a thread of its own named `name`,
-/// until the process exits.
-pub fn serve(listener: Listener, name: &str, routes: Arc<dyn Routes>) -> Result<()> {
+/// until the process exits or the returned [`Closer`] is used.
+pub fn serve(listener: Listener, name: &str, routes: Arc<dyn Routes>) -> Result<Closer> {
     // Work here is background work: swaps compile on the blocking threads.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -161,14 +175,26 @@ pub fn serve(listener: Listener, name: &str, routes: Arc<dyn Routes>) -> Result<
         .build()
         .with_context(|| format!("cannot start the {name} API's runtime"))?;
     let label = name.to_string();
+    let closer = Closer(Arc::new(tokio::sync::Notify::new()));
+    let closed = Arc::clone(&closer.0);
     thread::Builder::new()
         .name(name.into())
-        .spawn(move || runtime.block_on(accept_forever(listener, label, routes)))
+        .spawn(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    () = accept_forever(listener, &label, routes) => {}
+                    () = closed.notified() => debug!("{label}: closed its listening socket"),
+                }
+                // The listener is closed; requests in progress carry on,
+                // on this runtime, until the process exits.
+                std::future::pending::<()>().await
+            })
+        })
         .with_context(|| format!("cannot start the {name} API's thread"))?;
-    Ok(())
+    Ok(closer)
 }
 
-async fn accept_forever(listener: Listener, name: String, routes: Arc<dyn Routes>) {
+async fn accept_forever(listener: Listener, name: &str, routes: Arc<dyn Routes>) {
     let listener = match Accepting::new(listener) {
         Ok(listener) => listener,
         Err(e) => return warn!("{name}: cannot listen: {e}"),

@@ -1,0 +1,295 @@
+//! Replacing the running hotsock binary without dropping a connection, as
+//! nginx and HAProxy do: the old process starts the binary now on disk with
+//! the same arguments, handing it its listening sockets and the handler each
+//! listener serves now; the new process serves from the same sockets (the
+//! kernel queues new clients on the socket, not on a process, so none is
+//! lost between the two) and says when it is ready; only then does the old
+//! one stop accepting, drain its open connections and exit. If the new one
+//! fails to start, the old one never stopped.
+//!
+//! The sockets travel as descriptors 3, 4, ... with systemd's `LISTEN_FDS`
+//! and `LISTEN_FDNAMES` (see `inherited`); the rest in [`UPGRADE_ENV`]: the
+//! parent's process id, a pipe to report readiness on, and each handler as
+//! an in-memory file.
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsString};
+use std::fs::File;
+use std::io::{self, Read as _, Write as _};
+use std::os::fd::{AsFd as _, BorrowedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::sys;
+
+/// The variable that tells a new process it replaces its parent, and what
+/// it was handed besides the sockets (JSON).
+pub const UPGRADE_ENV: &str = "HOTSOCK_UPGRADE";
+
+/// How long the new process may take to start serving: loading every
+/// handler from the code cache takes well under a second; compiling a large
+/// one afresh (a Python handler without a cache) tens of seconds.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What the old process writes into [`UPGRADE_ENV`].
+#[derive(Debug, Serialize, Deserialize)]
+struct Handed {
+    /// The old process's id: only its own child believes the rest.
+    from: u32,
+    /// Where to write `ready` once serving.
+    ready_fd: RawFd,
+    /// Each listener's current handler.
+    handlers: Vec<HandedHandler>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct HandedHandler {
+    listener: String,
+    /// Where the component came from, as the old process's status said.
+    source: String,
+    /// An in-memory file holding the component.
+    fd: RawFd,
+}
+
+/// A listener's handler as it serves now: what the new process starts on,
+/// so that a swap made through the admin API survives the upgrade.
+#[derive(Debug, Clone)]
+pub struct CurrentHandler {
+    /// The listener's name.
+    pub listener: String,
+    /// Where the component came from.
+    pub source: String,
+    /// The component's bytes.
+    pub component: Arc<[u8]>,
+}
+
+/// A new process that was started and has not yet said it is ready.
+pub struct Starting {
+    child: Child,
+    ready: mpsc::Receiver<io::Result<String>>,
+}
+
+/// How an upgrade ended, when it did not.
+#[derive(Debug)]
+pub enum Failed {
+    /// The binary could not be started at all.
+    Spawn(io::Error),
+    /// It exited before saying it was ready (its error is in the log).
+    Exited(ExitStatus),
+    /// It did not say it was ready in time, and was stopped.
+    Timeout(Duration),
+    /// Something went wrong on this side.
+    Other(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Spawn(e) => write!(f, "cannot start it: {e}"),
+            Failed::Exited(status) => write!(
+                f,
+                "it exited ({status}) before it was ready; its own log lines above say why"
+            ),
+            Failed::Timeout(after) => {
+                write!(f, "it was not ready after {after:?}, so it was stopped")
+            }
+            Failed::Other(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Starts `exe` with `args`, handing it `sockets` (by name) and `handlers`.
+/// It shares this process's stdout and stderr, so its log continues this one.
+pub fn start(
+    exe: &Path,
+    args: &[OsString],
+    sockets: &[(String, BorrowedFd<'_>)],
+    handlers: &[CurrentHandler],
+) -> Result<Starting, Failed> {
+    let other = |e: io::Error| Failed::Other(e.to_string());
+    let (ready_read, ready_write) = io::pipe().map_err(other)?;
+    let mut files = Vec::new();
+    for handler in handlers {
+        let name = CString::new(format!("hotsock-handler-{}", handler.listener))
+            .map_err(|e| Failed::Other(e.to_string()))?;
+        files.push(sys::memory_file(&name, &handler.component).map_err(other)?);
+    }
+    // Descriptors in the child: the sockets first, as LISTEN_FDS counts
+    // them; then the pipe; then the handlers.
+    let first_after_sockets = sys::FIRST_INHERITED_FD + sockets.len() as RawFd;
+    let handed = Handed {
+        from: std::process::id(),
+        ready_fd: first_after_sockets,
+        handlers: handlers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| HandedHandler {
+                listener: h.listener.clone(),
+                source: h.source.clone(),
+                fd: first_after_sockets + 1 + i as RawFd,
+            })
+            .collect(),
+    };
+    let mut fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(_, fd)| *fd).collect();
+    fds.push(ready_write.as_fd());
+    fds.extend(files.iter().map(|f| f.as_fd()));
+    let names: Vec<&str> = sockets.iter().map(|(name, _)| name.as_str()).collect();
+
+    let mut command = Command::new(exe);
+    command
+        .args(args)
+        .env_remove("LISTEN_PID")
+        .env("LISTEN_FDS", sockets.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
+        .env(
+            UPGRADE_ENV,
+            serde_json::to_string(&handed).map_err(|e| Failed::Other(e.to_string()))?,
+        );
+    sys::pass_fds(&mut command, &fds).map_err(other)?;
+    let child = command.spawn().map_err(Failed::Spawn)?;
+    // Only the child may hold the pipe's writing end: when it exits, the
+    // reader sees the end of the pipe instead of waiting for the timeout.
+    drop(command);
+    drop(ready_write);
+    drop(files);
+    let (tell, ready) = mpsc::channel();
+    let reader = thread::Builder::new()
+        .name("upgrade-ready".into())
+        .spawn(move || {
+            let mut said = String::new();
+            let read = (&ready_read).take(64).read_to_string(&mut said);
+            let _ = tell.send(read.map(|_| said));
+        });
+    if let Err(e) = reader {
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(Failed::Other(format!("cannot start a thread: {e}")));
+    }
+    Ok(Starting { child, ready })
+}
+
+impl Starting {
+    /// The new process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for the new process to say it is ready; stops
+    /// it if it does not. On success, the process is left running: it
+    /// outlives this one.
+    pub fn wait_ready(mut self, timeout: Duration) -> Result<u32, Failed> {
+        let pid = self.child.id();
+        match self.ready.recv_timeout(timeout) {
+            Ok(Ok(said)) if said.trim() == "ready" => Ok(pid),
+            Ok(_) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // The pipe closed without `ready`: the child is exiting.
+                let status = self
+                    .child
+                    .wait()
+                    .map_err(|e| Failed::Other(e.to_string()))?;
+                Err(Failed::Exited(status))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                Err(Failed::Timeout(timeout))
+            }
+        }
+    }
+}
+
+/// What a process started by an upgrade was handed, besides its sockets.
+pub struct Upgrading {
+    parent: u32,
+    ready: Option<File>,
+    handlers: BTreeMap<String, (String, Vec<u8>)>,
+}
+
+impl Upgrading {
+    /// What the parent handed this process, if it was started by an upgrade
+    /// (and [`UPGRADE_ENV`] is not left over from some other process).
+    pub fn from_env() -> Result<Option<Self>> {
+        let Ok(text) = std::env::var(UPGRADE_ENV) else {
+            return Ok(None);
+        };
+        let handed: Handed = serde_json::from_str(&text)
+            .with_context(|| format!("{UPGRADE_ENV} is not what this hotsock writes"))?;
+        if handed.from != sys::parent_pid() {
+            // Inherited from an ancestor that was upgraded: not for us.
+            return Ok(None);
+        }
+        let adopt = |fd: RawFd, what: &str| {
+            // SAFETY: the parent passed these descriptors to this process,
+            // and nothing here has opened them before this runs, at start.
+            unsafe { sys::adopt_inherited(fd) }
+                .with_context(|| format!("the {what} handed over at descriptor {fd} is not open"))
+        };
+        let ready = File::from(adopt(handed.ready_fd, "readiness pipe")?);
+        let mut handlers = BTreeMap::new();
+        for handler in handed.handlers {
+            let mut file = File::from(adopt(handler.fd, "handler")?);
+            let mut component = Vec::new();
+            file.read_to_end(&mut component)
+                .with_context(|| format!("cannot read listener {}'s handler", handler.listener))?;
+            handlers.insert(handler.listener, (handler.source, component));
+        }
+        Ok(Some(Upgrading {
+            parent: handed.from,
+            ready: Some(ready),
+            handlers,
+        }))
+    }
+
+    /// The process being replaced.
+    pub fn parent(&self) -> u32 {
+        self.parent
+    }
+
+    /// The handler listener `name` served in the old process, with its
+    /// source, to start on instead of its file.
+    pub fn take_handler(&mut self, name: &str) -> Option<(String, Vec<u8>)> {
+        self.handlers.remove(name)
+    }
+
+    /// Tells the old process that this one serves now; it then stops
+    /// accepting and drains.
+    pub fn report_ready(&mut self) -> io::Result<()> {
+        match self.ready.take() {
+            Some(mut pipe) => pipe.write_all(b"ready\n"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// This process's binary and arguments as it was started, for starting it
+/// again: read at start, since once the file is replaced the running
+/// binary's path reads as `... (deleted)`.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The binary's path.
+    pub exe: PathBuf,
+    /// The arguments after the program name.
+    pub args: Vec<OsString>,
+}
+
+impl Invocation {
+    /// This process's own.
+    pub fn current() -> Result<Self> {
+        let exe = std::env::current_exe().context("cannot tell where the hotsock binary is")?;
+        if !exe.exists() {
+            bail!("the hotsock binary {} is gone", exe.display());
+        }
+        Ok(Invocation {
+            exe,
+            args: std::env::args_os().skip(1).collect(),
+        })
+    }
+}

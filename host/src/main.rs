@@ -17,10 +17,22 @@ fn main() -> ExitCode {
     };
     match cli::run(cli.command, &matches) {
         Ok(()) => ExitCode::SUCCESS,
+        // Its reader went away (`hotsock status | head`): as for any Unix
+        // tool, that is the end of the output, not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // Once, with its chain of causes, as ripgrep does.
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `error` comes from writing to a pipe nobody reads any more.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

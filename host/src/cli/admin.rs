@@ -1,6 +1,7 @@
 //! `hotsock swap`, `status` and `rollback`: the admin API's client, and the
 //! status table people read.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use clap::Args;
 use hotsock::runtime::read_component;
 use hotsock::server::admin::{SOURCE_HEADER, ServerStatus, TOKEN_ENV, Token};
 use hotsock::server::http::{Client, Endpoint, Unreachable};
+use hotsock::units::parse_duration;
 use serde_json::Value;
 
 /// The environment variable `swap`, `status` and `rollback` read the admin
@@ -19,14 +21,17 @@ pub const ADMIN_ENV: &str = "HOTSOCK_ADMIN";
 /// while to compile before the server replies.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Where to find a running server's admin API, and its token.
+/// Where to find running servers' admin APIs, and their token.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-The token for an IP:PORT comes from --admin-token-file, else from the HOTSOCK_ADMIN_TOKEN variable.")]
+The token for an IP:PORT comes from --admin-token-file, else from the HOTSOCK_ADMIN_TOKEN variable.
+With several --admin, the servers are taken one at a time, in order, stopping at the first that \
+refuses: a rolling swap (or rollback) across a fleet.")]
 pub struct AdminArgs {
     /// The Unix socket path or IP:PORT `hotsock serve --admin` listens on.
-    #[arg(long, value_name = "PATH|IP:PORT", env = ADMIN_ENV)]
-    pub admin: Endpoint,
+    /// Repeat it to act on several servers, one after the other.
+    #[arg(long, value_name = "PATH|IP:PORT", env = ADMIN_ENV, required = true)]
+    pub admin: Vec<Endpoint>,
 
     /// A file holding the admin API's token: the one `hotsock serve` was
     /// given. Needed for an IP:PORT unless HOTSOCK_ADMIN_TOKEN is set.
@@ -50,6 +55,12 @@ pub struct SwapArgs {
     /// before swapping; if it is rejected, the current handler keeps serving.
     #[arg(value_name = "HANDLER")]
     pub handler: PathBuf,
+
+    /// With several --admin: after each server's swap, wait this long, then
+    /// check that it still serves the new version (no automatic rollback,
+    /// --rollback-on-traps) before going on to the next (e.g. 30s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub pause: Option<humantime::Duration>,
 }
 
 /// Options of `hotsock status`.
@@ -64,57 +75,147 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// `hotsock swap`: uploads the handler; says what replaced what.
+/// `hotsock swap`: uploads the handler to each server in turn; says what
+/// replaced what, and stops at the first server that refuses it.
 pub fn swap(args: &SwapArgs) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     let component = read_component(&args.handler)?;
     let source = std::path::absolute(&args.handler)?.display().to_string();
-    let answer = AdminClient::new(&args.admin)?
-        .swap(&source, &component)
-        .context("swap rejected")?;
-    let field = |name: &str| answer[name].as_str().unwrap_or("?").to_string();
-    match answer["swapped"].as_bool() {
-        Some(true) => println!("swapped: {} -> {}", field("replaced"), field("current")),
-        _ => println!(
-            "unchanged: {} is already serving this component",
-            field("current")
-        ),
+    let targets = &args.admin.admin;
+    let mut done = Vec::new();
+    for (i, endpoint) in targets.iter().enumerate() {
+        let client = AdminClient::new(&args.admin, endpoint)?;
+        let answer = client.swap(&source, &component).map_err(|e| {
+            stopped(
+                e.context("swap rejected"),
+                endpoint,
+                &done,
+                &targets[i + 1..],
+            )
+        })?;
+        let field = |name: &str| answer[name].as_str().unwrap_or("?").to_string();
+        let current = field("current");
+        let prefix = label(targets, endpoint);
+        match answer["swapped"].as_bool() {
+            Some(true) => writeln!(out, "{prefix}swapped: {} -> {current}", field("replaced"))?,
+            _ => writeln!(
+                out,
+                "{prefix}unchanged: {current} is already serving this component"
+            )?,
+        }
+        if let Some(pause) = args.pause
+            && i + 1 < targets.len()
+        {
+            std::thread::sleep(*pause);
+            let now = client
+                .status(args.admin.listener.as_deref())?
+                .handlers
+                .current;
+            if now != current {
+                let why = anyhow!(
+                    "{endpoint} serves {now} again, not {current}, {pause} after the swap: it \
+                     was rolled back (see its log)"
+                );
+                return Err(stopped(why, endpoint, &done, &targets[i + 1..]));
+            }
+        }
+        done.push(endpoint.to_string());
     }
     Ok(())
+}
+
+/// `label: ` before a server's line when there are several.
+fn label(targets: &[Endpoint], endpoint: &Endpoint) -> String {
+    match targets.len() {
+        1 => String::new(),
+        _ => format!("{endpoint}: "),
+    }
+}
+
+/// The error that stops a rolling operation at `at`, saying which servers
+/// were done and which were left alone.
+fn stopped(
+    error: anyhow::Error,
+    at: &Endpoint,
+    done: &[String],
+    left: &[Endpoint],
+) -> anyhow::Error {
+    if done.is_empty() && left.is_empty() {
+        return error;
+    }
+    let left: Vec<String> = left.iter().map(Endpoint::to_string).collect();
+    let done = match done.is_empty() {
+        true => "none".to_string(),
+        false => done.join(", "),
+    };
+    let left = match left.is_empty() {
+        true => "none".to_string(),
+        false => left.join(", "),
+    };
+    error.context(format!(
+        "stopped at {at}: already done: {done}; not touched: {left}"
+    ))
 }
 
 /// `hotsock status`: the table, or the raw JSON; every listener's unless
-/// one was asked for.
+/// one was asked for; each server's in turn.
 pub fn status(args: &StatusArgs) -> Result<()> {
-    let client = AdminClient::new(&args.admin)?;
-    let first = client.status(args.admin.listener.as_deref())?;
-    let mut statuses = vec![first.clone()];
-    if args.admin.listener.is_none() {
-        for name in first.listeners.iter().skip(1) {
-            statuses.push(client.status(Some(name))?);
+    let mut out = std::io::stdout().lock();
+    let targets = &args.admin.admin;
+    for endpoint in targets {
+        if targets.len() > 1 && !args.json {
+            writeln!(out, "== {endpoint}")?;
         }
-    }
-    for status in &statuses {
-        match args.json {
-            true => println!("{}", serde_json::to_string_pretty(status)?),
-            false if statuses.len() > 1 => {
-                print!("listener {}: {}", status.listener, render_status(status))
+        let client = AdminClient::new(&args.admin, endpoint)?;
+        let first = client.status(args.admin.listener.as_deref())?;
+        let mut statuses = vec![first.clone()];
+        if args.admin.listener.is_none() {
+            for name in first.listeners.iter().skip(1) {
+                statuses.push(client.status(Some(name))?);
             }
-            false => print!("{}", render_status(status)),
+        }
+        if !args.json {
+            writeln!(out, "process: {}", first.pid)?;
+        }
+        for status in &statuses {
+            match args.json {
+                true => writeln!(out, "{}", serde_json::to_string_pretty(status)?)?,
+                false if statuses.len() > 1 => write!(
+                    out,
+                    "listener {}: {}",
+                    status.listener,
+                    render_status(status)
+                )?,
+                false => write!(out, "{}", render_status(status))?,
+            }
         }
     }
     Ok(())
 }
 
-/// `hotsock rollback`.
+/// `hotsock rollback`: each server in turn, stopping at the first that
+/// cannot.
 pub fn rollback(args: &AdminArgs) -> Result<()> {
-    let answer = AdminClient::new(args)?
-        .rollback()
-        .context("rollback refused")?;
-    println!(
-        "rolled back: {} -> {}",
-        answer["replaced"].as_str().unwrap_or("?"),
-        answer["current"].as_str().unwrap_or("?")
-    );
+    let mut out = std::io::stdout().lock();
+    let mut done = Vec::new();
+    for (i, endpoint) in args.admin.iter().enumerate() {
+        let answer = AdminClient::new(args, endpoint)?.rollback().map_err(|e| {
+            stopped(
+                e.context("rollback refused"),
+                endpoint,
+                &done,
+                &args.admin[i + 1..],
+            )
+        })?;
+        writeln!(
+            out,
+            "{}rolled back: {} -> {}",
+            label(&args.admin, endpoint),
+            answer["replaced"].as_str().unwrap_or("?"),
+            answer["current"].as_str().unwrap_or("?")
+        )?;
+        done.push(endpoint.to_string());
+    }
     Ok(())
 }
 
@@ -129,9 +230,9 @@ struct AdminClient {
 }
 
 impl AdminClient {
-    /// A client for `args`; an IP:PORT without a token is an error, since
-    /// the server would refuse every request.
-    fn new(args: &AdminArgs) -> Result<Self> {
+    /// A client for `endpoint`, one of `args`'s; an IP:PORT without a
+    /// token is an error, since the server would refuse every request.
+    fn new(args: &AdminArgs, endpoint: &Endpoint) -> Result<Self> {
         let token = match &args.admin_token_file {
             Some(path) => Some(Token::read(path)?),
             None => match std::env::var(TOKEN_ENV) {
@@ -141,16 +242,16 @@ impl AdminClient {
                 Err(_) => None,
             },
         };
-        if let (Endpoint::Tcp(addr), None) = (&args.admin, &token) {
+        if let (Endpoint::Tcp(addr), None) = (endpoint, &token) {
             bail!(
                 "the admin API at {addr} needs its token: pass --admin-token-file FILE (the file \
                  `hotsock serve --admin-token-file` was given), or set {TOKEN_ENV}"
             );
         }
         Ok(AdminClient {
-            endpoint: args.admin.clone(),
+            endpoint: endpoint.clone(),
             query: listener_query(args.listener.as_deref()),
-            client: Client::new(args.admin.clone(), CLIENT_TIMEOUT),
+            client: Client::new(endpoint.clone(), CLIENT_TIMEOUT),
             authorization: token.map(|t| format!("Bearer {}", t.expose())),
         })
     }

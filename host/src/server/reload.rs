@@ -7,6 +7,7 @@
 //! config file.
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
@@ -85,7 +86,10 @@ impl Reloader {
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
                 Ok(event)
                     if changes_content(&event.kind)
-                        && event.paths.iter().any(|p| p.file_name() == Some(&name)) =>
+                        && event.paths.iter().any(|p| {
+                            let changed = p.file_name();
+                            changed == Some(&name) || changed == Some(OsStr::new(KUBERNETES_DATA))
+                        }) =>
                 {
                     reloader.request(Trigger::FileChanged(index));
                 }
@@ -100,6 +104,11 @@ impl Reloader {
         Ok(watcher)
     }
 }
+
+/// The link a Kubernetes ConfigMap or Secret volume swaps to update its
+/// files at once: `handler.wasm` links to `..data/handler.wasm`, so the
+/// file's content changes without an event naming it.
+const KUBERNETES_DATA: &str = "..data";
 
 /// Whether an event may have changed what the file holds. A removal alone
 /// does not: there is nothing to load until the file comes back.

@@ -4,6 +4,7 @@
 #   make lint   rustfmt check, clippy (warnings are errors) on every crate, and the host's layers
 #   make bench  hotsock against native Rust and Python echo servers, on loopback
 #   make soak   10,000 idle connections on each of the three, with memory and mappings
+#   make fleet  three hotsock processes behind HAProxy (deploy/fleet.sh)
 
 CARGO       ?= cargo
 PYTHON      ?= python3
@@ -26,9 +27,16 @@ COMPONENTIZE_PY         := $(VENV)/bin/componentize-py
 COMPONENTIZE_PY_STAMP   := $(VENV)/.componentize-py-$(COMPONENTIZE_PY_VERSION)
 PY_HANDLERS             := $(WASM_DIR)/python_echo.wasm
 
-# The tests read /metrics with Prometheus's own Python parser, in the same .venv.
+# The tests read /metrics with Prometheus's own Python parser, and
+# deploy/kubernetes.yaml with PyYAML, in the same .venv.
 PROMETHEUS_CLIENT_VERSION := 0.26.0
 PROMETHEUS_CLIENT_STAMP   := $(VENV)/.prometheus-client-$(PROMETHEUS_CLIENT_VERSION)
+PYYAML_VERSION            := 6.0.3
+PYYAML_STAMP              := $(VENV)/.pyyaml-$(PYYAML_VERSION)
+
+# Debian packages the tests run as real components, as COMMAND:PACKAGE:
+# HAProxy in front of a fleet, systemd's socket activator and unit checker.
+SYSTEM_PACKAGES := haproxy:haproxy systemd-socket-activate:systemd systemd-analyze:systemd
 
 # `make bench` plots the hot swap with matplotlib, in the same .venv.
 MATPLOTLIB_VERSION := 3.11.2
@@ -37,12 +45,12 @@ BENCH_OUT          := target/bench
 SOAK_OUT           := target/soak
 SOAK_CONNECTIONS   ?= 10000
 
-.PHONY: all setup rust-setup build guests python-handlers run test handler-cost bench soak lint fmt clean
+.PHONY: all setup rust-setup system-packages build guests python-handlers run test handler-cost bench soak fleet lint fmt clean
 
 all: build
 
 ## Install everything the build and tests need (idempotent).
-setup: rust-setup $(COMPONENTIZE_PY_STAMP) $(PROMETHEUS_CLIENT_STAMP)
+setup: rust-setup system-packages $(COMPONENTIZE_PY_STAMP) $(PROMETHEUS_CLIENT_STAMP) $(PYYAML_STAMP)
 
 rust-setup:
 	rustup target add $(WASM_TARGET)
@@ -57,6 +65,16 @@ $(PROMETHEUS_CLIENT_STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check prometheus_client==$(PROMETHEUS_CLIENT_VERSION)
 	touch $@
+
+$(PYYAML_STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check PyYAML==$(PYYAML_VERSION)
+	touch $@
+
+## Debian packages the tests use: apt-get as root, else the command to run
+## (and under CI=true, a failure).
+system-packages:
+	tools/system-packages.sh $(SYSTEM_PACKAGES)
 
 ## Build the host and every handler, Rust and Python (release).
 build: setup python-handlers
@@ -104,6 +122,11 @@ bench: build $(MATPLOTLIB_STAMP)
 soak: build
 	$(CARGO) build --release -p hotsock-bench
 	target/release/hotsock-bench --soak $(SOAK_CONNECTIONS) --out $(SOAK_OUT)
+
+## Three hotsock processes behind HAProxy on 127.0.0.1:50007 (deploy/fleet.sh):
+## `deploy/fleet.sh status|swap FILE|upgrade|stop` from there.
+fleet: build
+	deploy/fleet.sh start
 
 $(MATPLOTLIB_STAMP):
 	$(PYTHON) -m venv $(VENV)

@@ -1,0 +1,124 @@
+#!/bin/sh
+# A fleet on one machine: three hotsock processes behind HAProxy
+# (deploy/haproxy.cfg), to try what README "Scaling out" describes.
+#
+#   deploy/fleet.sh start [HANDLER]   start the three, then HAProxy on 127.0.0.1:50007
+#   deploy/fleet.sh status            each process's handler versions and connections
+#   deploy/fleet.sh swap HANDLER      rolling swap: one process at a time, stopping at
+#                                     the first that rejects it
+#   deploy/fleet.sh upgrade           SIGUSR2 to each in turn: the hotsock binary now
+#                                     on disk takes over, without dropping a connection
+#   deploy/fleet.sh stop              stop HAProxy and drain the three
+#
+# Run from the repository after `make build` (`make fleet` does both). State,
+# logs and admin sockets go to target/fleet/.
+set -eu
+
+cd "$(dirname "$0")/.."
+HOTSOCK=${HOTSOCK:-target/release/hotsock}
+HANDLER=${2:-target/wasm32-wasip2/release/guest_handler.wasm}
+DIR=target/fleet
+PROCESSES="1 2 3"
+
+admins() {
+    for n in $PROCESSES; do printf ' --admin %s' "$DIR/hotsock$n.sock"; done
+}
+
+pid_of() { # the process serving admin socket $1 now (it changes on an upgrade)
+    "$HOTSOCK" status --admin "$1" 2>/dev/null | sed -n 's/^process: //p'
+}
+
+wait_for_line() { # pid, file, text: up to 60 s, for a handler compiled afresh
+    i=0
+    until grep -q "$3" "$2" 2>/dev/null; do
+        i=$((i + 1))
+        if ! kill -0 "$1" 2>/dev/null || [ "$i" -gt 600 ]; then
+            echo "$2 has no '$3': see ${2%.out}.log" >&2
+            tail -n 3 "${2%.out}.log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+}
+
+case "${1:-}" in
+start)
+    command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || {
+        echo "haproxy is not installed: run \`make setup\` (as root), or apt-get install haproxy" >&2
+        exit 1
+    }
+    mkdir -p "$DIR"
+    for n in $PROCESSES; do
+        if [ -n "$(pid_of "$DIR/hotsock$n.sock")" ]; then
+            echo "hotsock$n is already running: \`$0 stop\` first" >&2
+            exit 1
+        fi
+    done
+    pids=""
+    for n in $PROCESSES; do
+        "$HOTSOCK" serve "$HANDLER" \
+            --proxy-protocol \
+            --addr "127.0.0.1:5010$n" \
+            --metrics "127.0.0.1:910$n" \
+            --admin "$DIR/hotsock$n.sock" \
+            --stop-delay 3s --drain-timeout 30s \
+            >"$DIR/hotsock$n.out" 2>>"$DIR/hotsock$n.log" &
+        pids="$pids $!"
+    done
+    n=0
+    for pid in $pids; do
+        n=$((n + 1))
+        wait_for_line "$pid" "$DIR/hotsock$n.out" "admin listening on"
+    done
+    PATH="$PATH:/usr/sbin" haproxy -db -f deploy/haproxy.cfg 2>>"$DIR/haproxy.log" &
+    echo $! >"$DIR/haproxy.pid"
+    echo "three hotsock processes behind HAProxy on 127.0.0.1:50007; logs in $DIR/"
+    ;;
+status)
+    # shellcheck disable=SC2046
+    "$HOTSOCK" status $(admins)
+    ;;
+swap)
+    [ -n "${2:-}" ] || { echo "usage: $0 swap HANDLER" >&2; exit 2; }
+    # shellcheck disable=SC2046
+    "$HOTSOCK" swap $(admins) "$2"
+    ;;
+upgrade)
+    for n in $PROCESSES; do
+        old=$(pid_of "$DIR/hotsock$n.sock")
+        [ -n "$old" ] || { echo "hotsock$n is not running" >&2; exit 1; }
+        kill -USR2 "$old"
+        i=0
+        new=$old
+        while [ "$new" = "$old" ] || [ -z "$new" ]; do
+            i=$((i + 1))
+            if [ "$i" -gt 600 ]; then
+                echo "hotsock$n: not upgraded after 60s; see $DIR/hotsock$n.log" >&2
+                exit 1
+            fi
+            sleep 0.1
+            new=$(pid_of "$DIR/hotsock$n.sock")
+        done
+        echo "hotsock$n: process $old -> $new"
+    done
+    ;;
+stop)
+    if [ -f "$DIR/haproxy.pid" ]; then
+        kill "$(cat "$DIR/haproxy.pid")" 2>/dev/null || true
+        rm -f "$DIR/haproxy.pid"
+    fi
+    pids=""
+    for n in $PROCESSES; do
+        pid=$(pid_of "$DIR/hotsock$n.sock")
+        [ -n "$pid" ] && kill -TERM "$pid" && pids="$pids $pid"
+    done
+    echo "stopping; each process drains its open connections (up to 3s + 30s)"
+    for pid in $pids; do
+        while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+    done
+    ;;
+*)
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac

@@ -405,6 +405,22 @@ fn misspelt_keys_and_bad_values_are_named_with_their_line() {
             "[[listener]]\nname = \"a\"\naddr = \"127.0.0.1:0\"\nhandler = \"a.wasm\"\n[[listener]]\nname = \"a\"\naddr = \"127.0.0.1:0\"\nhandler = \"b.wasm\"\n",
             &["two listeners are called `a`"],
         ),
+        (
+            "handler = \"h.wasm\"\nproxy-from = \"10.0.0.0/8\"\n",
+            &["proxy-from", "without proxy-protocol"],
+        ),
+        (
+            "handler = \"h.wasm\"\nproxy-protocol = true\nproxy-from = [\"10.1.2.3/8\"]\n",
+            &["did you mean 10.0.0.0/8?", "line 3"],
+        ),
+        (
+            "handler = \"h.wasm\"\nproxy-protocol = true\nproxy-from = \"ten\"\n",
+            &["`ten` is not an address range"],
+        ),
+        (
+            "[[listener]]\nname = \"metrics\"\naddr = \"127.0.0.1:0\"\nhandler = \"a.wasm\"\n",
+            &["listener name `metrics` is reserved"],
+        ),
     ] {
         let path = config(dir.path(), text);
         for check in [&["serve", "--config"][..], &["check", "--config"]] {

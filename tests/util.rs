@@ -82,7 +82,14 @@ impl Server {
     /// [`Server::admin_command`] then send.
     pub fn start_path(handler: &Path, args: &[&str]) -> Self {
         let listeners = args.iter().filter(|a| **a == "--addr").count();
-        Self::launch(Some(handler), args, listeners.max(1))
+        Self::launch(hotsock(), Some(handler), args, listeners.max(1))
+    }
+
+    /// Like [`Server::start_path`], with the `hotsock` binary at `binary`
+    /// (a copy, for a test that replaces it on disk).
+    pub fn start_binary(binary: &Path, handler: &Path, args: &[&str]) -> Self {
+        let listeners = args.iter().filter(|a| **a == "--addr").count();
+        Self::launch(Command::new(binary), Some(handler), args, listeners.max(1))
     }
 
     /// Serves the config file `config`, with extra `serve` options, waiting
@@ -91,11 +98,10 @@ impl Server {
         let config = config.to_str().expect("a UTF-8 path");
         let mut all = vec!["--config", config];
         all.extend_from_slice(args);
-        Self::launch(None, &all, listeners)
+        Self::launch(hotsock(), None, &all, listeners)
     }
 
-    fn launch(handler: Option<&Path>, args: &[&str], listeners: usize) -> Self {
-        let mut cmd = hotsock();
+    fn launch(mut cmd: Command, handler: Option<&Path>, args: &[&str], listeners: usize) -> Self {
         cmd.arg("serve").args(args);
         let tcp_admin = args
             .windows(2)
@@ -461,6 +467,30 @@ fn round_trip_line(stream: &mut TcpStream, message: &str) -> std::io::Result<Str
         reply.push(byte[0]);
     }
     Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// A program from a Debian package that a test runs as a real component
+/// (HAProxy, systemd's tools), which `make setup` installs. Missing, it
+/// fails the test under CI (`CI=true`); elsewhere the test says loudly that
+/// it is skipped, and returns `None`.
+pub fn system_tool(name: &str, package: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file());
+    if found.is_none() {
+        let message = format!(
+            "{name} is not installed: `make setup` installs Debian's {package} (as root), or run \
+             `sudo apt-get install {package}`"
+        );
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{message}; under CI a missing test component is a failure, not a skip"
+        );
+        eprintln!("SKIPPED: {message}");
+    }
+    found
 }
 
 /// The repository's root directory.

@@ -8,10 +8,13 @@
 //!
 //! - the binary (`main.rs` and `cli/`, not part of this library): the command
 //!   line, one file per subcommand, turning options into the settings below.
-//! - [`server`]: TCP. Binding and accepting for every listener, admission
-//!   and per-address limits, what the machine allows, a thread per
-//!   connection, one connection's job, each listener's registry of handler
-//!   versions, reloading, metrics and health, the admin API, HTTP for both.
+//! - [`server`]: TCP. Binding and accepting for every listener (or taking
+//!   sockets passed in by systemd or by the process an upgrade replaces),
+//!   the PROXY protocol from a load balancer, admission and per-address
+//!   limits, what the machine allows, a thread per connection, one
+//!   connection's job, each listener's registry of handler versions,
+//!   reloading, the binary upgrade, metrics and health, the admin API, HTTP
+//!   for both, and notifications to systemd.
 //! - [`runtime`]: WebAssembly only. The engine and its instance pool, loading
 //!   a handler, the store a guest runs in and the `connection` it sees, the
 //!   limits and grants of a listener's instances (a `Profile`), how a guest

@@ -21,7 +21,7 @@ use hotsock::server::upgrade::{Invocation, Upgrading};
 use hotsock::server::{
     self, ADMIN_LISTENING, ADMIN_SOCKET, Capacity, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     HealthRoutes, Inherited, LISTENING, Listener, METRICS_LISTENING, METRICS_SOCKET, Metrics,
-    Registry, Reloader, Server, Setup, WhenFull, notify,
+    Registry, Reloader, Server, Setup, Source, WhenFull, notify,
 };
 use hotsock::sys;
 use hotsock::units::{Size, parse_duration};
@@ -373,7 +373,9 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
         });
     }
     let inherited_admin = inherited.take_http(ADMIN_SOCKET)?;
-    let admin = match (&plan.admin, inherited_admin) {
+    // A socket systemd passed in is systemd's, file and all.
+    let leave_file = inherited_admin.is_some() && inherited.source() == Some(Source::Activation);
+    let mut admin = match (&plan.admin, inherited_admin) {
         (Some(options), inherited) => Some(admin::bind(
             admin::Options {
                 endpoint: options.endpoint.clone(),
@@ -388,6 +390,9 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
         }
         (None, None) => None,
     };
+    if let Some(admin) = admin.as_mut().filter(|_| leave_file) {
+        admin.leave_file();
+    }
     let metrics = match (plan.metrics, inherited.take_http(METRICS_SOCKET)?) {
         (_, Some(inherited)) => Some(inherited),
         (Some(addr), None) => Some(http::bind(&Endpoint::Tcp(addr), "--metrics")?.0),

@@ -160,6 +160,14 @@ impl Bound {
     pub fn endpoint(&self) -> std::io::Result<Endpoint> {
         self.listener.endpoint()
     }
+
+    /// Leaves the Unix socket's file in place on exit: whoever created it
+    /// (systemd, for a socket it passed in) keeps it.
+    pub fn leave_file(&mut self) {
+        if let Some(file) = self.file.take() {
+            file.keep();
+        }
+    }
 }
 
 impl AsFd for Bound {

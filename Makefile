@@ -5,6 +5,8 @@
 #   make bench  hotsock against native Rust and Python echo servers, on loopback
 #   make soak   10,000 idle connections on each of the three, with memory and mappings
 #   make fleet  three hotsock processes behind HAProxy (deploy/fleet.sh)
+#   make bench-fleet  one hotsock process, two sharing a port, three behind HAProxy;
+#                     then a binary upgrade of the three under load
 
 CARGO       ?= cargo
 PYTHON      ?= python3
@@ -43,9 +45,10 @@ MATPLOTLIB_VERSION := 3.11.2
 MATPLOTLIB_STAMP   := $(VENV)/.matplotlib-$(MATPLOTLIB_VERSION)
 BENCH_OUT          := target/bench
 SOAK_OUT           := target/soak
+BENCH_FLEET_OUT    := target/bench-fleet
 SOAK_CONNECTIONS   ?= 10000
 
-.PHONY: all setup rust-setup system-packages build guests python-handlers run test handler-cost bench soak fleet lint fmt clean
+.PHONY: all setup rust-setup system-packages build guests python-handlers run test handler-cost bench bench-fleet soak fleet lint fmt clean
 
 all: build
 
@@ -115,6 +118,15 @@ bench: build $(MATPLOTLIB_STAMP)
 	$(CARGO) build --release -p hotsock-bench
 	target/release/hotsock-bench --out $(BENCH_OUT)
 	$(VENV)/bin/python bench/plot_swap.py $(BENCH_OUT)
+
+## The same echo handler served by one hotsock process, by two sharing a port
+## (--reuse-port) and by three behind HAProxy (deploy/haproxy.cfg), on loopback:
+## round trips, new connections and CPU per operation, against one process;
+## then SIGUSR2 to each of the three under load, counting failed operations.
+## Writes $(BENCH_FLEET_OUT)/fleet.json.
+bench-fleet: build
+	$(CARGO) build --release -p hotsock-bench
+	target/release/hotsock-bench --fleet --out $(BENCH_FLEET_OUT)
 
 ## 10,000 idle connections held at once by hotsock, native-echo and Python:
 ## time to open, RSS, memory mappings and threads per connection, all answered.

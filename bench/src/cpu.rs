@@ -29,7 +29,7 @@ struct Snapshot {
 
 /// Measures CPU use from [`CpuMeter::start`] to [`CpuMeter::finish`].
 pub struct CpuMeter {
-    server_pid: u32,
+    server_pids: Vec<u32>,
     start: Option<Snapshot>,
 }
 
@@ -38,7 +38,7 @@ pub struct CpuMeter {
 pub struct CpuUse {
     /// Wall-clock length of the run, seconds.
     pub wall_s: f64,
-    /// CPU seconds used by the server under test.
+    /// CPU seconds used by the server under test: every process of it.
     pub server_s: f64,
     /// CPU seconds used by the bench (its client threads).
     pub bench_s: f64,
@@ -60,15 +60,22 @@ impl CpuUse {
 impl CpuMeter {
     /// Starts measuring; `server_pid` is the server under test.
     pub fn start(server_pid: u32) -> Self {
+        Self::start_all(&[server_pid])
+    }
+
+    /// Starts measuring a server made of several processes (a fleet, and
+    /// the balancer in front of it): their CPU time counts as the server's.
+    pub fn start_all(server_pids: &[u32]) -> Self {
         CpuMeter {
-            server_pid,
-            start: snapshot(server_pid),
+            server_pids: server_pids.to_vec(),
+            start: snapshot(server_pids),
         }
     }
 
-    /// CPU use since [`CpuMeter::start`]; `None` if /proc could not be read.
+    /// CPU use since [`CpuMeter::start`]; `None` if /proc could not be read
+    /// (for the server, if any of its processes has exited).
     pub fn finish(self) -> Option<CpuUse> {
-        let (start, end) = (self.start?, snapshot(self.server_pid)?);
+        let (start, end) = (self.start?, snapshot(&self.server_pids)?);
         // SAFETY: sysconf only reads a configuration value.
         let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let seconds =
@@ -94,7 +101,7 @@ impl CpuMeter {
     }
 }
 
-fn snapshot(server_pid: u32) -> Option<Snapshot> {
+fn snapshot(server_pids: &[u32]) -> Option<Snapshot> {
     let at = Instant::now();
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     // cpu  user nice system idle iowait irq softirq steal guest guest_nice
@@ -114,7 +121,10 @@ fn snapshot(server_pid: u32) -> Option<Snapshot> {
         machine_busy: field(0) + field(1) + field(2),
         machine_steal: field(7),
         bench: process_ticks("self")?,
-        server: process_ticks(&server_pid.to_string())?,
+        server: server_pids
+            .iter()
+            .map(|pid| process_ticks(&pid.to_string()))
+            .sum::<Option<u64>>()?,
     })
 }
 

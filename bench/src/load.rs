@@ -39,7 +39,7 @@ pub const WARMUP: Duration = Duration::from_millis(500);
 
 /// Pause after a failed connection attempt: a refused connect fails at once,
 /// and retrying without a pause would only spin.
-const RETRY_PAUSE: Duration = Duration::from_millis(1);
+pub const RETRY_PAUSE: Duration = Duration::from_millis(1);
 
 /// How long to wait for every client thread to be connected and ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -88,7 +88,7 @@ pub fn round_trip(stream: &mut TcpStream) -> io::Result<()> {
 /// second. That measured the client's kernel rather than the server, and
 /// hurt the fastest server most. The reply has been read in full by then,
 /// and every server sees the reset as the end of the connection.
-fn connect_once(addr: SocketAddr) -> io::Result<()> {
+pub fn connect_once(addr: SocketAddr) -> io::Result<()> {
     let mut stream = connect(addr)?;
     round_trip(&mut stream)?;
     reset_on_close(&stream)

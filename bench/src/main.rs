@@ -13,6 +13,9 @@
 //! - [`instantiate`]: the in-process per-connection instantiate micro-benchmark.
 //! - [`swap`]: the hot swap under load, hotsock only.
 //! - [`report`]: statistics, the summary rows and their targets, the table.
+//! - [`soak`]: `--soak`: many idle connections held at once.
+//! - [`fleet`]: `--fleet`: one hotsock process, two sharing a port, three
+//!   behind HAProxy; a binary upgrade under load.
 //!
 //! A shared two-core machine is noisy, so each round starts the three
 //! servers afresh and measures them one after the other, scenario by
@@ -20,6 +23,7 @@
 //! the median over rounds.
 
 mod cpu;
+mod fleet;
 mod instantiate;
 mod load;
 mod memory;
@@ -86,6 +90,10 @@ Options:
   --python-server PATH  the Python server [default: bench/python_echo_server.py]
   --soak N              run only the soak instead: N idle connections held at
                         once on each server (`make soak` holds 10000)
+  --fleet               run only the fleet bench instead (`make bench-fleet`):
+                        hotsock as one process, two with --reuse-port, three
+                        behind HAProxy; then a binary upgrade under load.
+                        Its --out defaults to target/bench-fleet, --rounds to 5
   -h, --help            print this help
 
 Paths are relative to the current directory: run from the repository root.
@@ -110,6 +118,13 @@ round trip; once all are open, a round trip on every one again; report the
 time to open, RSS, memory mappings and threads per connection. Writes
 OUT/soak.json; fails if any connection was not answered.
 
+With --fleet, per round: the three set-ups started afresh, each through 10
+persistent connections' round trips and 8 clients' new connections, in an
+order that rotates; CPU per operation is that of every hotsock process and
+HAProxy. Then once, behind HAProxy: SIGUSR2 to each process in turn under
+load, counting failed operations. HAProxy runs deploy/haproxy.cfg with its
+ports replaced. Writes OUT/fleet.json.
+
 Targets are reported with ✓ or ✗; a miss does not fail the run.
 ";
 
@@ -121,6 +136,8 @@ struct Options {
     programs: Programs,
     /// Run only the soak, with this many connections.
     soak: Option<usize>,
+    /// Run only the fleet bench.
+    fleet: bool,
 }
 
 impl Default for Options {
@@ -133,6 +150,7 @@ impl Default for Options {
             rounds: 10,
             duration: Duration::from_millis(1500),
             soak: None,
+            fleet: false,
             programs: Programs {
                 hotsock: "target/release/hotsock".into(),
                 native: "target/release/native-echo".into(),
@@ -169,6 +187,8 @@ fn main() -> ExitCode {
 /// Parses the command line; `None` for `--help`.
 fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Option<Options>> {
     let mut options = Options::default();
+    // The fleet bench has defaults of its own, unless these are given.
+    let (mut out_given, mut rounds_given) = (false, false);
     while let Some(arg) = args.next() {
         if arg == "-h" || arg == "--help" {
             return Ok(None);
@@ -187,8 +207,12 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Option<Option
         };
         let programs = &mut options.programs;
         match name.as_str() {
-            "--out" => options.out = value()?.into(),
+            "--out" => {
+                options.out = value()?.into();
+                out_given = true;
+            }
             "--rounds" => {
+                rounds_given = true;
                 let text = value()?;
                 options.rounds = text.parse().ok().filter(|&n| n >= 1).with_context(|| {
                     format!("--rounds {text}: expected a whole number, at least 1")
@@ -207,7 +231,20 @@ fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Option<Option
                     format!("--soak {text}: expected a whole number of connections, at least 1")
                 })?);
             }
+            "--fleet" if inline.is_none() => options.fleet = true,
             _ => bail!("unknown option `{arg}`"),
+        }
+    }
+    if options.fleet {
+        ensure!(
+            options.soak.is_none(),
+            "--fleet and --soak are two runs: pick one"
+        );
+        if !out_given {
+            options.out = fleet::DEFAULT_OUT.into();
+        }
+        if !rounds_given {
+            options.rounds = fleet::DEFAULT_ROUNDS;
         }
     }
     Ok(Some(options))
@@ -283,7 +320,7 @@ fn run_soak(options: &Options, connections: usize) -> Result<()> {
         machine.git.as_deref().unwrap_or("unknown")
     );
     print!("{}", soak::table(&soaks));
-    for (path, lines) in stderr_lines(&logs) {
+    for (path, lines) in stderr_lines(&logs, servers::log_names()) {
         println!("note: {path} has {lines} line(s) of server stderr");
     }
     let path = options.out.join("soak.json");
@@ -327,6 +364,9 @@ fn run(options: &Options) -> Result<()> {
     if let Some(connections) = options.soak {
         return run_soak(options, connections);
     }
+    if options.fleet {
+        return fleet::run(options);
+    }
     let programs = &options.programs;
     programs.check()?;
     let logs = options.out.join("logs");
@@ -365,7 +405,7 @@ fn run(options: &Options) -> Result<()> {
             (met + usize::from(m == Some(true)), all + 1)
         });
     let notes = notes(options, &rounds);
-    let stderr_lines = stderr_lines(&logs);
+    let stderr_lines = stderr_lines(&logs, servers::log_names());
     print_report(
         &machine,
         &rows,
@@ -464,7 +504,7 @@ fn round(
             let run = run.with_cpu(meter.finish());
             progress(
                 &format!("round trips, {clients} conn(s)"),
-                server.kind,
+                server.kind.name(),
                 &run,
             );
             results
@@ -478,7 +518,7 @@ fn round(
         let meter = CpuMeter::start(server.pid());
         let run = load::new_connections(server.addr, NEW_CONNECTION_CLIENTS, options.duration)?;
         let run = run.with_cpu(meter.finish());
-        progress("new connections", server.kind, &run);
+        progress("new connections", server.kind.name(), &run);
         results.entry(server.kind).or_default().new_connections = Some(run);
     }
     for server in &mut servers {
@@ -493,8 +533,8 @@ fn round(
 }
 
 /// One throughput run's result on stderr, as it comes, flagged if other
-/// processes took a share of the CPU meanwhile.
-fn progress(scenario: &str, kind: Kind, run: &Throughput) {
+/// processes took a share of the CPU meanwhile; `server` names what ran.
+fn progress(scenario: &str, server: &str, run: &Throughput) {
     let cpu = run
         .server_cpu_us_per_op
         .map_or_else(String::new, |us| format!(", server CPU {us:.1} µs/op"));
@@ -506,12 +546,8 @@ fn progress(scenario: &str, kind: Kind, run: &Throughput) {
         _ => String::new(),
     };
     eprintln!(
-        "  {scenario}, {}: {:.0}/s, p50 {:.1} µs, p99 {:.1} µs, {} failed{cpu}{disturbed}",
-        kind.name(),
-        run.per_s,
-        run.p50_us,
-        run.p99_us,
-        run.failed
+        "  {scenario}, {server}: {:.0}/s, p50 {:.1} µs, p99 {:.1} µs, {} failed{cpu}{disturbed}",
+        run.per_s, run.p50_us, run.p99_us, run.failed
     );
 }
 
@@ -783,10 +819,13 @@ fn notes(options: &Options, rounds: &[Round]) -> Vec<String> {
     notes
 }
 
-/// Lines each server wrote to its stderr log, for those that wrote any:
-/// errors there may explain odd numbers.
-fn stderr_lines(logs: &std::path::Path) -> Vec<(String, usize)> {
-    servers::log_names()
+/// Lines each server wrote to its stderr log (`names` in `logs`), for
+/// those that wrote any: errors there may explain odd numbers.
+fn stderr_lines(
+    logs: &std::path::Path,
+    names: impl IntoIterator<Item = impl AsRef<std::path::Path>>,
+) -> Vec<(String, usize)> {
+    names
         .into_iter()
         .filter_map(|name| {
             let path = logs.join(name);
@@ -870,5 +909,31 @@ mod tests {
         assert!(parse_options(["--rounds", "0"].map(String::from).into_iter()).is_err());
         assert!(parse_options(["--bogus"].map(String::from).into_iter()).is_err());
         assert!(parse_options(["--help"].map(String::from).into_iter()).is_ok_and(|o| o.is_none()));
+    }
+
+    #[test]
+    fn fleet_options() {
+        let parse = |args: &[&str]| {
+            parse_options(args.iter().map(|a| a.to_string()))
+                .ok()
+                .flatten()
+                .expect("valid options")
+        };
+        // The fleet bench has its own defaults...
+        let options = parse(&["--fleet"]);
+        assert!(options.fleet);
+        assert_eq!(options.rounds, super::fleet::DEFAULT_ROUNDS);
+        assert_eq!(
+            options.out,
+            std::path::PathBuf::from(super::fleet::DEFAULT_OUT)
+        );
+        // ... which the options given override, wherever they come.
+        let options = parse(&["--rounds", "2", "--fleet", "--out=y"]);
+        assert_eq!(options.rounds, 2);
+        assert_eq!(options.out, std::path::PathBuf::from("y"));
+        assert!(!parse(&["--rounds", "2"]).fleet);
+        let both = ["--fleet", "--soak", "10"].map(String::from);
+        assert!(parse_options(both.into_iter()).is_err());
+        assert!(parse_options(["--fleet=1"].map(String::from).into_iter()).is_err());
     }
 }

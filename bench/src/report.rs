@@ -205,10 +205,21 @@ pub fn table(rows: &[Row]) -> String {
             ]
         })
         .collect();
+    // The label and target columns read left to right; numbers align right.
+    aligned(&header, &cells, |i| i == 0 || i >= 6)
+}
+
+/// `header` and `rows` as plain-text columns, two spaces apart, under a
+/// line of dashes: the columns `left` picks aligned left, the rest right.
+pub fn aligned<R: AsRef<[String]>>(
+    header: &[&str],
+    rows: &[R],
+    left: impl Fn(usize) -> bool,
+) -> String {
     let width = |i: usize| {
-        cells
-            .iter()
-            .map(|row| row[i].chars().count())
+        rows.iter()
+            .filter_map(|row| row.as_ref().get(i))
+            .map(|cell| cell.chars().count())
             .chain([header[i].chars().count()])
             .max()
             .unwrap_or(0)
@@ -217,10 +228,9 @@ pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let mut line = |cells: &[String]| {
         let mut text = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            let pad = widths[i] - cell.chars().count();
-            // The label and target columns read left to right; numbers align right.
-            if i == 0 || i >= 6 {
+        for (i, cell) in cells.iter().enumerate().take(widths.len()) {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            if left(i) {
                 let _ = write!(text, "{cell}{}  ", " ".repeat(pad));
             } else {
                 let _ = write!(text, "{}{cell}  ", " ".repeat(pad));
@@ -228,16 +238,16 @@ pub fn table(rows: &[Row]) -> String {
         }
         let _ = writeln!(out, "{}", text.trim_end());
     };
-    line(&header.map(String::from));
+    line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
     line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>());
-    for row in &cells {
-        line(row);
+    for row in rows {
+        line(row.as_ref());
     }
     out
 }
 
 /// `v` with `decimals` decimals and thousands separated by commas.
-fn number(v: f64, decimals: usize) -> String {
+pub fn number(v: f64, decimals: usize) -> String {
     if !v.is_finite() {
         return v.to_string();
     }

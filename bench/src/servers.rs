@@ -16,7 +16,7 @@ use testkit::{Launch, ServerProcess, Stderr};
 
 /// Longest a server may take to print its address. hotsock compiles its
 /// handler first (`--no-cache`), which takes a fraction of a second here.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One of the three servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -67,34 +67,18 @@ impl Programs {
     pub fn check(&self) -> Result<()> {
         let build = "run `make build`";
         let bench = "run `cargo build --release -p hotsock-bench` (`make bench` does)";
-        for (path, what, fix) in [
-            (&self.hotsock, "the hotsock binary (--hotsock)", build),
-            (&self.native, "the native-echo binary (--native)", bench),
-            (&self.handler, "the echo handler (--handler)", build),
-            (
-                &self.swap_handler,
-                "the handler to swap in (--swap-handler)",
-                build,
-            ),
-            (
-                &self.python_server,
-                "the Python server (--python-server)",
-                "run the bench from the repository root",
-            ),
-        ] {
-            if !path.is_file() {
-                let cwd = std::env::current_dir()
-                    .map_or_else(|_| "?".into(), |d| d.display().to_string());
-                let relative = match path.is_relative() {
-                    true => format!(" (relative to {cwd}: run from the repository root)"),
-                    false => String::new(),
-                };
-                bail!(
-                    "{what} is missing: no file at {}{relative}; {fix}",
-                    path.display()
-                );
-            }
-        }
+        self.check_hotsock()?;
+        require_file(&self.native, "the native-echo binary (--native)", bench)?;
+        require_file(
+            &self.swap_handler,
+            "the handler to swap in (--swap-handler)",
+            build,
+        )?;
+        require_file(
+            &self.python_server,
+            "the Python server (--python-server)",
+            "run the bench from the repository root",
+        )?;
         // Fail now rather than minutes into the run.
         let python = Command::new(&self.python)
             .args(["-c", "import socketserver"])
@@ -114,26 +98,39 @@ impl Programs {
         }
     }
 
+    /// Checks that hotsock and its handler are there: all the fleet bench
+    /// runs.
+    pub fn check_hotsock(&self) -> Result<()> {
+        let build = "run `make build`";
+        require_file(&self.hotsock, "the hotsock binary (--hotsock)", build)?;
+        require_file(&self.handler, "the echo handler (--handler)", build)
+    }
+
+    /// hotsock as the bench runs it, listening on `addr`, with its admin
+    /// API on the Unix socket `admin`: one command line for every hotsock
+    /// the bench starts, so that they are measured alike.
+    pub fn hotsock_command(&self, addr: &str, admin: &Path) -> Command {
+        let mut command = Command::new(&self.hotsock);
+        command
+            .args(["serve", "--addr", addr, "--admin"])
+            // A Unix socket, private to this user: the admin API's
+            // recommended form, which needs no token.
+            .arg(admin)
+            // The hot swap swaps in slow-echo, which then replies at once.
+            .args(["--env", "ECHO_DELAY=0"])
+            // Every start, and every swap, really compiles.
+            .arg("--no-cache")
+            .arg(&self.handler)
+            // No per-connection info lines: the other two servers log
+            // nothing per connection either.
+            .env("RUST_LOG", "warn");
+        command
+    }
+
     /// The command line that starts `kind`, and the environment it needs.
     fn command(&self, kind: Kind) -> Command {
         match kind {
-            Kind::Hotsock => {
-                let mut command = Command::new(&self.hotsock);
-                command
-                    .args(["serve", "--addr", "127.0.0.1:0", "--admin"])
-                    // A Unix socket, private to this user: the admin API's
-                    // recommended form, which needs no token.
-                    .arg(admin_socket())
-                    // The hot swap swaps in slow-echo, which then replies at once.
-                    .args(["--env", "ECHO_DELAY=0"])
-                    // Every start, and every swap, really compiles.
-                    .arg("--no-cache")
-                    .arg(&self.handler)
-                    // No per-connection info lines: the other two servers log
-                    // nothing per connection either.
-                    .env("RUST_LOG", "warn");
-                command
-            }
+            Kind::Hotsock => self.hotsock_command("127.0.0.1:0", &admin_socket()),
             Kind::Native => {
                 let mut command = Command::new(&self.native);
                 command.args(["--addr", "127.0.0.1:0"]);
@@ -150,15 +147,35 @@ impl Programs {
 
     /// The command line that starts `kind`, as it would be typed, for the JSON.
     pub fn command_line(&self, kind: Kind) -> String {
-        let command = self.command(kind);
-        let env = command
-            .get_envs()
-            .filter_map(|(key, value)| Some(format!("{}={}", key.to_str()?, value?.to_str()?)));
-        let words = std::iter::once(command.get_program())
-            .chain(command.get_args())
-            .map(|word| word.to_string_lossy().into_owned());
-        env.chain(words).collect::<Vec<_>>().join(" ")
+        command_line(&self.command(kind))
     }
+}
+
+/// `command` as it would be typed, environment first, for the JSON.
+pub fn command_line(command: &Command) -> String {
+    let env = command
+        .get_envs()
+        .filter_map(|(key, value)| Some(format!("{}={}", key.to_str()?, value?.to_str()?)));
+    let words = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|word| word.to_string_lossy().into_owned());
+    env.chain(words).collect::<Vec<_>>().join(" ")
+}
+
+/// Fails unless `path` is a file, saying `what` is missing and `fix`.
+fn require_file(path: &Path, what: &str, fix: &str) -> Result<()> {
+    if path.is_file() {
+        return Ok(());
+    }
+    let cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string());
+    let relative = match path.is_relative() {
+        true => format!(" (relative to {cwd}: run from the repository root)"),
+        false => String::new(),
+    };
+    bail!(
+        "{what} is missing: no file at {}{relative}; {fix}",
+        path.display()
+    )
 }
 
 /// A running server. Dropping it kills the process and waits for it.

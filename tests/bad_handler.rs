@@ -81,7 +81,8 @@ fn a_component_of_another_world() {
     // A WASI command: it exports wasi:cli/run instead of the handler.
     rejects(
         &wasm("not-a-handler"),
-        "does not export `hotsock:plugin/handler@0.1.0` (it exports wasi:cli/run",
+        "does not export `hotsock:plugin/handler@0.2.0` (nor the older \
+         `hotsock:plugin/handler@0.1.0`; it exports wasi:cli/run",
     );
 }
 
@@ -99,5 +100,22 @@ fn check_accepts_the_default_handler() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("is a hotsock handler"), "{stdout}");
-    assert!(stdout.contains("hotsock:plugin/types@0.1.0"), "{stdout}");
+    assert!(
+        stdout.contains("contract: hotsock:plugin 0.2.0 "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("hotsock:plugin/types@0.2.0"), "{stdout}");
+}
+
+#[test]
+fn check_names_an_earlier_contract_and_the_grants_a_handler_may_need() {
+    // The probe is built against contract 0.1.0 on purpose, and uses files and sockets.
+    let output = hotsock().arg("check").arg(wasm("probe")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("contract: hotsock:plugin 0.1.0, an earlier contract: still served"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("may need: --allow-connect"), "{stdout}");
 }

@@ -10,7 +10,7 @@
 //! `ctime` crate, which `handlers/slow-echo` and the bench's native server
 //! share.
 
-wit_bindgen::generate!({ path: "../wit", world: "plugin" });
+wit_bindgen::generate!({ path: "../wit", world: "plugin", generate_all });
 
 use std::time::SystemTime;
 

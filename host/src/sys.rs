@@ -419,3 +419,92 @@ fn page_size() -> usize {
         _ => 4096,
     }
 }
+
+/// Waits until one of `fds` is ready for what its `events` ask
+/// (`libc::POLLIN`, `libc::POLLOUT`), or `timeout` passes (`None`: no
+/// limit). Returns how many are ready: 0 means the time ran out. An
+/// interrupted wait is retried with what is left of the time.
+pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let millis = match deadline {
+            None => -1,
+            // Rounded up, so a 0.5 ms wait does not spin as a 0 ms one.
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                left.as_micros()
+                    .div_ceil(1000)
+                    .min(libc::c_int::MAX as u128) as libc::c_int
+            }
+        };
+        // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd
+        // structs of the length given; poll writes only their `revents`.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
+        if ready >= 0 {
+            return Ok(ready as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// Sends what of `data` the socket takes now, without waiting: `WouldBlock`
+/// when its buffer is full. A peer that is gone is an error, never SIGPIPE.
+/// For writing to a blocking socket from a thread that must not block.
+pub fn send_now(socket: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `socket` is an open descriptor for the borrow's lifetime, and
+    // `data` is a valid slice of the length given, which send only reads.
+    let sent = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    match sent {
+        -1 => Err(io::Error::last_os_error()),
+        n => Ok(n as usize),
+    }
+}
+
+/// A counter another thread can wake a [`poll`] with: an eventfd.
+#[derive(Debug)]
+pub struct Wakeup(OwnedFd);
+
+impl Wakeup {
+    /// A fresh eventfd, non-blocking and closed on exec.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: eventfd has no memory-safety preconditions.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: eventfd just returned `fd`, which nothing else owns.
+        Ok(Wakeup(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Makes the eventfd readable, waking whoever polls it. A full counter
+    /// (2^64 - 2 wakes nobody read) is already readable, so errors are moot.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: the fd is open while self lives; the buffer is 8 valid bytes.
+        unsafe { libc::write(self.0.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+
+    /// Resets the counter, so the next poll waits for a new wake.
+    pub fn clear(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: as in `wake`; a non-blocking read of an unset eventfd
+        // fails with EAGAIN and changes nothing.
+        unsafe { libc::read(self.0.as_raw_fd(), (&raw mut count).cast(), 8) };
+    }
+
+    /// The descriptor to poll for `POLLIN`.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd as _;
+        self.0.as_fd()
+    }
+}

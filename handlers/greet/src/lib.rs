@@ -7,7 +7,7 @@
 //! labelled with the connection, so the operator watches the conversation
 //! there. `tests/clients/greet_client.py` is the matching interactive client.
 
-wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
+wit_bindgen::generate!({ path: "../../wit", world: "plugin", generate_all });
 
 use exports::hotsock::plugin::handler::Guest;
 use hotsock::plugin::types::Connection;

@@ -8,7 +8,7 @@
 //! five. The operator sets the delay with `hotsock serve --env ECHO_DELAY=0.5`;
 //! it is 5 seconds, the textbook's `time.sleep(5)`, when unset.
 
-wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
+wit_bindgen::generate!({ path: "../../wit", world: "plugin", generate_all });
 
 use std::time::{Duration, SystemTime};
 

@@ -6,7 +6,7 @@
 //! own instance as well as its own thread, so the connection id names both.
 //! Two clients served at once always get different names.
 
-wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
+wit_bindgen::generate!({ path: "../../wit", world: "plugin", generate_all });
 
 use exports::hotsock::plugin::handler::Guest;
 use hotsock::plugin::types::Connection;

@@ -49,6 +49,18 @@ pub fn parse_env(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Parses `--keyvalue`: a bucket name, as a handler passes it to `open`.
+pub fn parse_bucket_name(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty() && text.len() <= 128 && text.bytes().all(|b| b.is_ascii_graphic());
+    match valid {
+        true => Ok(text.to_string()),
+        false => Err(format!(
+            "`{}` cannot name a key-value bucket: use up to 128 visible ASCII characters",
+            text.escape_debug()
+        )),
+    }
+}
+
 /// Parses `--proxy-from`: an address range (`10.0.0.0/8`, `fd00::/8`), or
 /// one address. Host bits set under the prefix (`10.1.2.3/8`) are refused:
 /// they are usually a typo for a narrower range.

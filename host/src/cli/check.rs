@@ -46,8 +46,19 @@ pub fn run(args: &CheckArgs) -> Result<()> {
     })?;
     let handler = Handler::load(&runtime, &Profile::default(), handler)?;
     println!("ok: `{}` is a hotsock handler", handler.name());
-    println!("  exports: {HANDLER_EXPORT}");
+    let current = match handler.export() {
+        HANDLER_EXPORT => "",
+        _ => ", an earlier contract: still served",
+    };
+    println!(
+        "  contract: hotsock:plugin {}{current} (exports {})",
+        handler.contract(),
+        handler.export()
+    );
     println!("  imports: {}", handler.imports().join(", "));
+    for grant in grants_needed(handler.imports()) {
+        println!("  may need: {grant}");
+    }
     println!(
         "  each connection: {} linear memor{}, up to {} memory mappings with its thread",
         handler.memories(),
@@ -55,6 +66,29 @@ pub fn run(args: &CheckArgs) -> Result<()> {
         handler.mappings_per_instance() as u64 + THREAD_MAPPINGS
     );
     Ok(())
+}
+
+/// The grants a handler that imports `imports` may need to do its work:
+/// without them the imports link, and every use is denied.
+fn grants_needed(imports: &[String]) -> Vec<&'static str> {
+    let imports_any = |prefixes: &[&str]| {
+        imports
+            .iter()
+            .any(|import| prefixes.iter().any(|p| import.starts_with(p)))
+    };
+    let mut needed = Vec::new();
+    if imports_any(&["wasi:sockets/tcp@", "wasi:sockets/tcp-create-socket@"]) {
+        needed.push(
+            "--allow-connect HOST:PORT, for its TCP connections out (it imports wasi:sockets/tcp)",
+        );
+    }
+    if imports_any(&["wasi:keyvalue/store@"]) {
+        needed.push("--keyvalue NAME, for each bucket it opens (it imports wasi:keyvalue/store)");
+    }
+    if imports_any(&["wasi:filesystem/preopens@"]) {
+        needed.push("--dir or --dir-rw, for files (it imports wasi:filesystem)");
+    }
+    needed
 }
 
 fn check_config(args: &CheckArgs, config: &std::path::Path) -> Result<()> {
@@ -65,6 +99,7 @@ fn check_config(args: &CheckArgs, config: &std::path::Path) -> Result<()> {
         max_instances: plan.total_connections(),
         max_memory: plan.max_memory(),
         cache_dir: args.cache.dir(),
+        keyvalue_max_bytes: plan.keyvalue_max_bytes,
     })?;
     for listener in &plan.listeners {
         let name = &listener.name;

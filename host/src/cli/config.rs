@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use hotsock::runtime::{
-    Capabilities, DEFAULT_CPU_BUDGET, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MEMORY, Limits, Preopen,
-    Profile,
+    Capabilities, ConnectGrant, DEFAULT_CPU_BUDGET, DEFAULT_MAX_BUCKET_BYTES,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MEMORY, DEFAULT_ROOM_BACKLOG, Limits, Preopen, Profile,
 };
 use hotsock::server::admin::DEFAULT_MAX_UPLOAD;
 use hotsock::server::http::Endpoint;
@@ -29,7 +29,7 @@ use hotsock::units::{parse_duration, parse_size};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::cli::args::{DEFAULT_ADDR, parse_cidr, parse_dir, parse_env};
+use crate::cli::args::{DEFAULT_ADDR, parse_bucket_name, parse_cidr, parse_dir, parse_env};
 use crate::cli::logging::LogFormat;
 
 /// Settings given on the command line, each `None` unless given there: they
@@ -61,6 +61,10 @@ pub struct Overrides {
     pub reuse_port: Option<bool>,
     pub env: Option<Vec<(String, String)>>,
     pub dirs: Option<Vec<Preopen>>,
+    pub keyvalue: Option<Vec<String>>,
+    pub keyvalue_max_bytes: Option<usize>,
+    pub allow_connect: Option<Vec<ConnectGrant>>,
+    pub room_backlog: Option<usize>,
     /// `Some(None)` for `--no-cache`.
     pub cache_dir: Option<Option<PathBuf>>,
 }
@@ -80,6 +84,8 @@ pub struct Plan {
     pub metrics: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub cache_dir: Option<PathBuf>,
+    /// Most bytes in each key-value bucket: for the whole process.
+    pub keyvalue_max_bytes: usize,
 }
 
 /// One listener of a [`Plan`].
@@ -211,6 +217,11 @@ impl Plan {
             metrics: overrides.metrics.or(top.metrics),
             log_format: pick(overrides.log_format, top.log_format, LogFormat::Text),
             cache_dir,
+            keyvalue_max_bytes: pick(
+                overrides.keyvalue_max_bytes,
+                top.keyvalue_max_bytes.map(|s| s.0),
+                DEFAULT_MAX_BUCKET_BYTES,
+            ),
         })
     }
 
@@ -275,6 +286,10 @@ struct File {
     env: Option<Env>,
     dir: Option<OneOrMany>,
     dir_rw: Option<OneOrMany>,
+    keyvalue: Option<Buckets>,
+    keyvalue_max_bytes: Option<Size>,
+    allow_connect: Option<Grants>,
+    room_backlog: Option<Size>,
     #[serde(default)]
     listener: Vec<ListenerTable>,
 }
@@ -303,6 +318,9 @@ struct ListenerTable {
     env: Option<Env>,
     dir: Option<OneOrMany>,
     dir_rw: Option<OneOrMany>,
+    keyvalue: Option<Buckets>,
+    allow_connect: Option<Grants>,
+    room_backlog: Option<Size>,
 }
 
 impl File {
@@ -437,6 +455,31 @@ impl ListenerTable {
                 self.name
             ),
         };
+        let keyvalue = given
+            .keyvalue
+            .clone()
+            .or_else(|| {
+                own.keyvalue
+                    .as_ref()
+                    .or(top.keyvalue.as_ref())
+                    .map(|b| b.0.clone())
+            })
+            .unwrap_or_default();
+        let mut connect = given
+            .allow_connect
+            .clone()
+            .or_else(|| {
+                own.allow_connect
+                    .as_ref()
+                    .or(top.allow_connect.as_ref())
+                    .map(|g| g.0.clone())
+            })
+            .unwrap_or_default();
+        for grant in &mut connect {
+            grant
+                .resolve()
+                .map_err(|why| anyhow::anyhow!("listener `{}`: {why}", self.name))?;
+        }
         Ok(ListenerPlan {
             name: self.name.clone(),
             addrs: self.addr.clone().into_vec(),
@@ -454,7 +497,12 @@ impl ListenerTable {
                     cpu_budget: dur(given.cpu_budget, own.cpu_budget, top.cpu_budget)
                         .unwrap_or(DEFAULT_CPU_BUDGET),
                 },
-                capabilities: Capabilities { env, dirs },
+                capabilities: Capabilities {
+                    env,
+                    dirs,
+                    keyvalue: keyvalue.into(),
+                    connect: connect.into(),
+                },
             },
             policy: Policy {
                 rollback_on_traps: given
@@ -486,6 +534,8 @@ impl ListenerTable {
                     top.max_connection_time,
                 ),
                 proxy,
+                room_backlog: size(given.room_backlog, &own.room_backlog, &top.room_backlog)
+                    .unwrap_or(DEFAULT_ROOM_BACKLOG),
             },
         })
     }
@@ -526,6 +576,38 @@ impl<'de> Deserialize<'de> for Cidrs {
             .map(|text| parse_cidr(text))
             .collect::<Result<_, _>>()
             .map(Cidrs)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Key-value bucket names: one, or a list.
+#[derive(Debug, Clone)]
+struct Buckets(Vec<String>);
+
+impl<'de> Deserialize<'de> for Buckets {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let names = OneOrMany::deserialize(deserializer)?.into_vec();
+        names
+            .into_iter()
+            .map(|name| parse_bucket_name(&name))
+            .collect::<Result<_, _>>()
+            .map(Buckets)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Outbound TCP grants, `HOST:PORT`: one, or a list.
+#[derive(Debug, Clone)]
+struct Grants(Vec<ConnectGrant>);
+
+impl<'de> Deserialize<'de> for Grants {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let texts = OneOrMany::deserialize(deserializer)?.into_vec();
+        texts
+            .iter()
+            .map(|text| text.parse())
+            .collect::<Result<_, _>>()
+            .map(Grants)
             .map_err(serde::de::Error::custom)
     }
 }

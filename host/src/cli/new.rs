@@ -1,7 +1,8 @@
 //! `hotsock new`: a handler project that builds to a component with one
 //! command and runs under `hotsock serve` unchanged. The templates live in
 //! `host/templates/` and are compiled into the binary, with the contract
-//! (`wit/plugin.wit`) this hotsock speaks.
+//! (`wit/plugin.wit`, and the `wasi:keyvalue` files it imports from
+//! `wit/deps/`) this hotsock speaks.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -33,10 +34,36 @@ pub struct NewArgs {
 /// The componentize-py release the Python template is built and tested with.
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 
-const PLUGIN_WIT: &str = include_str!("../../../wit/plugin.wit");
+/// The contract, as every project gets it: `wit/plugin.wit` and the WIT
+/// packages it imports, under `wit/deps/` where wit-bindgen and
+/// componentize-py look for them.
+const CONTRACT: &[Template] = &[
+    ("wit/plugin.wit", include_str!("../../../wit/plugin.wit")),
+    (
+        "wit/deps/keyvalue/atomic.wit",
+        include_str!("../../../wit/deps/keyvalue/atomic.wit"),
+    ),
+    (
+        "wit/deps/keyvalue/batch.wit",
+        include_str!("../../../wit/deps/keyvalue/batch.wit"),
+    ),
+    (
+        "wit/deps/keyvalue/store.wit",
+        include_str!("../../../wit/deps/keyvalue/store.wit"),
+    ),
+    (
+        "wit/deps/keyvalue/watch.wit",
+        include_str!("../../../wit/deps/keyvalue/watch.wit"),
+    ),
+    (
+        "wit/deps/keyvalue/world.wit",
+        include_str!("../../../wit/deps/keyvalue/world.wit"),
+    ),
+];
 
 /// A template file: its path in the project, and its text with `{{name}}`,
-/// `{{crate}}` and `{{componentize_py}}` placeholders.
+/// `{{crate}}` and `{{componentize_py}}` placeholders. Every project also gets
+/// the [`CONTRACT`] files, as they are.
 type Template = (&'static str, &'static str);
 
 const RUST: &[Template] = &[
@@ -54,7 +81,6 @@ const RUST: &[Template] = &[
     ),
     ("README.md", include_str!("../../templates/rust/README.md")),
     (".gitignore", include_str!("../../templates/rust/gitignore")),
-    ("wit/plugin.wit", PLUGIN_WIT),
 ];
 
 const PYTHON: &[Template] = &[
@@ -67,7 +93,6 @@ const PYTHON: &[Template] = &[
         ".gitignore",
         include_str!("../../templates/python/gitignore"),
     ),
-    ("wit/plugin.wit", PLUGIN_WIT),
 ];
 
 /// Creates the project and says how to build it.
@@ -108,16 +133,26 @@ fn create(parent: &Path, name: &str, lang: Lang) -> Result<PathBuf> {
         Lang::Rust => RUST,
         Lang::Python => PYTHON,
     };
-    for (path, text) in templates {
+    let files = templates
+        .iter()
+        .map(|&(path, text)| {
+            let text = text
+                .replace("{{name}}", name)
+                .replace("{{crate}}", &crate_name)
+                .replace("{{componentize_py}}", COMPONENTIZE_PY_VERSION);
+            (path, text)
+        })
+        .chain(
+            CONTRACT
+                .iter()
+                .map(|&(path, text)| (path, text.to_string())),
+        );
+    for (path, text) in files {
         let path = dir.join(path);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        let text = text
-            .replace("{{name}}", name)
-            .replace("{{crate}}", &crate_name)
-            .replace("{{componentize_py}}", COMPONENTIZE_PY_VERSION);
         fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(dir)
@@ -131,5 +166,35 @@ fn build_command(name: &str, lang: Lang) -> String {
             "componentize-py -d wit -w plugin componentize app -o {}.wasm",
             name.replace('-', "_")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_project_gets_the_whole_contract_as_the_repository_has_it() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let parent = tempfile::tempdir().unwrap();
+        for (name, lang) in [("rusty", Lang::Rust), ("snaky", Lang::Python)] {
+            let dir = create(parent.path(), name, lang).unwrap();
+            // plugin.wit imports wasi:keyvalue: without its files no
+            // project builds.
+            for file in [
+                "plugin.wit",
+                "deps/keyvalue/atomic.wit",
+                "deps/keyvalue/batch.wit",
+                "deps/keyvalue/store.wit",
+                "deps/keyvalue/watch.wit",
+                "deps/keyvalue/world.wit",
+            ] {
+                let written = fs::read_to_string(dir.join("wit").join(file)).unwrap();
+                let original = fs::read_to_string(repo.join("wit").join(file)).unwrap();
+                assert_eq!(written, original, "{name}: wit/{file}");
+            }
+        }
+        let lib = fs::read_to_string(parent.path().join("rusty/src/lib.rs")).unwrap();
+        assert!(lib.contains("generate_all"), "{lib}");
     }
 }

@@ -12,8 +12,8 @@ use anyhow::{Result, bail};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use hotsock::runtime::{
-    self, DEFAULT_CPU_BUDGET, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MEMORY, Preopen, Runtime,
-    read_component,
+    self, ConnectGrant, DEFAULT_CPU_BUDGET, DEFAULT_MAX_BUCKET_BYTES, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_MEMORY, DEFAULT_ROOM_BACKLOG, Preopen, Runtime, read_component,
 };
 use hotsock::server::admin::{self, DEFAULT_MAX_UPLOAD, Token};
 use hotsock::server::http::{self, Endpoint};
@@ -29,7 +29,8 @@ use ipnet::IpNet;
 use log::{info, warn};
 
 use crate::cli::args::{
-    CacheArgs, DEFAULT_ADDR, parse_cidr, parse_env, parse_read_only_dir, parse_writable_dir,
+    CacheArgs, DEFAULT_ADDR, parse_bucket_name, parse_cidr, parse_env, parse_read_only_dir,
+    parse_writable_dir,
 };
 use crate::cli::config::{Overrides, Plan};
 use crate::cli::logging::{self, LogFormat};
@@ -209,6 +210,34 @@ pub struct ServeArgs {
     #[arg(long = "dir-rw", value_name = "HOST::GUEST", value_parser = parse_writable_dir, help_heading = "Capabilities")]
     pub dirs_rw: Vec<Preopen>,
 
+    /// Let handlers open the key-value bucket NAME (`wasi:keyvalue`): one per
+    /// process, shared by every connection and handler version, kept across
+    /// swaps, in memory. Repeatable. Opening any other is `access-denied`.
+    #[arg(long = "keyvalue", value_name = "NAME", value_parser = parse_bucket_name, help_heading = "Capabilities")]
+    pub keyvalue: Vec<String>,
+
+    /// Most bytes (keys plus values) each key-value bucket may hold; a `set`
+    /// or `increment` past it fails with an error saying so.
+    #[arg(long, value_name = "SIZE", default_value_t = Size(DEFAULT_MAX_BUCKET_BYTES), help_heading = "Capabilities")]
+    pub keyvalue_max_bytes: Size,
+
+    /// Let handlers open TCP connections to HOST:PORT (WASI sockets, e.g.
+    /// Rust's TcpStream::connect): HOST an IP address, a CIDR range or a
+    /// name (resolved at start and on reload), PORT a number or `*`.
+    /// Repeatable. Everything else (other destinations, binding, listening,
+    /// UDP) is denied, and each denied attempt is logged.
+    #[arg(
+        long = "allow-connect",
+        value_name = "HOST:PORT",
+        help_heading = "Capabilities"
+    )]
+    pub allow_connect: Vec<ConnectGrant>,
+
+    /// Most bytes of room messages waiting for one member's client before
+    /// it is disconnected: publishing never waits for a slow reader.
+    #[arg(long, value_name = "SIZE", default_value_t = Size(DEFAULT_ROOM_BACKLOG), help_heading = "Limits")]
+    pub room_backlog: Size,
+
     /// Where compiled handlers are cached.
     #[command(flatten)]
     pub cache: CacheArgs,
@@ -271,6 +300,10 @@ impl ServeArgs {
             reuse_port: when("reuse_port").map(|()| self.reuse_port),
             env: given("env").then(|| self.env.clone()),
             dirs,
+            keyvalue: given("keyvalue").then(|| self.keyvalue.clone()),
+            keyvalue_max_bytes: when("keyvalue_max_bytes").map(|()| self.keyvalue_max_bytes.0),
+            allow_connect: given("allow_connect").then(|| self.allow_connect.clone()),
+            room_backlog: when("room_backlog").map(|()| self.room_backlog.0),
             cache_dir: match (self.cache.no_cache, &self.cache.cache_dir) {
                 (true, _) => Some(None),
                 (false, Some(dir)) if given("cache_dir") => Some(Some(dir.clone())),
@@ -307,6 +340,7 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
         max_instances: plan.total_connections(),
         max_memory: plan.max_memory(),
         cache_dir: plan.cache_dir.clone(),
+        keyvalue_max_bytes: plan.keyvalue_max_bytes,
     })?);
     // Every handler is validated before anything binds, so a bad file fails
     // fast and a script never sees `listening on` for a server that cannot serve.

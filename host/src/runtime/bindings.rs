@@ -1,10 +1,29 @@
-//! Rust bindings for the `plugin` world in `wit/plugin.wit`, and nothing else.
+//! Rust bindings for both contract versions hotsock serves, and nothing else:
+//! `wit/0.1.0/plugin.wit` and `wit/plugin.wit` (0.2.0). A component is served
+//! by whichever version's `handler` it exports.
 
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "plugin",
-    // Host functions return `wasmtime::Result` so a host-side failure (such as a
-    // stale resource handle) traps the guest instead of panicking the host.
-    imports: { default: trappable },
-    with: { "hotsock:plugin/types.connection": crate::runtime::connection::Connection },
-});
+/// `hotsock:plugin@0.1.0`: a connection, and nothing else.
+pub mod v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.1.0",
+        world: "plugin",
+        // Host functions return `wasmtime::Result` so a host-side failure (such
+        // as a stale resource handle) traps the guest instead of panicking the host.
+        imports: { default: trappable },
+        with: { "hotsock:plugin/types.connection": crate::runtime::connection::Connection },
+    });
+}
+
+/// `hotsock:plugin@0.2.0`: the connection with `read-within`, rooms, and
+/// `wasi:keyvalue` store and atomics.
+pub mod v0_2 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "plugin",
+        imports: { default: trappable },
+        with: {
+            "hotsock:plugin/types.connection": crate::runtime::connection::Connection,
+            "wasi:keyvalue/store.bucket": crate::runtime::keyvalue::Bucket,
+        },
+    });
+}

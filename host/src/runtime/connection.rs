@@ -4,13 +4,22 @@
 //! and closes it when `handle` returns, whatever the guest did. Reads and
 //! writes block the guest, never longer than the idle timeout (the
 //! [`crate::watchdog`] sees to that), and data goes straight between the guest
-//! and the socket: the host buffers nothing.
+//! and the socket: the host buffers nothing of the guest's own.
+//!
+//! A connection that joins a room (contract 0.2.0) gets a [`Mailbox`], and
+//! from then on waits for its client with `poll`, so that room messages are
+//! delivered while its handler waits for input; one that never joins reads
+//! and writes exactly as before.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use crate::runtime::rooms::{MAX_ROOMS_PER_CONNECTION, Mailbox, Refused, Rooms};
+use crate::sys;
 use crate::watchdog::{Expiry, Verdict, Wait, Watch};
 
 /// The most one `read` hands to a guest, whatever `max` it asks for, so a guest
@@ -56,9 +65,13 @@ pub struct Connection {
     /// The watchdog's hold on the socket. Declared before `stream` so that it
     /// is dropped (unwatched) before the socket is closed.
     watch: Option<Watch>,
-    stream: TcpStream,
+    /// Shared with its mailbox, if it joins a room.
+    stream: Arc<TcpStream>,
     /// Where its bytes are counted.
     traffic: Arc<Traffic>,
+    /// Its listener's rooms, and its place in them.
+    rooms: Arc<Rooms>,
+    membership: Option<Membership>,
     /// Where `read` receives, reused so that a round trip neither allocates
     /// nor zeroes a buffer of the guest's `max`; it grows to the largest
     /// `max` asked for, at most [`MAX_READ`].
@@ -68,20 +81,23 @@ pub struct Connection {
 impl Connection {
     /// Wraps an accepted, blocking socket; `id` must be unique within the
     /// process. With a `watch`, the watchdog's limits apply to it; its bytes
-    /// are counted in `traffic`.
+    /// are counted in `traffic`; it may join `rooms`.
     pub fn new(
         id: u64,
         peer: SocketAddr,
         stream: TcpStream,
         watch: Option<Watch>,
         traffic: Arc<Traffic>,
+        rooms: Arc<Rooms>,
     ) -> Self {
         Connection {
             id,
             peer,
             watch,
-            stream,
+            stream: Arc::new(stream),
             traffic,
+            rooms,
+            membership: None,
             buf: Vec::new(),
         }
     }
@@ -109,6 +125,16 @@ impl Connection {
     /// Up to `max` bytes from the client, blocking until some arrive; empty
     /// at end of stream.
     pub fn read(&mut self, max: u32) -> Result<Vec<u8>, IoError> {
+        self.read_until(max, None)
+    }
+
+    /// Like [`Connection::read`], but gives up with [`IoError::TimedOut`]
+    /// after `timeout` without data, leaving the connection as it was.
+    pub fn read_within(&mut self, max: u32, timeout: Duration) -> Result<Vec<u8>, IoError> {
+        self.read_until(max, Some(Instant::now() + timeout))
+    }
+
+    fn read_until(&mut self, max: u32, deadline: Option<Instant>) -> Result<Vec<u8>, IoError> {
         if max == 0 {
             // An empty list means end of stream, so a zero-byte read has no
             // honest answer: refuse it rather than fake an EOF.
@@ -119,24 +145,37 @@ impl Connection {
         if self.buf.len() < want {
             self.buf.resize(want, 0);
         }
-        let buf = &mut self.buf[..want];
         let read = {
             let _waiting = self.watch.as_ref().map(|w| w.waiting(Wait::Read));
-            loop {
-                match self.stream.read(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    read => break read,
-                }
+            // A room member, or a read with a deadline, waits with poll first;
+            // a plain read blocks in `read` itself, as it always has.
+            match (&self.membership, deadline) {
+                (None, None) => Ok(true),
+                (membership, deadline) => wait_readable(
+                    &self.stream,
+                    membership.as_ref().map(|m| &*m.mailbox),
+                    deadline,
+                ),
             }
+            .and_then(|readable| match readable {
+                false => Err(io::ErrorKind::TimedOut.into()),
+                true => loop {
+                    match (&*self.stream).read(&mut self.buf[..want]) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        read => break read,
+                    }
+                },
+            })
         };
         match read {
             // Data that made it in before a timeout is still the client's.
             Ok(n) if n > 0 => {
                 self.traffic.received.fetch_add(n as u64, Ordering::Relaxed);
-                Ok(buf[..n].to_vec())
+                Ok(self.buf[..n].to_vec())
             }
             // The watchdog's shutdown ends a read like end of stream or an error.
             _ if self.expired().is_some() => self.check_expiry().map(|()| Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(IoError::TimedOut),
             Ok(_) => Ok(Vec::new()),
             Err(_) => Err(IoError::Closed),
         }
@@ -147,7 +186,11 @@ impl Connection {
         self.check_expiry()?;
         let written = {
             let _waiting = self.watch.as_ref().map(|w| w.waiting(Wait::Write));
-            self.stream.write_all(data)
+            match &self.membership {
+                // Room messages waiting go out first, and none inside this write.
+                Some(membership) => membership.mailbox.write(data),
+                None => (&*self.stream).write_all(data),
+            }
         };
         match written {
             Ok(()) => {
@@ -169,6 +212,122 @@ impl Connection {
             Some(Expiry::Idle | Expiry::TimeUp) => Err(IoError::TimedOut),
             // As the client would see it: the connection was closed.
             Some(Expiry::Drained) => Err(IoError::Closed),
+        }
+    }
+}
+
+/// A connection's mailbox and the rooms it is in.
+struct Membership {
+    mailbox: Arc<Mailbox>,
+    joined: Vec<String>,
+}
+
+impl Connection {
+    /// Joins `room` of its listener: from now on, what others publish there
+    /// is written to this client.
+    pub fn join(&mut self, room: &str) -> Result<(), Refused> {
+        if self.membership.is_none() {
+            let mailbox = Mailbox::new(self.id, Arc::clone(&self.stream))
+                .map_err(|e| Refused(format!("cannot make a mailbox: {e}")))?;
+            self.membership = Some(Membership {
+                mailbox: Arc::new(mailbox),
+                joined: Vec::new(),
+            });
+        }
+        let Some(membership) = self.membership.as_mut() else {
+            unreachable!("made above");
+        };
+        if membership.mailbox.is_closed() {
+            return Err(Refused("the connection is closed".into()));
+        }
+        if membership.joined.iter().any(|r| r == room) {
+            return Ok(());
+        }
+        if membership.joined.len() >= MAX_ROOMS_PER_CONNECTION {
+            return Err(Refused(format!(
+                "a connection may be in at most {MAX_ROOMS_PER_CONNECTION} rooms"
+            )));
+        }
+        self.rooms.join(room, &membership.mailbox)?;
+        membership.joined.push(room.to_string());
+        Ok(())
+    }
+
+    /// Leaves `room`, if it is in it.
+    pub fn leave(&mut self, room: &str) {
+        if let Some(membership) = self.membership.as_mut() {
+            membership.joined.retain(|r| r != room);
+            self.rooms.leave(room, self.id);
+        }
+    }
+
+    /// Its listener's rooms.
+    pub fn rooms(&self) -> &Arc<Rooms> {
+        &self.rooms
+    }
+
+    /// Publishes `data` to the other members of `room`.
+    pub fn publish(&self, room: &str, data: &[u8]) -> Result<u32, Refused> {
+        self.rooms.publish(self.id, room, data)
+    }
+
+    /// The ids of the members of `room` now.
+    pub fn members(&self, room: &str) -> Vec<u64> {
+        self.rooms.members(room)
+    }
+}
+
+impl Drop for Connection {
+    /// Leaves every room, so no one publishes to a closed connection, and
+    /// shuts the socket down at once: a publisher may hold its mailbox a
+    /// moment longer, and with it the socket.
+    fn drop(&mut self) {
+        if let Some(membership) = self.membership.take() {
+            for room in &membership.joined {
+                self.rooms.leave(room, self.id);
+            }
+            let _ = self.stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Waits until `stream` has something to read (or is closed), or `deadline`
+/// passes: then false. Meanwhile sends the room messages waiting in
+/// `mailbox` whenever the socket can take them.
+fn wait_readable(
+    stream: &TcpStream,
+    mailbox: Option<&Mailbox>,
+    deadline: Option<Instant>,
+) -> io::Result<bool> {
+    loop {
+        let sending = mailbox.is_some_and(Mailbox::has_waiting);
+        let mut fds = [
+            libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events: libc::POLLIN | if sending { libc::POLLOUT } else { 0 },
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: mailbox.map_or(-1, |m| m.wakeup().fd().as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let timeout = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+        if sys::poll(&mut fds, timeout)? == 0 {
+            return Ok(false);
+        }
+        if let Some(mailbox) = mailbox {
+            if fds[1].revents != 0 {
+                mailbox.wakeup().clear();
+            }
+            if fds[0].revents & libc::POLLOUT != 0 {
+                mailbox.send_waiting();
+            }
+        }
+        // Data, end of stream, or an error: `read` will say which.
+        if fds[0].revents & !libc::POLLOUT != 0 {
+            return Ok(true);
         }
     }
 }

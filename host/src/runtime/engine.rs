@@ -17,9 +17,10 @@ use wasmtime::{
     Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
 };
 
-use crate::runtime::bindings::Plugin;
+use crate::runtime::bindings::{v0_1, v0_2};
 use crate::runtime::cache::CodeCache;
 use crate::runtime::console::Fields;
+use crate::runtime::keyvalue::{Buckets, DEFAULT_MAX_BUCKET_BYTES};
 use crate::runtime::limits::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MEMORY, EPOCH_TICK, Limits, MAX_WASM_STACK,
 };
@@ -59,6 +60,8 @@ pub struct Settings {
     pub max_memory: usize,
     /// Where compiled handlers are cached, if anywhere.
     pub cache_dir: Option<PathBuf>,
+    /// Most bytes of keys and values one key-value bucket holds.
+    pub keyvalue_max_bytes: usize,
 }
 
 impl Default for Settings {
@@ -68,6 +71,7 @@ impl Default for Settings {
             max_instances: DEFAULT_MAX_CONNECTIONS,
             max_memory: DEFAULT_MAX_MEMORY,
             cache_dir: None,
+            keyvalue_max_bytes: DEFAULT_MAX_BUCKET_BYTES,
         }
     }
 }
@@ -91,18 +95,24 @@ pub struct Runtime {
     /// slot kept back for that, so it never competes with connections.
     trial_slot: Mutex<()>,
     cache: CodeCache,
+    /// The key-value buckets, one per name for the whole process.
+    buckets: Arc<Buckets>,
     _ticker: EpochTicker,
 }
 
 impl Runtime {
     /// Configures the engine and its instance pool, links WASI preview 2
-    /// plus `hotsock:plugin/types`, and starts the epoch ticker.
+    /// plus both contract versions' imports, and starts the epoch ticker.
     pub fn new(settings: Settings) -> Result<Self> {
         check_address_space(&settings)?;
         let engine = Engine::new(&engine_config(&settings)).map_err(anyhow::Error::from)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
-        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(anyhow::Error::from)?;
+        // Their interfaces are versioned, so both contracts link side by side.
+        v0_1::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(anyhow::Error::from)?;
+        v0_2::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(anyhow::Error::from)?;
         let ticker = EpochTicker::start(engine.weak())?;
         let cache = CodeCache::new(&engine, settings.cache_dir);
         Ok(Runtime {
@@ -112,6 +122,7 @@ impl Runtime {
             max_memory: settings.max_memory,
             trial_slot: Mutex::new(()),
             cache,
+            buckets: Arc::new(Buckets::new(settings.keyvalue_max_bytes)),
             _ticker: ticker,
         })
     }
@@ -169,7 +180,7 @@ impl Runtime {
         fields: &Fields,
         verdict: Option<Verdict>,
     ) -> Result<Store<StoreData>> {
-        let data = StoreData::new(fields, &profile.capabilities)?;
+        let data = StoreData::new(fields, &profile.capabilities, Arc::clone(&self.buckets))?;
         let mut store = Store::new(&self.engine, data);
         profile.limits.apply(&mut store, verdict, StoreData::usage);
         Ok(store)

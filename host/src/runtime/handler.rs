@@ -16,15 +16,25 @@ use wasmparser::Parser;
 use wasmtime::component::{Component, Resource};
 use wasmtime::{Engine, Precompiled};
 
-use crate::runtime::bindings::PluginPre;
+use crate::runtime::bindings::{v0_1, v0_2};
 use crate::runtime::connection::Connection;
 use crate::runtime::console::Fields;
 use crate::runtime::engine::{Profile, Runtime};
 use crate::runtime::outcome::{Fault, Outcome};
 use crate::runtime::store::StoreData;
 
-/// The interface a handler must export: the `handler` of `wit/plugin.wit`.
-pub const HANDLER_EXPORT: &str = "hotsock:plugin/handler@0.1.0";
+/// The interface a handler exports: the `handler` of `wit/plugin.wit`, the
+/// contract this hotsock speaks.
+pub const HANDLER_EXPORT: &str = "hotsock:plugin/handler@0.2.0";
+
+/// The same export of the contracts before it, still served.
+pub const OLDER_HANDLER_EXPORTS: [&str; 1] = ["hotsock:plugin/handler@0.1.0"];
+
+/// A handler pre-linked for the contract version it was built against.
+enum Pre {
+    V0_1(v0_1::PluginPre<StoreData>),
+    V0_2(v0_2::PluginPre<StoreData>),
+}
 
 /// Why a file is not a handler this hotsock can serve.
 #[derive(Debug)]
@@ -142,14 +152,16 @@ impl fmt::Display for HandlerError {
                 };
                 write!(
                     f,
-                    "`{name}` does not export `{HANDLER_EXPORT}` (it exports {exports}): build it as a \
-                     library against wit/plugin.wit, world `plugin`"
+                    "`{name}` does not export `{HANDLER_EXPORT}` (nor the older `{}`; it exports \
+                     {exports}): build it as a library against wit/plugin.wit, world `plugin`",
+                    OLDER_HANDLER_EXPORTS.join("`, `")
                 )
             }
             Problem::UnsupportedImport(why) => write!(
                 f,
                 "`{name}` needs an import hotsock does not provide ({why}): a handler may import \
-                 only `hotsock:plugin/types` and WASI 0.2 interfaces"
+                 only what wit/plugin.wit's world `plugin` does (`hotsock:plugin/types`, `rooms`, \
+                 `wasi:keyvalue` store and atomics) and WASI 0.2 interfaces"
             ),
             Problem::WrongExportShape(why) => write!(
                 f,
@@ -193,9 +205,11 @@ pub struct Handler {
     name: String,
     sha256: String,
     imports: Vec<String>,
+    /// The `handler` interface it exports, which says its contract version.
+    export: &'static str,
     /// Linear memories each instance has.
     memories: usize,
-    pre: PluginPre<StoreData>,
+    pre: Pre,
 }
 
 /// Most memory mappings one linear memory takes in its pool slot: the part
@@ -263,10 +277,13 @@ impl Handler {
 
         let ty = component.component_type();
         let engine = runtime.engine();
-        if ty.get_export(engine, HANDLER_EXPORT).is_none() {
+        let Some(export) = std::iter::once(HANDLER_EXPORT)
+            .chain(OLDER_HANDLER_EXPORTS)
+            .find(|export| ty.get_export(engine, export).is_some())
+        else {
             let exports = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
             return Err(fail(Problem::MissingExport(exports)));
-        }
+        };
         let imports = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
         let memories = component
             .resources_required()
@@ -275,12 +292,16 @@ impl Handler {
             .linker()
             .instantiate_pre(&component)
             .map_err(|e| fail(Problem::UnsupportedImport(format!("{e:#}"))))?;
-        let pre =
-            PluginPre::new(pre).map_err(|e| fail(Problem::WrongExportShape(format!("{e:#}"))))?;
+        let shape = |e: wasmtime::Error| fail(Problem::WrongExportShape(format!("{e:#}")));
+        let pre = match export {
+            HANDLER_EXPORT => Pre::V0_2(v0_2::PluginPre::new(pre).map_err(shape)?),
+            _ => Pre::V0_1(v0_1::PluginPre::new(pre).map_err(shape)?),
+        };
         let handler = Handler {
             name: name.clone(),
             sha256: sha256.to_string(),
             imports,
+            export,
             memories,
             pre,
         };
@@ -327,12 +348,20 @@ impl Handler {
         let kept = Resource::<Connection>::new_borrow(handle.rep());
         let started = Instant::now();
         let mut instantiated_in = None;
-        let result = self.pre.instantiate(&mut store).and_then(|plugin| {
-            instantiated_in = Some(started.elapsed());
-            plugin
-                .hotsock_plugin_handler()
-                .call_handle(&mut store, handle)
-        });
+        let result = match &self.pre {
+            Pre::V0_2(pre) => pre.instantiate(&mut store).and_then(|plugin| {
+                instantiated_in = Some(started.elapsed());
+                plugin
+                    .hotsock_plugin_handler()
+                    .call_handle(&mut store, handle)
+            }),
+            Pre::V0_1(pre) => pre.instantiate(&mut store).and_then(|plugin| {
+                instantiated_in = Some(started.elapsed());
+                plugin
+                    .hotsock_plugin_handler()
+                    .call_handle(&mut store, handle)
+            }),
+        };
         let data = store.data();
         let expired = data.connection(&kept).and_then(Connection::expired);
         Served {
@@ -353,8 +382,12 @@ impl Handler {
         let mut store = runtime
             .store(profile, fields, None)
             .map_err(|e| format!("{e:#}"))?;
-        match self.pre.instantiate(&mut store) {
-            Ok(_) => Ok(()),
+        let instantiated = match &self.pre {
+            Pre::V0_2(pre) => pre.instantiate(&mut store).map(drop),
+            Pre::V0_1(pre) => pre.instantiate(&mut store).map(drop),
+        };
+        match instantiated {
+            Ok(()) => Ok(()),
             Err(e) => {
                 let limits = &profile.limits;
                 match Fault::classify(&e, limits, store.data().memory_denied()) {
@@ -367,7 +400,11 @@ impl Handler {
 
     /// The component's compiled code, for `hotsock compile` to write out.
     pub fn precompiled(&self) -> Result<Vec<u8>> {
-        Ok(self.pre.instance_pre().component().serialize()?)
+        let component = match &self.pre {
+            Pre::V0_2(pre) => pre.instance_pre().component(),
+            Pre::V0_1(pre) => pre.instance_pre().component(),
+        };
+        Ok(component.serialize()?)
     }
 
     /// The sha256 of the file the handler was loaded from, in hex.
@@ -389,6 +426,18 @@ impl Handler {
     /// what `vm.max_map_count` must leave room for, per connection.
     pub fn mappings_per_instance(&self) -> usize {
         self.memories * MAPPINGS_PER_MEMORY
+    }
+
+    /// The `handler` interface it exports, e.g. `hotsock:plugin/handler@0.2.0`.
+    pub fn export(&self) -> &'static str {
+        self.export
+    }
+
+    /// The contract version it was built against, e.g. `0.2.0`.
+    pub fn contract(&self) -> &'static str {
+        self.export
+            .rsplit_once('@')
+            .map_or(self.export, |(_, version)| version)
     }
 
     /// The interfaces the handler imports, as named in the component.

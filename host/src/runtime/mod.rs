@@ -9,23 +9,34 @@
 //!   ticker; a [`Profile`] is what one listener's instances get.
 //! - `handler`: [`Handler`], one compiled and validated component, and
 //!   [`HandlerError`], every way a file can fail to be one.
-//! - `store`: the data of one store, the WASI it gets and the
-//!   `hotsock:plugin/types` host functions; [`Capabilities`] it may be granted.
+//! - `store`: the data of one store and the WASI it gets; [`Capabilities`]
+//!   it may be granted.
+//! - `contract`: the host functions of both contract versions (0.1.0 and
+//!   0.2.0), translating to the three below.
 //! - `connection`: [`Connection`], the client as the guest's resource.
+//! - `rooms`: [`Rooms`], a listener's named groups of connections, and each
+//!   member's mailbox.
+//! - `keyvalue`: [`Buckets`], the process's shared key-value store.
+//! - `outbound`: [`ConnectGrant`], where handlers may connect, and the check
+//!   that enforces it.
 //! - `limits`: [`Limits`] and the defaults, applied to every store in one function.
 //! - `outcome`: [`Outcome`] and [`Fault`]: how a guest stopped, and whose fault it was.
 //! - `cache`: compiled code on disk; `console`: guest stdout and stderr to the
 //!   log, and the [`Fields`] that tie log lines to a connection;
-//!   `bindings`: the `bindgen!` of `wit/plugin.wit`.
+//!   `bindings`: the `bindgen!` of both contract versions.
 
 mod bindings;
 mod cache;
 mod connection;
 mod console;
+mod contract;
 mod engine;
 mod handler;
+mod keyvalue;
 mod limits;
+mod outbound;
 mod outcome;
+mod rooms;
 mod store;
 
 pub use cache::{CACHE_DIR_ENV, CacheStats, default_dir as default_cache_dir};
@@ -33,11 +44,15 @@ pub use connection::{Connection, MAX_READ, Traffic};
 pub use console::Fields;
 pub use engine::{Profile, Runtime, Settings, compile_in_background};
 pub use handler::{
-    HANDLER_EXPORT, Handler, HandlerError, Problem, Served, read_component, sha256_hex,
+    HANDLER_EXPORT, Handler, HandlerError, OLDER_HANDLER_EXPORTS, Problem, Served, read_component,
+    sha256_hex,
 };
+pub use keyvalue::{Buckets, DEFAULT_MAX_BUCKET_BYTES, MAX_KEY, MAX_VALUE};
 pub use limits::{
     DEFAULT_CPU_BUDGET, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MEMORY, GUEST_THREAD_STACK, Limits,
     MAX_WASM_STACK,
 };
+pub use outbound::{ConnectGrant, MAX_OUTBOUND_PER_CONNECTION};
 pub use outcome::{Fault, Outcome};
+pub use rooms::{DEFAULT_ROOM_BACKLOG, MAX_ROOM_NAME, MAX_ROOMS_PER_CONNECTION, Rooms};
 pub use store::{Capabilities, Preopen};

@@ -1,21 +1,24 @@
-//! The data of one connection's store: everything a guest can reach, and the
-//! host side of `hotsock:plugin/types` that it reaches the client through.
+//! The data of one connection's store: everything a guest can reach.
 //!
 //! One struct owns the WASI context, the resource table (which holds the
-//! [`Connection`]) and the limits' per-store [`Usage`], and implements the
-//! view traits, as wasmtime-wasi's own hosts do.
+//! [`Connection`] and any open buckets), the limits' per-store [`Usage`] and
+//! the grants, and implements the view traits, as wasmtime-wasi's own hosts
+//! do. The contract's host functions on it are in `contract`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result, ensure};
 use log::Level;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::runtime::bindings::hotsock::plugin::types::{ErrorCode, Host, HostConnection};
-use crate::runtime::connection::{Connection, IoError};
+use crate::runtime::connection::Connection;
 use crate::runtime::console::{Console, Fields};
+use crate::runtime::keyvalue::Buckets;
 use crate::runtime::limits::Usage;
+use crate::runtime::outbound::{Check, ConnectGrant};
+use crate::runtime::rooms::Rooms;
 
 /// What a guest may reach beyond its connection: nothing unless granted.
 #[derive(Debug, Clone, Default)]
@@ -24,6 +27,10 @@ pub struct Capabilities {
     pub env: Vec<(String, String)>,
     /// Preopened directories, `--dir` and `--dir-rw`.
     pub dirs: Vec<Preopen>,
+    /// Key-value buckets it may open, `--keyvalue NAME`.
+    pub keyvalue: Arc<[String]>,
+    /// Where it may open TCP connections, `--allow-connect HOST:PORT`.
+    pub connect: Arc<[ConnectGrant]>,
 }
 
 impl Capabilities {
@@ -55,21 +62,37 @@ pub struct Preopen {
 /// The data of one store: what its guest can reach.
 pub struct StoreData {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) table: ResourceTable,
     usage: Usage,
+    /// The process's key-value buckets, and which of them it may open.
+    pub(super) buckets: Arc<Buckets>,
+    pub(super) granted_buckets: Arc<[String]>,
+    /// Its connection's log fields, for what the host logs on its behalf.
+    pub(super) fields: Fields,
+    /// Its connection's listener's rooms, once it holds the connection.
+    pub(super) rooms: Option<Arc<Rooms>>,
 }
 
 impl StoreData {
-    /// Deny-by-default WASI: no sockets, and only the environment and
-    /// directories in `capabilities`; stdout and stderr go to the host log
-    /// with `fields`.
-    pub fn new(fields: &Fields, capabilities: &Capabilities) -> Result<Self> {
+    /// Deny-by-default WASI: only the environment, directories and TCP
+    /// destinations in `capabilities`; stdout and stderr go to the host log
+    /// with `fields`. `buckets` are the process's key-value buckets, of which
+    /// it may open those `capabilities` grant.
+    pub fn new(
+        fields: &Fields,
+        capabilities: &Capabilities,
+        buckets: Arc<Buckets>,
+    ) -> Result<Self> {
         let mut wasi = WasiCtxBuilder::new();
+        let check = Check::new(Arc::clone(&capabilities.connect), fields.clone());
         wasi.stdout(Console::new(fields, "stdout", Level::Info))
             .stderr(Console::new(fields, "stderr", Level::Warn))
-            .allow_tcp(false)
+            // TCP is on so that every attempt reaches the check, which allows
+            // only the grants and logs what it refuses; UDP stays off.
+            .allow_tcp(true)
+            .socket_addr_check(check.into_fn())
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            .allow_ip_name_lookup(capabilities.connect.iter().any(ConnectGrant::is_name));
         for (key, value) in &capabilities.env {
             wasi.env(key, value);
         }
@@ -86,12 +109,21 @@ impl StoreData {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             usage: Usage::default(),
+            buckets,
+            granted_buckets: Arc::clone(&capabilities.keyvalue),
+            fields: fields.clone(),
+            rooms: None,
         })
     }
 
     /// The limits' state, for [`crate::runtime::limits::Limits::apply`].
     pub fn usage(&mut self) -> &mut Usage {
         &mut self.usage
+    }
+
+    /// Counts a call on the connection, for the limits.
+    pub(super) fn count_io(&mut self) {
+        self.usage.count_io();
     }
 
     /// Whether the guest was denied memory.
@@ -101,6 +133,7 @@ impl StoreData {
 
     /// Hands the connection to the store, for the guest to borrow.
     pub fn insert(&mut self, conn: Connection) -> wasmtime::Result<Resource<Connection>> {
+        self.rooms = Some(Arc::clone(conn.rooms()));
         Ok(self.table.push(conn)?)
     }
 
@@ -116,51 +149,5 @@ impl WasiView for StoreData {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
-    }
-}
-
-/// The contract's error for a failed read or write.
-fn error_code(error: IoError) -> ErrorCode {
-    match error {
-        IoError::Closed => ErrorCode::Closed,
-        IoError::TimedOut => ErrorCode::TimedOut,
-        IoError::Refused => ErrorCode::Refused,
-    }
-}
-
-impl Host for StoreData {}
-
-impl HostConnection for StoreData {
-    fn read(
-        &mut self,
-        conn: Resource<Connection>,
-        max: u32,
-    ) -> wasmtime::Result<Result<Vec<u8>, ErrorCode>> {
-        self.usage.count_io();
-        Ok(self.table.get_mut(&conn)?.read(max).map_err(error_code))
-    }
-
-    fn write(
-        &mut self,
-        conn: Resource<Connection>,
-        data: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), ErrorCode>> {
-        self.usage.count_io();
-        Ok(self.table.get_mut(&conn)?.write(&data).map_err(error_code))
-    }
-
-    fn peer_addr(&mut self, conn: Resource<Connection>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&conn)?.peer().to_string())
-    }
-
-    fn id(&mut self, conn: Resource<Connection>) -> wasmtime::Result<u64> {
-        Ok(self.table.get(&conn)?.id())
-    }
-
-    fn drop(&mut self, conn: Resource<Connection>) -> wasmtime::Result<()> {
-        // Guests only ever borrow the connection, so this runs only if a future
-        // contract hands out owned handles; the host still closes the socket.
-        self.table.delete(conn)?;
-        Ok(())
     }
 }

@@ -99,7 +99,8 @@ impl Conn {
             version.drain(),
         );
         let traffic = service.metrics().traffic();
-        let conn = Connection::new(id, peer, stream, Some(watch), traffic);
+        let rooms = Arc::clone(service.rooms());
+        let conn = Connection::new(id, peer, stream, Some(watch), traffic, rooms);
         let Served {
             outcome,
             instantiated_in,

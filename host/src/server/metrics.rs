@@ -267,6 +267,29 @@ impl Collector for ProcessCollector {
                     })
                 }),
         )?;
+        let rooms: Vec<_> = services.iter().map(|s| s.rooms().size()).collect();
+        family(
+            &mut encoder,
+            "rooms",
+            "Rooms with members now (contract 0.2.0's rooms).",
+            Gauge,
+            each(&|i| rooms[i].0 as u64),
+        )?;
+        family(
+            &mut encoder,
+            "room_members",
+            "Memberships of rooms now: a connection in two rooms counts twice.",
+            Gauge,
+            each(&|i| rooms[i].1 as u64),
+        )?;
+        family(
+            &mut encoder,
+            "room_disconnects",
+            "Room members disconnected because more than --room-backlog of messages waited for \
+             them.",
+            Counter,
+            each(&|i| services[i].rooms().disconnected()),
+        )?;
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
         family(
             &mut encoder,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use arc_swap::ArcSwap;
 
-use crate::runtime::DEFAULT_MAX_CONNECTIONS;
+use crate::runtime::{DEFAULT_MAX_CONNECTIONS, DEFAULT_ROOM_BACKLOG, Rooms};
 use crate::server::admission::{Admission, WhenFull};
 use crate::server::proxy::Proxy;
 use crate::server::registry::Registry;
@@ -38,6 +38,9 @@ pub struct Rules {
     /// Whether each connection starts with a PROXY protocol header, and
     /// from which sources (`--proxy-protocol`, `--proxy-from`).
     pub proxy: Option<Proxy>,
+    /// Most bytes of room messages waiting for one member before it is
+    /// disconnected (`--room-backlog`).
+    pub room_backlog: usize,
 }
 
 impl Default for Rules {
@@ -50,6 +53,7 @@ impl Default for Rules {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connection_time: None,
             proxy: None,
+            room_backlog: DEFAULT_ROOM_BACKLOG,
         }
     }
 }
@@ -62,6 +66,8 @@ pub struct Service {
     rules: ArcSwap<Rules>,
     metrics: Arc<ListenerMetrics>,
     watchdog: Arc<Watchdog>,
+    /// Its rooms: they outlive every connection, swap and reload.
+    rooms: Arc<Rooms>,
 }
 
 impl Service {
@@ -77,6 +83,7 @@ impl Service {
             name,
             registry,
             admission,
+            rooms: Arc::new(Rooms::new(rules.room_backlog)),
             rules: ArcSwap::from_pointee(rules),
             metrics: Arc::default(),
             watchdog,
@@ -103,6 +110,11 @@ impl Service {
         &self.metrics
     }
 
+    /// Its rooms, shared by every connection on it.
+    pub fn rooms(&self) -> &Arc<Rooms> {
+        &self.rooms
+    }
+
     /// The rules new connections get.
     pub fn rules(&self) -> Arc<Rules> {
         self.rules.load_full()
@@ -123,6 +135,7 @@ impl Service {
         }
         self.admission
             .set_rules(rules.max_connections_per_ip, rules.when_full);
+        self.rooms.set_backlog(rules.room_backlog);
         self.rules.store(Arc::new(rules));
         Ok(())
     }

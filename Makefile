@@ -18,8 +18,8 @@ HOTSOCK     := target/release/hotsock
 
 # Rust guest components: the default handler and the examples in handlers/,
 # and the fixtures only tests load.
-GUESTS   := -p guest-handler -p slow-echo -p greet -p whoami
-FIXTURES := -p probe -p not-a-handler
+GUESTS   := -p guest-handler -p slow-echo -p greet -p whoami -p chat -p gateway
+FIXTURES := -p probe -p kit -p not-a-handler
 
 # Python handlers are built with componentize-py, installed into .venv at the
 # version `hotsock new --lang python` tells users to install.
@@ -90,7 +90,7 @@ guests: rust-setup
 
 python-handlers: $(PY_HANDLERS)
 
-$(WASM_DIR)/python_echo.wasm: handlers/python-echo/app.py wit/plugin.wit $(COMPONENTIZE_PY_STAMP)
+$(WASM_DIR)/python_echo.wasm: handlers/python-echo/app.py wit/plugin.wit $(wildcard wit/deps/*/*.wit) $(COMPONENTIZE_PY_STAMP)
 	mkdir -p $(WASM_DIR)
 	$(COMPONENTIZE_PY) --quiet -d wit -w plugin componentize -p handlers/python-echo app -o $@
 

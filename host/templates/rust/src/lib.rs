@@ -2,8 +2,18 @@
 //! connection, in a fresh instance on that connection's own thread.
 
 // Generates the Rust side of the contract in wit/plugin.wit: the `Guest`
-// trait to implement and the `Connection` to talk to the client through.
-wit_bindgen::generate!({ path: "wit", world: "plugin" });
+// trait to implement, the `Connection` to talk to the client through, and
+// what else the host offers (`generate_all` includes the `wasi:keyvalue`
+// interfaces from wit/deps/):
+// - `hotsock::plugin::rooms`: `join(conn, "lobby")`, then `publish(conn,
+//   "lobby", b"hi\n")` reaches every other member; `members("lobby")`.
+// - `wasi::keyvalue::store::open("NAME")` and `wasi::keyvalue::atomics`:
+//   buckets shared by every connection, once the operator grants them with
+//   `hotsock serve --keyvalue NAME`.
+// - `std::net::TcpStream::connect("HOST:PORT")`: outbound connections, to the
+//   destinations granted with `--allow-connect HOST:PORT` only.
+// The echo below uses none of them.
+wit_bindgen::generate!({ path: "wit", world: "plugin", generate_all });
 
 use exports::hotsock::plugin::handler::Guest;
 use hotsock::plugin::types::Connection;
@@ -18,6 +28,7 @@ impl Guest for Handler {
         println!("serving {}", conn.peer_addr());
         // `read` blocks until bytes arrive; an empty list means the client
         // closed, and an error that it is gone or has been idle too long.
+        // (`read_within(max, timeout_ms)` gives up with `TimedOut` instead.)
         while let Ok(message) = conn.read(4096) {
             if message.is_empty() {
                 break;

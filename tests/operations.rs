@@ -477,6 +477,10 @@ fn check_validates_the_example_config_and_names_a_bad_listener() {
         stdout.contains("ok: listener greet on 127.0.0.1:50009"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("ok: listener chat on 127.0.0.1:50010"),
+        "{stdout}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.wasm");

@@ -14,6 +14,7 @@ mod cli;
 mod client;
 mod compile;
 mod concurrency;
+mod contract;
 mod echo;
 mod fleet;
 mod guest_output;

@@ -32,7 +32,9 @@ const WRITE_PERMIT: usize = 64 * 1024;
 /// as fields.
 #[derive(Debug, Clone, Default)]
 pub struct Fields {
-    pairs: Vec<(&'static str, FieldValue)>,
+    /// Shared: a connection's console streams, socket check and store each
+    /// hold the same fields, and a clone is a reference count.
+    pairs: Arc<Vec<(&'static str, FieldValue)>>,
 }
 
 /// A field's value: connection ids stay numbers in JSON.
@@ -50,13 +52,13 @@ impl Fields {
 
     /// Adds a numeric field.
     pub fn number(mut self, key: &'static str, value: u64) -> Self {
-        self.pairs.push((key, FieldValue::Number(value)));
+        Arc::make_mut(&mut self.pairs).push((key, FieldValue::Number(value)));
         self
     }
 
     /// Adds a text field.
     pub fn text(mut self, key: &'static str, value: impl fmt::Display) -> Self {
-        self.pairs.push((key, FieldValue::Text(value.to_string())));
+        Arc::make_mut(&mut self.pairs).push((key, FieldValue::Text(value.to_string())));
         self
     }
 

@@ -1,30 +1,69 @@
-//! `hotsock client`: the classic interactive line client. It sends each line
-//! typed after the `-> ` prompt and prints the server's reply; `quit` ends the
-//! session. With stdin from a pipe or file it does the same without prompts,
-//! so scripts and tests can drive any line-based server with it.
+//! `hotsock client`: the classic interactive line client, made to show
+//! everything the server says, when it says it.
+//!
+//! Three threads share the work. One copies whatever the server sends to
+//! stdout as it arrives: a greeting before anything was typed, each reply,
+//! several replies to one line, messages other clients send to a room. One
+//! reads stdin. The main thread sends the lines, each after the reply to the
+//! one before has arrived (or `--wait` has passed), prints the `-> ` prompt
+//! when the server falls quiet, and decides when the session is over. With
+//! stdin from a pipe or file it sends every line without prompts, then waits
+//! until the server closes or falls quiet, so no reply is lost.
 
+use std::collections::VecDeque;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
-use std::net::{Shutdown, TcpStream};
-use std::time::Duration;
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 use hotsock::units::parse_duration;
 
 use crate::cli::args::DEFAULT_ADDR;
 
-/// How long after the first bytes of a reply the client keeps collecting more:
-/// a reply may arrive in several segments, and a person cannot tell 20 ms.
+/// How long the server must be quiet before a reply counts as complete: a
+/// reply may arrive in several segments, and a person cannot tell 20 ms.
 const REPLY_SETTLE: Duration = Duration::from_millis(20);
 
-/// How long to wait for the server to close after we are done sending.
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// How long a typed line sent without a newline may go unanswered before the
+/// client suggests `--newline`: longer than a person waits for a round trip.
+const HINT_AFTER: Duration = Duration::from_secs(2);
+
+/// What a line-based server that never saw a newline is told about.
+const NEWLINE_HINT: &str = "if the server expects whole lines, try --newline";
+
+/// The prompt before each line typed.
+const PROMPT: &[u8] = b"-> ";
+
+/// Carriage return and ANSI "erase line": takes the prompt away before
+/// printing what the server sent in its place.
+const ERASE_LINE: &[u8] = b"\r\x1b[K";
+
+/// Shown after the options in `--help`.
+const AFTER_HELP: &str = "\
+Whatever the server sends is printed as soon as it arrives: a greeting, each reply, messages \
+from other clients.
+
+Newlines: a server that takes each read as one message (the echo handler, greet, the classic \
+Python servers) wants the default, each line without its newline. A server that reads whole \
+lines (chat, most text protocols) waits for a newline that never comes unless you give \
+--newline. When a line sent without a newline gets no reply, the client says so on stderr and \
+suggests --newline.
+
+Each line is sent once the reply to the one before has arrived (or after --wait without one), \
+so replies come in order and two lines never arrive as one message.
+
+With a terminal, it prompts `-> `; `quit` or Ctrl-D ends the session. With stdin from a pipe or \
+file, it sends the lines without prompts, then waits until the server closes or has been quiet \
+for --wait, so the last replies are printed too. If the server closes first, the client says so \
+on stderr and exits 0.";
 
 /// Options of `hotsock client`.
 #[derive(Debug, Args)]
-#[command(after_help = "\
-With a terminal, it prompts `-> ` for each line; typing `quit` ends the session. \
-With stdin from a pipe or file, it sends each line and prints each reply, without prompts.")]
+#[command(after_help = AFTER_HELP)]
 pub struct ClientArgs {
     /// The server, as HOST:PORT.
     #[arg(value_name = "ADDR", default_value = DEFAULT_ADDR)]
@@ -35,102 +74,536 @@ pub struct ClientArgs {
     #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     pub quit_message: Option<String>,
 
-    /// Send each line with its newline (by default a line goes without it,
-    /// like the classic client).
+    /// Send each line with a newline (`\n`), for servers that read whole
+    /// lines. Without it a line goes without its newline, like the classic
+    /// Python client, for servers that take each read as one message.
     #[arg(long)]
     pub newline: bool,
 
-    /// Longest to wait for a reply before giving up.
+    /// How long the server may stay quiet before the client moves on: to the
+    /// next line when the last one got no reply, and to exiting once piped
+    /// input has ended. Raise it for a slow server.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub wait: humantime::Duration,
+
+    /// Longest to wait to connect, for the server to take a line, and for it
+    /// to finish once the input has ended.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub timeout: humantime::Duration,
 }
 
-/// Runs the client until `quit`, end of input, or the server closing.
+/// Runs the client until `quit`, the end of the input, or the server closing.
 pub fn run(args: &ClientArgs) -> Result<()> {
-    let mut stream = TcpStream::connect(&args.addr).with_context(|| {
-        format!(
-            "cannot connect to {}: is a server listening there?",
-            args.addr
-        )
-    })?;
+    let stream = connect(&args.addr, *args.timeout)?;
+    // A server that stops reading must not hang the client on a full buffer.
+    stream
+        .set_write_timeout(Some(*args.timeout))
+        .context("cannot set the connection's write timeout")?;
     let interactive = io::stdin().is_terminal();
-    let mut stdout = io::stdout().lock();
-    let mut lines = io::stdin().lock().lines();
-    loop {
-        if interactive {
-            write!(stdout, "-> ")?;
-            stdout.flush()?;
-        }
-        let Some(line) = lines.next().transpose()? else {
-            break; // end of input
-        };
-        if line.trim().eq_ignore_ascii_case("quit") {
-            if let Some(message) = &args.quit_message {
-                stream.write_all(message.as_bytes())?;
-            }
-            break;
-        }
-        // Sending nothing would wait for a reply that never comes.
-        if line.is_empty() && !args.newline {
-            continue;
-        }
-        let mut message = line.into_bytes();
-        if args.newline {
-            message.push(b'\n');
-        }
-        stream
-            .write_all(&message)
-            .context("cannot send to the server")?;
-        match read_reply(&mut stream, *args.timeout)? {
-            Some(reply) => writeln!(
-                stdout,
-                "{}",
-                String::from_utf8_lossy(&reply).trim_end_matches(['\r', '\n'])
-            )?,
-            None => {
-                writeln!(stdout, "the server closed the connection")?;
-                return Ok(());
-            }
-        }
+    let terminal = io::stdout().is_terminal();
+    let screen = Arc::new(Mutex::new(Screen {
+        prompting: interactive && terminal,
+        terminal,
+        prompt_shown: false,
+        line_open: false,
+    }));
+    let (events, inbox) = mpsc::channel();
+
+    let from_server = stream
+        .try_clone()
+        .context("cannot share the connection with the thread that shows replies")?;
+    let (shown_on, told) = (Arc::clone(&screen), events.clone());
+    thread::Builder::new()
+        .name("replies".into())
+        .spawn(move || show_replies(from_server, &shown_on, &told))
+        .context("cannot start the thread that shows replies")?;
+    // Never joined: blocked on stdin, it ends with the process.
+    thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || read_lines(&events))
+        .context("cannot start the thread that reads stdin")?;
+
+    Session {
+        args,
+        stream,
+        screen,
+        inbox,
+        interactive,
+        pending: VecDeque::new(),
+        last_sent: None,
+        last_received: None,
+        hinted: false,
     }
-    close(stream);
-    Ok(())
+    .run()
 }
 
-/// Reads one reply: waits up to `timeout` for its first bytes, then takes
-/// whatever follows within [`REPLY_SETTLE`]. `None` if the server closed.
-fn read_reply(stream: &mut TcpStream, timeout: Duration) -> Result<Option<Vec<u8>>> {
-    let mut reply = vec![0; 64 * 1024];
-    stream.set_read_timeout(Some(timeout))?;
-    let n = match stream.read(&mut reply) {
-        Ok(n) => n,
-        Err(e)
+/// Connects to `addr`, trying each address it resolves to for up to `timeout`.
+fn connect(addr: &str, timeout: Duration) -> Result<TcpStream> {
+    let candidates: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| anyhow!("cannot connect to {addr}: {}", reason(&e)))?
+        .collect();
+    let mut last_error = None;
+    for candidate in candidates {
+        match TcpStream::connect_timeout(&candidate, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(match last_error {
+        Some(e)
             if matches!(
                 e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
             ) =>
         {
-            bail!("no reply within {timeout:?} (see --timeout)")
+            anyhow!(
+                "cannot connect to {addr}: no answer within {} (see --timeout)",
+                humantime::format_duration(timeout)
+            )
         }
-        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
-        Err(e) => return Err(e).context("cannot read from the server"),
-    };
-    if n == 0 {
-        return Ok(None);
-    }
-    reply.truncate(n);
-    stream.set_read_timeout(Some(REPLY_SETTLE))?;
-    let mut more = [0; 64 * 1024];
-    while let Ok(n @ 1..) = stream.read(&mut more) {
-        reply.extend_from_slice(&more[..n]);
-    }
-    Ok(Some(reply))
+        Some(e) => anyhow!("cannot connect to {addr}: {}", reason(&e)),
+        None => anyhow!("cannot connect to {addr}: it resolves to no address"),
+    })
 }
 
-/// Closes politely: says we are done sending and lets the server finish, so
-/// neither side sees a reset.
-fn close(mut stream: TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(CLOSE_WAIT));
-    let _ = io::copy(&mut stream, &mut io::sink());
+/// An I/O error as a person reads it: `Connection refused`, without the
+/// `(os error 111)` that follows in Rust's own wording.
+fn reason(error: &io::Error) -> String {
+    let text = error.to_string();
+    match text.split_once(" (os error ") {
+        Some((reason, _)) => reason.to_string(),
+        None => text,
+    }
+}
+
+/// What the main thread hears from the other two.
+enum Event {
+    /// A line from stdin, without its line ending.
+    Line(Vec<u8>),
+    /// Stdin has ended.
+    InputEnd,
+    /// Stdin could not be read.
+    InputError(io::Error),
+    /// The server sent something, now on stdout; read at that instant.
+    Received(Instant),
+    /// What the server sent could not be written to stdout.
+    OutputError(io::Error),
+    /// The server closed the connection (`None`), or it broke.
+    Closed(Option<io::Error>),
+}
+
+/// Copies what the server sends to the screen as it arrives, until the
+/// connection ends.
+fn show_replies(mut stream: TcpStream, screen: &Mutex<Screen>, events: &Sender<Event>) {
+    let mut buffer = vec![0; 64 * 1024];
+    let last = loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break Event::Closed(None),
+            Ok(n) => {
+                let at = Instant::now();
+                if let Err(e) = lock(screen).show(&buffer[..n]) {
+                    break Event::OutputError(e);
+                }
+                if events.send(Event::Received(at)).is_err() {
+                    return; // the session is over
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // A server that closes with data unread gets a reset: closed all the same.
+            Err(e) if is_gone(&e) => break Event::Closed(None),
+            Err(e) => break Event::Closed(Some(e)),
+        }
+    };
+    let _ = events.send(last);
+}
+
+/// Reads stdin line by line (bytes, UTF-8 or not) for the main thread.
+fn read_lines(events: &Sender<Event>) {
+    let mut stdin = io::stdin().lock();
+    loop {
+        let mut line = Vec::new();
+        let event = match stdin.read_until(b'\n', &mut line) {
+            Ok(0) => Event::InputEnd,
+            Ok(_) => {
+                if line.ends_with(b"\n") {
+                    line.pop();
+                    if line.ends_with(b"\r") {
+                        line.pop();
+                    }
+                }
+                Event::Line(line)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Event::InputError(e),
+        };
+        let more = matches!(event, Event::Line(_));
+        if events.send(event).is_err() || !more {
+            return;
+        }
+    }
+}
+
+/// Whether a socket error means the server has gone away.
+fn is_gone(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// How the conversation part of a session ended.
+enum Ended {
+    /// `quit`, or the end of the input.
+    ByClient,
+    /// The server closed the connection (`None`), or it broke.
+    ByServer(Option<io::Error>),
+    /// The server closed the connection once the input had ended and every
+    /// line was sent: the usual end of a script, which needs no comment.
+    AfterInput,
+    /// A line could not be sent: the server has gone.
+    SendFailed,
+}
+
+/// One connection, from the main thread's side.
+struct Session<'a> {
+    args: &'a ClientArgs,
+    stream: TcpStream,
+    screen: Arc<Mutex<Screen>>,
+    inbox: Receiver<Event>,
+    /// Stdin is a terminal: a person is typing.
+    interactive: bool,
+    /// Lines read but not sent yet: each waits for the reply to the one before.
+    pending: VecDeque<Vec<u8>>,
+    /// When the last line was sent, taken just before sending it.
+    last_sent: Option<Instant>,
+    /// When the server last sent something.
+    last_received: Option<Instant>,
+    /// The `--newline` hint has been given.
+    hinted: bool,
+}
+
+impl Session<'_> {
+    fn run(mut self) -> Result<()> {
+        let closed = match self.talk()? {
+            Ended::ByClient => {
+                // Say we are done sending, and let the server answer the last
+                // lines and close: nothing is lost, and neither side sees a reset.
+                let _ = self.stream.shutdown(Shutdown::Write);
+                self.drain()?;
+                None
+            }
+            Ended::ByServer(cause) => Some(cause),
+            Ended::AfterInput => None,
+            Ended::SendFailed => {
+                // Show what the server said before it went.
+                self.drain()?;
+                Some(None)
+            }
+        };
+        self.finish_screen()?;
+        match closed {
+            None if self.unanswered() && !self.hinted => {
+                self.say(&format!("no reply to the last line: {NEWLINE_HINT}"))?;
+            }
+            None => {}
+            Some(None) => self.say("connection closed by the server")?,
+            Some(Some(e)) => return Err(e).context("the connection to the server broke"),
+        }
+        Ok(())
+    }
+
+    /// Sends the lines, each once the reply to the one before has arrived,
+    /// until `quit`, the end of the input, or the server closing.
+    fn talk(&mut self) -> Result<Ended> {
+        let mut input_ended = false;
+        loop {
+            let now = Instant::now();
+            while !self.awaiting_reply(now)
+                && let Some(line) = self.pending.pop_front()
+            {
+                if let Some(ended) = self.send_line(line)? {
+                    return Ok(ended);
+                }
+            }
+            if input_ended && self.pending.is_empty() && !self.awaiting_reply(now) {
+                return Ok(Ended::ByClient);
+            }
+            if self.interactive
+                && !self.hinted
+                && self.unanswered()
+                && self.last_sent.is_some_and(|sent| now >= sent + HINT_AFTER)
+            {
+                self.hinted = true;
+                self.say(&format!("no reply yet: {NEWLINE_HINT}"))?;
+            }
+            self.tidy_screen(now, true)?;
+
+            match self.next_event(self.deadline(now)) {
+                None => {} // a deadline passed: look again
+                Some(Event::Line(line)) => {
+                    if self.interactive {
+                        self.screen().typed();
+                    }
+                    self.pending.push_back(line);
+                }
+                Some(Event::InputEnd) => input_ended = true,
+                Some(Event::InputError(e)) => return Err(e).context("cannot read stdin"),
+                Some(Event::Received(at)) => self.last_received = Some(at),
+                Some(Event::OutputError(e)) => return Err(e).context("cannot write to stdout"),
+                Some(Event::Closed(None)) if input_ended && self.pending.is_empty() => {
+                    return Ok(Ended::AfterInput);
+                }
+                Some(Event::Closed(cause)) => return Ok(Ended::ByServer(cause)),
+            }
+        }
+    }
+
+    /// Shows what the server still sends until it closes or has been quiet
+    /// for `--wait`; `--timeout` at most.
+    fn drain(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let give_up = started + *self.args.timeout;
+        loop {
+            let now = Instant::now();
+            self.tidy_screen(now, false)?;
+            let quiet_from = self.last_received.map_or(started, |at| at.max(started));
+            let quiet_until = quiet_from + *self.args.wait;
+            if now >= quiet_until {
+                return Ok(());
+            }
+            if now >= give_up {
+                return self.say(&format!(
+                    "stopped waiting after {} (--timeout): the server was still sending",
+                    self.args.timeout
+                ));
+            }
+            let settled = self.last_received.map(|at| at + REPLY_SETTLE);
+            let deadline = [Some(quiet_until), Some(give_up), settled]
+                .into_iter()
+                .flatten()
+                .filter(|&at| at > now)
+                .min();
+            match self.next_event(deadline) {
+                Some(Event::Received(at)) => self.last_received = Some(at),
+                Some(Event::Closed(_)) => return Ok(()),
+                Some(Event::OutputError(e)) => return Err(e).context("cannot write to stdout"),
+                // Too late for more input.
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends one line as the options say; `Some` when the session ends here.
+    fn send_line(&mut self, mut line: Vec<u8>) -> Result<Option<Ended>> {
+        if String::from_utf8_lossy(&line)
+            .trim()
+            .eq_ignore_ascii_case("quit")
+        {
+            if let Some(message) = &self.args.quit_message
+                && let Some(ended) = self.send(message.as_bytes())?
+            {
+                return Ok(Some(ended));
+            }
+            return Ok(Some(Ended::ByClient));
+        }
+        if line.is_empty() && !self.args.newline {
+            return Ok(None); // sending nothing would wait for a reply that never comes
+        }
+        if self.args.newline {
+            line.push(b'\n');
+        } else {
+            // Each reply to a message on a line of its own, as the classic client prints it.
+            self.screen().end_line().context("cannot write to stdout")?;
+        }
+        self.last_sent = Some(Instant::now());
+        self.send(&line)
+    }
+
+    /// Sends `bytes`; `Some` when the server has gone.
+    fn send(&mut self, bytes: &[u8]) -> Result<Option<Ended>> {
+        match self.stream.write_all(bytes) {
+            Ok(()) => Ok(None),
+            Err(e) if is_gone(&e) => Ok(Some(Ended::SendFailed)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                bail!(
+                    "the server has taken nothing for {} (see --timeout): it does not read",
+                    self.args.timeout
+                )
+            }
+            Err(e) => Err(e).context("cannot send to the server"),
+        }
+    }
+
+    /// Whether the last line sent still waits for its reply: nothing came
+    /// back yet, or it is still arriving. The next line waits for it, so that
+    /// replies come in order and two lines never arrive as one message.
+    fn awaiting_reply(&self, now: Instant) -> bool {
+        let Some(sent) = self.last_sent else {
+            return false;
+        };
+        match self.last_received.filter(|&at| at > sent) {
+            Some(at) => now < at + REPLY_SETTLE,
+            None => now < sent + *self.args.wait,
+        }
+    }
+
+    /// Whether the last line went without a newline and nothing has come
+    /// back since: what a line-based server does.
+    fn unanswered(&self) -> bool {
+        !self.args.newline
+            && self
+                .last_sent
+                .is_some_and(|sent| self.last_received.is_none_or(|at| at < sent))
+    }
+
+    /// When the main thread next has something to do if nothing happens.
+    fn deadline(&self, now: Instant) -> Option<Instant> {
+        let settled = self.last_received.map(|at| at + REPLY_SETTLE);
+        let waited = self.last_sent.map(|sent| sent + *self.args.wait);
+        let hint = self
+            .last_sent
+            .filter(|_| self.interactive && !self.hinted)
+            .map(|sent| sent + HINT_AFTER);
+        [settled, waited, hint]
+            .into_iter()
+            .flatten()
+            .filter(|&at| at > now)
+            .min()
+    }
+
+    /// The next event, or `None` once `deadline` has passed.
+    fn next_event(&self, deadline: Option<Instant>) -> Option<Event> {
+        let received = match deadline {
+            None => self.inbox.recv().ok(),
+            Some(at) => match self
+                .inbox
+                .recv_timeout(at.saturating_duration_since(Instant::now()))
+            {
+                Ok(event) => Some(event),
+                Err(RecvTimeoutError::Timeout) => return None,
+                Err(RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        // Both threads gone: the one that shows replies saw the end.
+        Some(received.unwrap_or(Event::Closed(None)))
+    }
+
+    /// Once the server has been quiet for a moment: ends the line of a reply
+    /// to a message, and prompts again if `may_prompt`.
+    fn tidy_screen(&self, now: Instant, may_prompt: bool) -> Result<()> {
+        if self.last_received.is_some_and(|at| now < at + REPLY_SETTLE) {
+            return Ok(()); // still arriving
+        }
+        let mut screen = self.screen();
+        if !self.args.newline {
+            screen.end_line().context("cannot write to stdout")?;
+        }
+        if may_prompt && !self.awaiting_reply(now) {
+            screen.prompt().context("cannot write to stdout")?;
+        }
+        Ok(())
+    }
+
+    /// Leaves the screen ready for the shell: no prompt, no half line.
+    fn finish_screen(&self) -> Result<()> {
+        let mut screen = self.screen();
+        screen.erase_prompt().context("cannot write to stdout")?;
+        if !self.args.newline || screen.terminal {
+            screen.end_line().context("cannot write to stdout")?;
+        }
+        Ok(())
+    }
+
+    /// Tells the user `message` on stderr, on a line of its own.
+    fn say(&self, message: &str) -> Result<()> {
+        let mut screen = self.screen();
+        screen.erase_prompt().context("cannot write to stdout")?;
+        if screen.terminal {
+            screen.end_line().context("cannot write to stdout")?;
+        }
+        // Nothing better to do if stderr is gone.
+        let _ = writeln!(io::stderr().lock(), "{message}");
+        Ok(())
+    }
+
+    fn screen(&self) -> MutexGuard<'_, Screen> {
+        lock(&self.screen)
+    }
+}
+
+/// The screen, locked: a thread that panicked while holding it left nothing
+/// half done that matters.
+fn lock(screen: &Mutex<Screen>) -> MutexGuard<'_, Screen> {
+    screen.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Stdout, shared by what the server sends and the prompt.
+struct Screen {
+    /// A person types on a terminal and reads on one: prompt.
+    prompting: bool,
+    /// Stdout is a terminal.
+    terminal: bool,
+    /// The prompt is the last thing on the screen.
+    prompt_shown: bool,
+    /// What the server sent last did not end its line.
+    line_open: bool,
+}
+
+impl Screen {
+    /// Shows what the server sent, in place of the prompt if it is there.
+    fn show(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.erase_prompt()?;
+        let mut out = io::stdout().lock();
+        out.write_all(bytes)?;
+        out.flush()?;
+        self.line_open = !bytes.ends_with(b"\n");
+        Ok(())
+    }
+
+    /// Prompts for the next line, on a line of its own, unless it is there.
+    fn prompt(&mut self) -> io::Result<()> {
+        if !self.prompting || self.prompt_shown {
+            return Ok(());
+        }
+        self.end_line()?;
+        let mut out = io::stdout().lock();
+        out.write_all(PROMPT)?;
+        out.flush()?;
+        self.prompt_shown = true;
+        Ok(())
+    }
+
+    /// A line was typed: the terminal has moved to the next line.
+    fn typed(&mut self) {
+        self.prompt_shown = false;
+        self.line_open = false;
+    }
+
+    /// Ends the line the server left open.
+    fn end_line(&mut self) -> io::Result<()> {
+        if std::mem::take(&mut self.line_open) {
+            let mut out = io::stdout().lock();
+            out.write_all(b"\n")?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Takes the prompt away, if it is there.
+    fn erase_prompt(&mut self) -> io::Result<()> {
+        if std::mem::take(&mut self.prompt_shown) {
+            let mut out = io::stdout().lock();
+            out.write_all(ERASE_LINE)?;
+            out.flush()?;
+        }
+        Ok(())
+    }
 }

@@ -15,6 +15,7 @@ mod client;
 mod compile;
 mod concurrency;
 mod contract;
+mod crashes;
 mod echo;
 mod fleet;
 mod guest_output;

@@ -93,6 +93,18 @@ impl Fields {
     }
 }
 
+/// The most severe level guest output is logged at, stderr included: a
+/// handler's stderr is its debug prints as often as its errors, and when it
+/// fails the host logs that itself, at WARN, with the guest backtrace.
+pub const GUEST_OUTPUT_LEVEL: Level = Level::Info;
+
+/// What the note that ends a Rust panic's report on stderr advises setting:
+/// `RUST_BACKTRACE=1`, or `=full` once it is set. Under hotsock the advice is
+/// false: std cannot walk a wasm stack (its `stack backtrace:` comes out
+/// empty), and hotsock logs the guest backtrace itself when the connection
+/// closes.
+const RUST_BACKTRACE_ADVICE: &[u8] = b"`RUST_BACKTRACE=";
+
 /// One guest output stream (stdout or stderr) of one connection.
 #[derive(Clone)]
 pub struct Console(Arc<Mutex<Lines>>);
@@ -101,16 +113,20 @@ struct Lines {
     /// Who printed it: the connection's fields, and `stream`.
     fields: Fields,
     level: Level,
+    /// Whether this is stderr, where a panic's report goes.
+    stderr: bool,
     pending: Vec<u8>,
 }
 
 impl Console {
     /// The stream `stream` (`stdout` or `stderr`) of the connection with
-    /// `fields`, whose lines are logged at `level`.
+    /// `fields`, whose lines are logged at `level`, or at
+    /// [`GUEST_OUTPUT_LEVEL`] if `level` is more severe.
     pub fn new(fields: &Fields, stream: &'static str, level: Level) -> Self {
         Console(Arc::new(Mutex::new(Lines {
             fields: fields.clone().text("stream", stream),
-            level,
+            level: level.max(GUEST_OUTPUT_LEVEL),
+            stderr: stream == "stderr",
             pending: Vec::new(),
         })))
     }
@@ -141,7 +157,12 @@ impl Lines {
     fn emit(&mut self) {
         let line = self.pending.strip_suffix(b"\r").unwrap_or(&self.pending);
         // Blank lines carry nothing and only split up a guest's panic report.
-        if !line.is_empty() {
+        let advice = self.stderr
+            && line.starts_with(b"note: ")
+            && line
+                .windows(RUST_BACKTRACE_ADVICE.len())
+                .any(|w| w == RUST_BACKTRACE_ADVICE);
+        if !line.is_empty() && !advice {
             let line = String::from_utf8_lossy(line);
             self.fields.log(self.level, format_args!("{line}"));
         }

@@ -6,6 +6,7 @@
 //! process, a handler (compiled component and `InstancePre`) once per
 //! version, and only a `Store` plus an instantiation per connection.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,6 +16,7 @@ use anyhow::{Context as _, Result};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    WasmBacktraceDetails,
 };
 
 use crate::runtime::bindings::{v0_1, v0_2};
@@ -24,6 +26,7 @@ use crate::runtime::keyvalue::{Buckets, DEFAULT_MAX_BUCKET_BYTES};
 use crate::runtime::limits::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MEMORY, EPOCH_TICK, Limits, MAX_WASM_STACK,
 };
+use crate::runtime::outcome::MAX_BACKTRACE_FRAMES;
 use crate::runtime::store::{Capabilities, StoreData};
 use crate::sys;
 use crate::watchdog::Verdict;
@@ -277,6 +280,11 @@ fn engine_config(settings: &Settings) -> Config {
         .wasm_component_model(true)
         .max_wasm_stack(MAX_WASM_STACK)
         .epoch_interruption(true)
+        // A guest backtrace names the handler's files and lines when the
+        // component carries DWARF, whatever WASMTIME_BACKTRACE_DETAILS says:
+        // compiling keeps its debug sections, and a trap reads them.
+        .wasm_backtrace_details(WasmBacktraceDetails::Enable)
+        .wasm_backtrace_max_frames(NonZeroUsize::new(MAX_BACKTRACE_FRAMES))
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
 }

@@ -135,12 +135,19 @@ impl Conn {
             }
             Outcome::Faulted { fault, backtrace } => {
                 version.count_failure(fault.kind());
+                // The first line says it all, as for every other ending; the
+                // backtrace follows on lines of its own.
                 match backtrace {
                     Some(frames) => log(
                         Level::Warn,
-                        format_args!("{fault}\nguest backtrace:\n{frames}"),
+                        format_args!(
+                            "{fault}; closed after {elapsed:.1?}\nguest backtrace:\n{frames}"
+                        ),
                     ),
-                    None => log(Level::Warn, format_args!("{fault}")),
+                    None => log(
+                        Level::Warn,
+                        format_args!("{fault}; closed after {elapsed:.1?}"),
+                    ),
                 }
                 registry.record_fault(&version);
             }

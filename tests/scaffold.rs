@@ -20,7 +20,14 @@ fn scaffold(parent: &Path, name: &str, lang: &str) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("build it with"), "{stdout}");
     let readme = std::fs::read_to_string(parent.join(name).join("README.md")).unwrap();
-    for topic in ["## Build", "## Serve", "## Swap", "hotsock swap"] {
+    for topic in [
+        "## Build",
+        "## Test",
+        "## Serve",
+        "## Swap",
+        "hotsock swap",
+        "hotsock test",
+    ] {
         assert!(
             readme.contains(topic),
             "the README lacks {topic:?}:\n{readme}"
@@ -52,6 +59,25 @@ fn a_rust_handler_scaffolds_builds_and_serves() {
         .args(["build", "--release"])
         .env("CARGO_TARGET_DIR", &target));
     let component = target.join("wasm32-wasip2/release/my_handler.wasm");
+    // `cargo test` passes out of the box: its unit tests run in WebAssembly,
+    // with `hotsock run` as cargo's runner (found on PATH, as a user has it).
+    let hotsock_dir = repo_root().join("target/release");
+    let path = std::env::join_paths(std::iter::once(hotsock_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run(Command::new(cargo)
+        .current_dir(&project)
+        .arg("test")
+        .env("CARGO_TARGET_DIR", &target)
+        .env("PATH", path));
+    // And its transcript replays against the component.
+    run(hotsock()
+        .current_dir(&project)
+        .arg("test")
+        .arg(&component)
+        .arg("tests/echo.transcript"));
 
     let server = Server::start_path(&component, &[]);
     assert_eq!(echo_line(&mut server.connect(), "hello"), "hello");
@@ -73,6 +99,11 @@ fn a_python_handler_scaffolds_builds_and_serves() {
         "-o",
         "py_handler.wasm",
     ]));
+
+    // The one test command its README gives.
+    run(hotsock()
+        .current_dir(&project)
+        .args(["test", "py_handler.wasm", "tests/echo.transcript"]));
 
     let server = Server::start_path(&project.join("py_handler.wasm"), &[]);
     assert_eq!(echo_line(&mut server.connect(), "hello"), "hello");

@@ -23,6 +23,7 @@ mod handlers;
 mod isolation;
 mod limits;
 mod operations;
+mod replay;
 mod scaffold;
 mod scale;
 mod shutdown;

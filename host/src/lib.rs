@@ -16,10 +16,11 @@
 //!   reloading, the binary upgrade, metrics and health, the admin API, HTTP
 //!   for both, and notifications to systemd.
 //! - [`runtime`]: WebAssembly only. The engine and its instance pool, loading
-//!   a handler, the store a guest runs in and the `connection` it sees, the
+//!   a handler of either contract version, the store a guest runs in and the
+//!   `connection` it sees, rooms, key-value buckets and outbound grants, the
 //!   limits and grants of a listener's instances (a `Profile`), how a guest
-//!   stopped, the code cache, and the fields that tie guest output to its
-//!   connection in the log.
+//!   stopped, recording and replaying a connection, the code cache, and the
+//!   fields that tie guest output to its connection in the log.
 //! - leaves, which depend on nothing above them: [`watchdog`] (idle timeout,
 //!   time limit and drain deadline for every connection, from one thread),
 //!   [`sys`] (every libc call, and the poison-tolerant lock), [`units`]

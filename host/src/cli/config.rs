@@ -17,7 +17,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use hotsock::runtime::{
     Capabilities, ConnectGrant, DEFAULT_CPU_BUDGET, DEFAULT_MAX_BUCKET_BYTES,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MEMORY, DEFAULT_ROOM_BACKLOG, Limits, Preopen, Profile,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MEMORY, DEFAULT_RECORD_MAX_BYTES, DEFAULT_ROOM_BACKLOG,
+    Limits, Preopen, Profile, Recording,
 };
 use hotsock::server::admin::DEFAULT_MAX_UPLOAD;
 use hotsock::server::http::Endpoint;
@@ -65,6 +66,8 @@ pub struct Overrides {
     pub keyvalue_max_bytes: Option<usize>,
     pub allow_connect: Option<Vec<ConnectGrant>>,
     pub room_backlog: Option<usize>,
+    pub record: Option<PathBuf>,
+    pub record_max_bytes: Option<usize>,
     /// `Some(None)` for `--no-cache`.
     pub cache_dir: Option<Option<PathBuf>>,
 }
@@ -290,6 +293,8 @@ struct File {
     keyvalue_max_bytes: Option<Size>,
     allow_connect: Option<Grants>,
     room_backlog: Option<Size>,
+    record: Option<PathBuf>,
+    record_max_bytes: Option<Size>,
     #[serde(default)]
     listener: Vec<ListenerTable>,
 }
@@ -321,6 +326,8 @@ struct ListenerTable {
     keyvalue: Option<Buckets>,
     allow_connect: Option<Grants>,
     room_backlog: Option<Size>,
+    record: Option<PathBuf>,
+    record_max_bytes: Option<Size>,
 }
 
 impl File {
@@ -345,6 +352,7 @@ impl File {
         };
         let top = self;
         top.handler.as_mut().map(at);
+        top.record.as_mut().map(at);
         top.admin_token_file.as_mut().map(at);
         top.cache_dir.as_mut().map(at);
         if let Some(Endpoint::Unix(path)) = &mut top.admin {
@@ -355,6 +363,7 @@ impl File {
         }
         for table in &mut top.listener {
             at(&mut table.handler);
+            table.record.as_mut().map(at);
             for dirs in [&mut table.dir, &mut table.dir_rw].into_iter().flatten() {
                 dirs.resolve_dirs(base);
             }
@@ -480,6 +489,25 @@ impl ListenerTable {
                 .resolve()
                 .map_err(|why| anyhow::anyhow!("listener `{}`: {why}", self.name))?;
         }
+        let record = given
+            .record
+            .clone()
+            .or_else(|| own.record.clone())
+            .or_else(|| top.record.clone())
+            .map(|dir| Recording {
+                dir,
+                max_bytes: size(
+                    given.record_max_bytes,
+                    &own.record_max_bytes,
+                    &top.record_max_bytes,
+                )
+                .unwrap_or(DEFAULT_RECORD_MAX_BYTES),
+            });
+        if let Some(recording) = &record {
+            recording
+                .prepare()
+                .with_context(|| format!("listener `{}`", self.name))?;
+        }
         Ok(ListenerPlan {
             name: self.name.clone(),
             addrs: self.addr.clone().into_vec(),
@@ -503,6 +531,7 @@ impl ListenerTable {
                     keyvalue: keyvalue.into(),
                     connect: connect.into(),
                 },
+                record,
             },
             policy: Policy {
                 rollback_on_traps: given

@@ -13,6 +13,7 @@ mod new;
 mod reloads;
 mod serve;
 mod signals;
+mod test;
 
 use anyhow::Result;
 use clap::{ArgMatches, Parser, Subcommand};
@@ -42,10 +43,14 @@ pub enum Command {
     Rollback(admin::AdminArgs),
     /// Precompile a handler to native code (.cwasm), which `serve` and `swap` load without compiling.
     Compile(compile::CompileArgs),
-    /// Talk to a line-based server: send each line typed (or piped in), print each reply.
+    /// Talk to a line-based server: send each line typed (or piped in), print whatever the server sends.
     Client(client::ClientArgs),
     /// Create a new handler project that builds to a component with one command.
     New(new::NewArgs),
+    /// Replay recorded or hand-written transcripts against a handler, in process, and compare its replies.
+    Test(test::TestArgs),
+    /// Run a WASI command component, such as the unit tests `cargo test` builds for wasm32-wasip2.
+    Run(test::RunArgs),
 }
 
 /// Runs a subcommand to the end; `matches` are the whole command line's.
@@ -66,6 +71,8 @@ pub fn run(command: Command, matches: &ArgMatches) -> Result<()> {
         Command::Compile(args) => compile::run(&args),
         Command::Client(args) => client::run(&args),
         Command::New(args) => new::run(&args),
+        Command::Test(args) => test::run(&args),
+        Command::Run(args) => test::run_program(&args),
     }
 }
 

@@ -81,10 +81,15 @@ const RUST: &[Template] = &[
     ),
     ("README.md", include_str!("../../templates/rust/README.md")),
     (".gitignore", include_str!("../../templates/rust/gitignore")),
+    ("tests/echo.transcript", ECHO_TRANSCRIPT),
 ];
+
+/// A hand-written transcript of the template's echo, for `hotsock test`.
+const ECHO_TRANSCRIPT: &str = include_str!("../../templates/shared-echo.transcript");
 
 const PYTHON: &[Template] = &[
     ("app.py", include_str!("../../templates/python/app.py")),
+    ("tests/echo.transcript", ECHO_TRANSCRIPT),
     (
         "README.md",
         include_str!("../../templates/python/README.md"),

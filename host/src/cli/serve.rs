@@ -13,7 +13,8 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use hotsock::runtime::{
     self, ConnectGrant, DEFAULT_CPU_BUDGET, DEFAULT_MAX_BUCKET_BYTES, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_MEMORY, DEFAULT_ROOM_BACKLOG, Preopen, Runtime, read_component,
+    DEFAULT_MAX_MEMORY, DEFAULT_RECORD_MAX_BYTES, DEFAULT_ROOM_BACKLOG, Preopen, Runtime,
+    read_component,
 };
 use hotsock::server::admin::{self, DEFAULT_MAX_UPLOAD, Token};
 use hotsock::server::http::{self, Endpoint};
@@ -233,6 +234,18 @@ pub struct ServeArgs {
     )]
     pub allow_connect: Vec<ConnectGrant>,
 
+    /// Record every connection to a transcript file in DIR (made if missing,
+    /// private to this user): what the client sent, what the handler wrote,
+    /// and the clock readings and random bytes it got, so that `hotsock test`
+    /// can replay it. It keeps what clients send: mind their privacy.
+    #[arg(long, value_name = "DIR", help_heading = "Recording")]
+    pub record: Option<PathBuf>,
+
+    /// Most bytes kept in one connection's transcript; the rest of the
+    /// connection is not recorded, and the transcript says so.
+    #[arg(long, value_name = "SIZE", default_value_t = Size(DEFAULT_RECORD_MAX_BYTES), help_heading = "Recording")]
+    pub record_max_bytes: Size,
+
     /// Most bytes of room messages waiting for one member's client before
     /// it is disconnected: publishing never waits for a slow reader.
     #[arg(long, value_name = "SIZE", default_value_t = Size(DEFAULT_ROOM_BACKLOG), help_heading = "Limits")]
@@ -304,6 +317,8 @@ impl ServeArgs {
             keyvalue_max_bytes: when("keyvalue_max_bytes").map(|()| self.keyvalue_max_bytes.0),
             allow_connect: given("allow_connect").then(|| self.allow_connect.clone()),
             room_backlog: when("room_backlog").map(|()| self.room_backlog.0),
+            record: self.record.clone(),
+            record_max_bytes: when("record_max_bytes").map(|()| self.record_max_bytes.0),
             cache_dir: match (self.cache.no_cache, &self.cache.cache_dir) {
                 (true, _) => Some(None),
                 (false, Some(dir)) if given("cache_dir") => Some(Some(dir.clone())),

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::runtime::record::{Recorder, Replay};
 use crate::runtime::rooms::{MAX_ROOMS_PER_CONNECTION, Mailbox, Refused, Rooms};
+use crate::runtime::transcript::Entry;
 use crate::sys;
 use crate::watchdog::{Expiry, Verdict, Wait, Watch};
 
@@ -65,8 +67,10 @@ pub struct Connection {
     /// The watchdog's hold on the socket. Declared before `stream` so that it
     /// is dropped (unwatched) before the socket is closed.
     watch: Option<Watch>,
-    /// Shared with its mailbox, if it joins a room.
-    stream: Arc<TcpStream>,
+    /// Shared with its mailbox, if it joins a room; or a transcript.
+    io: Io,
+    /// Where its traffic is written down, under `serve --record`.
+    recorder: Option<Arc<Recorder>>,
     /// Where its bytes are counted.
     traffic: Arc<Traffic>,
     /// Its listener's rooms, and its place in them.
@@ -94,12 +98,35 @@ impl Connection {
             id,
             peer,
             watch,
-            stream: Arc::new(stream),
+            io: Io::Socket(Arc::new(stream)),
+            recorder: None,
             traffic,
             rooms,
             membership: None,
             buf: Vec::new(),
         }
+    }
+
+    /// A connection whose client is a transcript being replayed: reads
+    /// return what it recorded the client sending, writes are kept in
+    /// `replay`. No socket, no watchdog; rooms are `rooms`, with nobody else in them.
+    pub fn replay(id: u64, peer: SocketAddr, replay: Arc<Replay>, rooms: Arc<Rooms>) -> Self {
+        Connection {
+            id,
+            peer,
+            watch: None,
+            io: Io::Replay(replay),
+            recorder: None,
+            traffic: Arc::default(),
+            rooms,
+            membership: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes what the client sends and the handler writes to `recorder`.
+    pub fn record(&mut self, recorder: Arc<Recorder>) {
+        self.recorder = Some(recorder);
     }
 
     /// Host-assigned id, unique within this server process.
@@ -142,6 +169,10 @@ impl Connection {
         }
         self.check_expiry()?;
         let want = max.min(MAX_READ) as usize;
+        let stream = match &self.io {
+            Io::Socket(stream) => stream,
+            Io::Replay(replay) => return Ok(replay.read(want)),
+        };
         if self.buf.len() < want {
             self.buf.resize(want, 0);
         }
@@ -151,16 +182,14 @@ impl Connection {
             // a plain read blocks in `read` itself, as it always has.
             match (&self.membership, deadline) {
                 (None, None) => Ok(true),
-                (membership, deadline) => wait_readable(
-                    &self.stream,
-                    membership.as_ref().map(|m| &*m.mailbox),
-                    deadline,
-                ),
+                (membership, deadline) => {
+                    wait_readable(stream, membership.as_ref().map(|m| &*m.mailbox), deadline)
+                }
             }
             .and_then(|readable| match readable {
                 false => Err(io::ErrorKind::TimedOut.into()),
                 true => loop {
-                    match (&*self.stream).read(&mut self.buf[..want]) {
+                    match (&**stream).read(&mut self.buf[..want]) {
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         read => break read,
                     }
@@ -171,6 +200,9 @@ impl Connection {
             // Data that made it in before a timeout is still the client's.
             Ok(n) if n > 0 => {
                 self.traffic.received.fetch_add(n as u64, Ordering::Relaxed);
+                if let Some(recorder) = &self.recorder {
+                    recorder.push(Entry::Client(self.buf[..n].to_vec()));
+                }
                 Ok(self.buf[..n].to_vec())
             }
             // The watchdog's shutdown ends a read like end of stream or an error.
@@ -184,12 +216,19 @@ impl Connection {
     /// Writes all of `data`, blocking until the client has taken it.
     pub fn write(&mut self, data: &[u8]) -> Result<(), IoError> {
         self.check_expiry()?;
+        let stream = match &self.io {
+            Io::Socket(stream) => stream,
+            Io::Replay(replay) => {
+                replay.write(data);
+                return Ok(());
+            }
+        };
         let written = {
             let _waiting = self.watch.as_ref().map(|w| w.waiting(Wait::Write));
             match &self.membership {
                 // Room messages waiting go out first, and none inside this write.
                 Some(membership) => membership.mailbox.write(data),
-                None => (&*self.stream).write_all(data),
+                None => (&**stream).write_all(data),
             }
         };
         match written {
@@ -197,6 +236,9 @@ impl Connection {
                 self.traffic
                     .sent
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
+                if let Some(recorder) = &self.recorder {
+                    recorder.push(Entry::Handler(data.to_vec()));
+                }
                 Ok(())
             }
             Err(_) if self.expired().is_some() => self.check_expiry(),
@@ -216,6 +258,14 @@ impl Connection {
     }
 }
 
+/// What a connection reads from and writes to.
+enum Io {
+    /// A client's socket.
+    Socket(Arc<TcpStream>),
+    /// A recorded client.
+    Replay(Arc<Replay>),
+}
+
 /// A connection's mailbox and the rooms it is in.
 struct Membership {
     mailbox: Arc<Mailbox>,
@@ -226,8 +276,13 @@ impl Connection {
     /// Joins `room` of its listener: from now on, what others publish there
     /// is written to this client.
     pub fn join(&mut self, room: &str) -> Result<(), Refused> {
+        let stream = match &self.io {
+            Io::Socket(stream) => stream,
+            // A replayed client is alone: there is no one to hear from.
+            Io::Replay(_) => return Ok(()),
+        };
         if self.membership.is_none() {
-            let mailbox = Mailbox::new(self.id, Arc::clone(&self.stream))
+            let mailbox = Mailbox::new(self.id, Arc::clone(stream))
                 .map_err(|e| Refused(format!("cannot make a mailbox: {e}")))?;
             self.membership = Some(Membership {
                 mailbox: Arc::new(mailbox),
@@ -286,7 +341,9 @@ impl Drop for Connection {
             for room in &membership.joined {
                 self.rooms.leave(room, self.id);
             }
-            let _ = self.stream.shutdown(Shutdown::Both);
+            if let Io::Socket(stream) = &self.io {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
         }
     }
 }

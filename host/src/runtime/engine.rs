@@ -27,6 +27,7 @@ use crate::runtime::limits::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MEMORY, EPOCH_TICK, Limits, MAX_WASM_STACK,
 };
 use crate::runtime::outcome::MAX_BACKTRACE_FRAMES;
+use crate::runtime::record::{Inputs, Recording};
 use crate::runtime::store::{Capabilities, StoreData};
 use crate::sys;
 use crate::watchdog::Verdict;
@@ -86,6 +87,8 @@ pub struct Profile {
     pub limits: Limits,
     /// What its guest may reach beyond its connection.
     pub capabilities: Capabilities,
+    /// Where its connections are recorded, if they are (`--record`).
+    pub record: Option<Recording>,
 }
 
 /// The engine and linker shared by every handler version and instance.
@@ -175,15 +178,18 @@ impl Runtime {
     }
 
     /// A fresh store under `profile`'s limits and grants, whose guest logs
-    /// with `fields`; with a `verdict`, it is stopped once the watchdog closes
-    /// its connection for good.
+    /// with `fields` and reads clocks and random numbers from `inputs`; with
+    /// a `verdict`, it is stopped once the watchdog closes its connection for
+    /// good.
     pub fn store(
         &self,
         profile: &Profile,
         fields: &Fields,
         verdict: Option<Verdict>,
+        inputs: &Inputs,
     ) -> Result<Store<StoreData>> {
-        let data = StoreData::new(fields, &profile.capabilities, Arc::clone(&self.buckets))?;
+        let buckets = Arc::clone(&self.buckets);
+        let data = StoreData::new(fields, &profile.capabilities, buckets, inputs)?;
         let mut store = Store::new(&self.engine, data);
         profile.limits.apply(&mut store, verdict, StoreData::usage);
         Ok(store)

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -21,7 +22,9 @@ use crate::runtime::connection::Connection;
 use crate::runtime::console::Fields;
 use crate::runtime::engine::{Profile, Runtime};
 use crate::runtime::outcome::{Fault, Outcome};
+use crate::runtime::record::{Inputs, Recorder, Replay};
 use crate::runtime::store::StoreData;
+use crate::runtime::transcript::Transcript;
 
 /// The interface a handler exports: the `handler` of `wit/plugin.wit`, the
 /// contract this hotsock speaks.
@@ -326,7 +329,74 @@ impl Handler {
         runtime: &Runtime,
         profile: &Profile,
         fields: &Fields,
+        mut conn: Connection,
+    ) -> Served {
+        let Some(recording) = &profile.record else {
+            return self.run(runtime, profile, fields, conn, &Inputs::Real);
+        };
+        let header = vec![
+            "hotsock transcript: one client connection; replay it with `hotsock test HANDLER FILE`"
+                .to_string(),
+            format!(
+                "conn {} from {}, handler {} (sha256 {})",
+                conn.id(),
+                conn.peer(),
+                self.name,
+                &self.sha256[..16]
+            ),
+        ];
+        let recorder = Arc::new(Recorder::new(recording, conn.id(), header));
+        conn.record(Arc::clone(&recorder));
+        let served = self.run(
+            runtime,
+            profile,
+            fields,
+            conn,
+            &Inputs::Record(Arc::clone(&recorder)),
+        );
+        if let Err(e) = recorder.finish() {
+            fields.log(
+                log::Level::Warn,
+                format_args!(
+                    "cannot write its transcript to {}: {e}",
+                    recording.dir.display()
+                ),
+            );
+        }
+        served
+    }
+
+    /// Replays `transcript` as one connection, in process: the client's
+    /// recorded bytes are read, the recorded clock readings and random bytes
+    /// fed back. Returns what the handler wrote, one element a write, and
+    /// how it ended.
+    pub fn replay(
+        &self,
+        runtime: &Runtime,
+        profile: &Profile,
+        transcript: &Transcript,
+    ) -> (Vec<Vec<u8>>, Outcome) {
+        let replay = Arc::new(Replay::new(transcript));
+        let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let conn = Connection::replay(1, peer, Arc::clone(&replay), Arc::default());
+        let fields = Fields::none().text("replaying", &self.name);
+        let served = self.run(
+            runtime,
+            profile,
+            &fields,
+            conn,
+            &Inputs::Replay(Arc::clone(&replay)),
+        );
+        (replay.written(), served.outcome)
+    }
+
+    fn run(
+        &self,
+        runtime: &Runtime,
+        profile: &Profile,
+        fields: &Fields,
         conn: Connection,
+        inputs: &Inputs,
     ) -> Served {
         let error = |e: String| Served {
             outcome: Outcome::Faulted {
@@ -335,7 +405,7 @@ impl Handler {
             },
             instantiated_in: None,
         };
-        let mut store = match runtime.store(profile, fields, conn.verdict()) {
+        let mut store = match runtime.store(profile, fields, conn.verdict(), inputs) {
             Ok(store) => store,
             Err(e) => return error(format!("{e:#}")),
         };
@@ -380,7 +450,7 @@ impl Handler {
         fields: &Fields,
     ) -> Result<(), String> {
         let mut store = runtime
-            .store(profile, fields, None)
+            .store(profile, fields, None, &Inputs::Real)
             .map_err(|e| format!("{e:#}"))?;
         let instantiated = match &self.pre {
             Pre::V0_2(pre) => pre.instantiate(&mut store).map(drop),

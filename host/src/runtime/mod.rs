@@ -19,14 +19,20 @@
 //! - `keyvalue`: [`Buckets`], the process's shared key-value store.
 //! - `outbound`: [`ConnectGrant`], where handlers may connect, and the check
 //!   that enforces it.
+//! - `transcript`: [`Transcript`], one connection written down; `record`:
+//!   recording one (`--record`) and replaying one (`hotsock test`), clocks
+//!   and random numbers included.
 //! - `limits`: [`Limits`] and the defaults, applied to every store in one function.
 //! - `outcome`: [`Outcome`] and [`Fault`]: how a guest stopped, and whose fault it was.
+//! - `command`: [`run_command`], a WASI command as a program (`hotsock run`,
+//!   cargo's test runner for handler crates).
 //! - `cache`: compiled code on disk; `console`: guest stdout and stderr to the
 //!   log, and the [`Fields`] that tie log lines to a connection;
 //!   `bindings`: the `bindgen!` of both contract versions.
 
 mod bindings;
 mod cache;
+mod command;
 mod connection;
 mod console;
 mod contract;
@@ -36,10 +42,13 @@ mod keyvalue;
 mod limits;
 mod outbound;
 mod outcome;
+mod record;
 mod rooms;
 mod store;
+mod transcript;
 
 pub use cache::{CACHE_DIR_ENV, CacheStats, default_dir as default_cache_dir};
+pub use command::run_command;
 pub use connection::{Connection, MAX_READ, Traffic};
 pub use console::Fields;
 pub use engine::{Profile, Runtime, Settings, compile_in_background};
@@ -54,5 +63,7 @@ pub use limits::{
 };
 pub use outbound::{ConnectGrant, MAX_OUTBOUND_PER_CONNECTION};
 pub use outcome::{Fault, Outcome};
+pub use record::{DEFAULT_RECORD_MAX_BYTES, Recording};
 pub use rooms::{DEFAULT_ROOM_BACKLOG, MAX_ROOM_NAME, MAX_ROOMS_PER_CONNECTION, Rooms};
 pub use store::{Capabilities, Preopen};
+pub use transcript::{Entry, Transcript, escape};

@@ -18,6 +18,7 @@ use crate::runtime::console::{Console, Fields};
 use crate::runtime::keyvalue::Buckets;
 use crate::runtime::limits::Usage;
 use crate::runtime::outbound::{Check, ConnectGrant};
+use crate::runtime::record::Inputs;
 use crate::runtime::rooms::Rooms;
 
 /// What a guest may reach beyond its connection: nothing unless granted.
@@ -77,16 +78,19 @@ impl StoreData {
     /// Deny-by-default WASI: only the environment, directories and TCP
     /// destinations in `capabilities`; stdout and stderr go to the host log
     /// with `fields`. `buckets` are the process's key-value buckets, of which
-    /// it may open those `capabilities` grant.
+    /// it may open those `capabilities` grant; its clocks and random numbers
+    /// come from `inputs`.
     pub fn new(
         fields: &Fields,
         capabilities: &Capabilities,
         buckets: Arc<Buckets>,
+        inputs: &Inputs,
     ) -> Result<Self> {
         let mut wasi = WasiCtxBuilder::new();
+        inputs.apply(&mut wasi);
         let check = Check::new(Arc::clone(&capabilities.connect), fields.clone());
         wasi.stdout(Console::new(fields, "stdout", Level::Info))
-            .stderr(Console::new(fields, "stderr", Level::Warn))
+            .stderr(Console::new(fields, "stderr", Level::Info))
             // TCP is on so that every attempt reaches the check, which allows
             // only the grants and logs what it refuses; UDP stays off.
             .allow_tcp(true)

@@ -93,10 +93,10 @@ impl Fields {
     }
 }
 
-/// The most severe level guest output is logged at, stderr included: a
-/// handler's stderr is its debug prints as often as its errors, and when it
-/// fails the host logs that itself, at WARN, with the guest backtrace.
-pub const GUEST_OUTPUT_LEVEL: Level = Level::Info;
+/// The level guest output is logged at, stderr included: a handler's stderr
+/// is its debug prints as often as its errors, and when it fails the host
+/// logs that itself, at WARN, with the guest backtrace.
+const GUEST_OUTPUT_LEVEL: Level = Level::Info;
 
 /// What the note that ends a Rust panic's report on stderr advises setting:
 /// `RUST_BACKTRACE=1`, or `=full` once it is set. Under hotsock the advice is
@@ -112,7 +112,6 @@ pub struct Console(Arc<Mutex<Lines>>);
 struct Lines {
     /// Who printed it: the connection's fields, and `stream`.
     fields: Fields,
-    level: Level,
     /// Whether this is stderr, where a panic's report goes.
     stderr: bool,
     pending: Vec<u8>,
@@ -120,12 +119,10 @@ struct Lines {
 
 impl Console {
     /// The stream `stream` (`stdout` or `stderr`) of the connection with
-    /// `fields`, whose lines are logged at `level`, or at
-    /// [`GUEST_OUTPUT_LEVEL`] if `level` is more severe.
-    pub fn new(fields: &Fields, stream: &'static str, level: Level) -> Self {
+    /// `fields`, whose lines are logged at INFO.
+    pub fn new(fields: &Fields, stream: &'static str) -> Self {
         Console(Arc::new(Mutex::new(Lines {
             fields: fields.clone().text("stream", stream),
-            level: level.max(GUEST_OUTPUT_LEVEL),
             stderr: stream == "stderr",
             pending: Vec::new(),
         })))
@@ -164,7 +161,7 @@ impl Lines {
                 .any(|w| w == RUST_BACKTRACE_ADVICE);
         if !line.is_empty() && !advice {
             let line = String::from_utf8_lossy(line);
-            self.fields.log(self.level, format_args!("{line}"));
+            self.fields.log(GUEST_OUTPUT_LEVEL, format_args!("{line}"));
         }
         self.pending.clear();
     }

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, ensure};
-use log::Level;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -89,8 +88,8 @@ impl StoreData {
         let mut wasi = WasiCtxBuilder::new();
         inputs.apply(&mut wasi);
         let check = Check::new(Arc::clone(&capabilities.connect), fields.clone());
-        wasi.stdout(Console::new(fields, "stdout", Level::Info))
-            .stderr(Console::new(fields, "stderr", Level::Info))
+        wasi.stdout(Console::new(fields, "stdout"))
+            .stderr(Console::new(fields, "stderr"))
             // TCP is on so that every attempt reaches the check, which allows
             // only the grants and logs what it refuses; UDP stays off.
             .allow_tcp(true)

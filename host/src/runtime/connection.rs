@@ -281,16 +281,16 @@ impl Connection {
             // A replayed client is alone: there is no one to hear from.
             Io::Replay(_) => return Ok(()),
         };
-        if self.membership.is_none() {
-            let mailbox = Mailbox::new(self.id, Arc::clone(stream))
-                .map_err(|e| Refused(format!("cannot make a mailbox: {e}")))?;
-            self.membership = Some(Membership {
-                mailbox: Arc::new(mailbox),
-                joined: Vec::new(),
-            });
-        }
-        let Some(membership) = self.membership.as_mut() else {
-            unreachable!("made above");
+        let membership = match &mut self.membership {
+            Some(membership) => membership,
+            None => {
+                let mailbox = Mailbox::new(self.id, Arc::clone(stream))
+                    .map_err(|e| Refused(format!("cannot make a mailbox: {e}")))?;
+                self.membership.insert(Membership {
+                    mailbox: Arc::new(mailbox),
+                    joined: Vec::new(),
+                })
+            }
         };
         if membership.mailbox.is_closed() {
             return Err(Refused("the connection is closed".into()));

@@ -39,6 +39,17 @@ enum Pre {
     V0_2(v0_2::PluginPre<StoreData>),
 }
 
+/// `$body` with `$pre` bound to whichever version's `PluginPre` `$which`
+/// holds: the generated types have the same methods but no common trait.
+macro_rules! with_pre {
+    ($which:expr, $pre:ident => $body:expr) => {
+        match $which {
+            Pre::V0_2($pre) => $body,
+            Pre::V0_1($pre) => $body,
+        }
+    };
+}
+
 /// Why a file is not a handler this hotsock can serve.
 #[derive(Debug)]
 pub struct HandlerError {
@@ -418,20 +429,12 @@ impl Handler {
         let kept = Resource::<Connection>::new_borrow(handle.rep());
         let started = Instant::now();
         let mut instantiated_in = None;
-        let result = match &self.pre {
-            Pre::V0_2(pre) => pre.instantiate(&mut store).and_then(|plugin| {
-                instantiated_in = Some(started.elapsed());
-                plugin
-                    .hotsock_plugin_handler()
-                    .call_handle(&mut store, handle)
-            }),
-            Pre::V0_1(pre) => pre.instantiate(&mut store).and_then(|plugin| {
-                instantiated_in = Some(started.elapsed());
-                plugin
-                    .hotsock_plugin_handler()
-                    .call_handle(&mut store, handle)
-            }),
-        };
+        let result = with_pre!(&self.pre, pre => pre.instantiate(&mut store).and_then(|plugin| {
+            instantiated_in = Some(started.elapsed());
+            plugin
+                .hotsock_plugin_handler()
+                .call_handle(&mut store, handle)
+        }));
         let data = store.data();
         let expired = data.connection(&kept).and_then(Connection::expired);
         Served {
@@ -452,10 +455,7 @@ impl Handler {
         let mut store = runtime
             .store(profile, fields, None, &Inputs::Real)
             .map_err(|e| format!("{e:#}"))?;
-        let instantiated = match &self.pre {
-            Pre::V0_2(pre) => pre.instantiate(&mut store).map(drop),
-            Pre::V0_1(pre) => pre.instantiate(&mut store).map(drop),
-        };
+        let instantiated = with_pre!(&self.pre, pre => pre.instantiate(&mut store).map(drop));
         match instantiated {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -470,11 +470,7 @@ impl Handler {
 
     /// The component's compiled code, for `hotsock compile` to write out.
     pub fn precompiled(&self) -> Result<Vec<u8>> {
-        let component = match &self.pre {
-            Pre::V0_2(pre) => pre.instance_pre().component(),
-            Pre::V0_1(pre) => pre.instance_pre().component(),
-        };
-        Ok(component.serialize()?)
+        Ok(with_pre!(&self.pre, pre => pre.instance_pre().component().serialize())?)
     }
 
     /// The sha256 of the file the handler was loaded from, in hex.

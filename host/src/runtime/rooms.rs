@@ -217,6 +217,15 @@ struct Outbox {
     closed: bool,
 }
 
+impl Outbox {
+    /// Takes nothing more, and drops what nobody will ever read.
+    fn close(&mut self) {
+        self.closed = true;
+        self.queue.clear();
+        self.waiting = 0;
+    }
+}
+
 impl Mailbox {
     /// A mailbox for the connection `id` on `socket`.
     pub fn new(id: u64, socket: Arc<TcpStream>) -> io::Result<Self> {
@@ -252,11 +261,7 @@ impl Mailbox {
     /// Takes nothing more and shuts the socket down, which ends whatever its
     /// own thread is waiting for.
     pub fn close(&self) {
-        let mut outbox = sys::lock(&self.outbox);
-        outbox.closed = true;
-        outbox.queue.clear();
-        outbox.waiting = 0;
-        drop(outbox);
+        sys::lock(&self.outbox).close();
         let _ = self.socket.shutdown(Shutdown::Both);
     }
 
@@ -368,10 +373,7 @@ impl Mailbox {
                 }
                 // The client is gone: nothing queued will ever reach it.
                 Err(_) => {
-                    let mut outbox = sys::lock(&self.outbox);
-                    outbox.closed = true;
-                    outbox.queue.clear();
-                    outbox.waiting = 0;
+                    sys::lock(&self.outbox).close();
                     return false;
                 }
             }

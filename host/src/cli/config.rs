@@ -586,8 +586,6 @@ pub fn check_addresses(plan: &Plan) -> Result<()> {
 }
 
 /// Address ranges (`10.0.0.0/8`, or a single address): one, or a list.
-/// Read as strings first, so that a bad one is named with its line (an
-/// untagged enum would only say that nothing matched).
 #[derive(Debug, Clone)]
 struct Cidrs(Vec<IpNet>);
 
@@ -599,14 +597,26 @@ impl Cidrs {
 
 impl<'de> Deserialize<'de> for Cidrs {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let texts = OneOrMany::deserialize(deserializer)?.into_vec();
-        texts
-            .iter()
-            .map(|text| parse_cidr(text))
-            .collect::<Result<_, _>>()
-            .map(Cidrs)
-            .map_err(serde::de::Error::custom)
+        each(deserializer, parse_cidr).map(Cidrs)
     }
+}
+
+/// One string or a list, each read with `parse`. Read as strings first, so
+/// that a bad one is named with its line (an untagged enum would only say
+/// that nothing matched).
+fn each<'de, D, T, E>(
+    deserializer: D,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    E: std::fmt::Display,
+{
+    OneOrMany::deserialize(deserializer)?
+        .into_vec()
+        .iter()
+        .map(|text| parse(text).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// Key-value bucket names: one, or a list.
@@ -615,13 +625,7 @@ struct Buckets(Vec<String>);
 
 impl<'de> Deserialize<'de> for Buckets {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let names = OneOrMany::deserialize(deserializer)?.into_vec();
-        names
-            .into_iter()
-            .map(|name| parse_bucket_name(&name))
-            .collect::<Result<_, _>>()
-            .map(Buckets)
-            .map_err(serde::de::Error::custom)
+        each(deserializer, parse_bucket_name).map(Buckets)
     }
 }
 
@@ -631,13 +635,7 @@ struct Grants(Vec<ConnectGrant>);
 
 impl<'de> Deserialize<'de> for Grants {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let texts = OneOrMany::deserialize(deserializer)?.into_vec();
-        texts
-            .iter()
-            .map(|text| text.parse())
-            .collect::<Result<_, _>>()
-            .map(Grants)
-            .map_err(serde::de::Error::custom)
+        each(deserializer, str::parse).map(Grants)
     }
 }
 

@@ -330,10 +330,7 @@ pub fn run(options: &Options) -> Result<()> {
         "upgrade": upgrade,
         "server_stderr_lines": stderr_lines.into_iter().collect::<BTreeMap<_, _>>(),
     });
-    let path = options.out.join("fleet.json");
-    let text = serde_json::to_string_pretty(&json).context("cannot serialise the results")?;
-    std::fs::write(&path, text + "\n")
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let path = report::write_json(&options.out, "fleet.json", &json)?;
     println!("\nwrote {}", path.display());
     Ok(())
 }

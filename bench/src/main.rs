@@ -323,11 +323,8 @@ fn run_soak(options: &Options, connections: usize) -> Result<()> {
     for (path, lines) in stderr_lines(&logs, servers::log_names()) {
         println!("note: {path} has {lines} line(s) of server stderr");
     }
-    let path = options.out.join("soak.json");
     let json = json!({ "machine": machine, "connections": connections, "servers": soaks });
-    let text = serde_json::to_string_pretty(&json).context("cannot serialise the results")?;
-    std::fs::write(&path, text + "\n")
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let path = report::write_json(&options.out, "soak.json", &json)?;
     println!("wrote {}", path.display());
     let short: Vec<_> = soaks
         .iter()
@@ -437,10 +434,7 @@ fn run(options: &Options) -> Result<()> {
         "swap": swap,
         "server_stderr_lines": stderr_lines.into_iter().collect::<BTreeMap<_, _>>(),
     });
-    let path = options.out.join("bench.json");
-    let text = serde_json::to_string_pretty(&json).context("cannot serialise the results")?;
-    std::fs::write(&path, text + "\n")
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let path = report::write_json(&options.out, "bench.json", &json)?;
     println!("\nwrote {} and {}", path.display(), swap.timeline_csv);
     Ok(())
 }

@@ -3,9 +3,11 @@
 //! machine the numbers come from.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use serde::Serialize;
 
 /// The `p`th percentile of `sorted` (ascending), by nearest rank; `None` if empty.
@@ -349,6 +351,16 @@ fn utc_now() -> String {
         tm.tm_min,
         tm.tm_sec
     )
+}
+
+/// Writes `json` to `dir/name`, pretty and ending in a newline, and returns
+/// where: every mode's results file.
+pub fn write_json(dir: &Path, name: &str, json: &serde_json::Value) -> anyhow::Result<PathBuf> {
+    let path = dir.join(name);
+    let text = serde_json::to_string_pretty(json).context("cannot serialise the results")?;
+    std::fs::write(&path, text + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
 }
 
 #[cfg(test)]

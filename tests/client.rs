@@ -9,16 +9,21 @@ use std::time::{Duration, Instant};
 
 use crate::util::{Server, TIMEOUT, connect, error_of, hotsock, is_ctime, read_until, unused_port};
 
-/// Runs `hotsock client` against `server` with `input` on stdin.
-fn client(server: &Server, args: &[&str], input: &str) -> Output {
-    let mut child = hotsock()
+/// `hotsock client` against `server`, with every stream piped.
+fn spawn(server: &Server, args: &[&str]) -> Child {
+    hotsock()
         .args(["client", &server.addr().to_string()])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `hotsock client` against `server` with `input` on stdin.
+fn client(server: &Server, args: &[&str], input: &str) -> Output {
+    let mut child = spawn(server, args);
     child
         .stdin
         .take()
@@ -191,14 +196,7 @@ struct Running {
 
 impl Running {
     fn start(server: &Server, args: &[&str]) -> Self {
-        let mut child = hotsock()
-            .args(["client", &server.addr().to_string()])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn(server, args);
         let stdin = child.stdin.take();
         let mut pipe = child.stdout.take().unwrap();
         let stdout = Arc::new(Mutex::new(Vec::new()));

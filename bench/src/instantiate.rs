@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, anyhow};
-use hotsock::runtime::{Fields, Handler, Profile, Runtime, Settings};
+use hotsock::runtime::{Fields, Handler, Profile, Runtime, RuntimeConfig};
 use serde::Serialize;
 
 use crate::report::percentile;
@@ -42,7 +42,7 @@ impl Instantiator {
     /// cache) and compiles the handler at `path` in it.
     pub fn load(path: &Path) -> Result<Self> {
         let runtime =
-            Runtime::new(Settings::default()).context("cannot build hotsock's runtime")?;
+            Runtime::new(RuntimeConfig::default()).context("cannot build hotsock's runtime")?;
         let handler = Handler::load(&runtime, &Profile::default(), path)?;
         Ok(Instantiator { handler, runtime })
     }

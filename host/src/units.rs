@@ -29,6 +29,62 @@ impl fmt::Display for Size {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Size {
+    /// `"64MiB"` as on the command line, or a number of bytes.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bytes(usize),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Bytes(n) => Ok(Size(n)),
+            Written::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A duration that reads and prints as people write it (`500ms`, `10s`,
+/// `2m`): what a duration option holds, on the command line and in a
+/// config file alike, so that `--help` shows its default as it is typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub std::time::Duration);
+
+impl FromStr for Span {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_duration(text).map(|d| Span(d.into()))
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        humantime::Duration::from(self.0).fmt(f)
+    }
+}
+
+impl From<std::time::Duration> for Span {
+    fn from(duration: std::time::Duration) -> Self {
+        Span(duration)
+    }
+}
+
+impl From<Span> for std::time::Duration {
+    fn from(span: Span) -> Self {
+        span.0
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Span {
+    /// `"500ms"`, as on the command line.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// `64 MiB`: a size for a log line or an error, in its largest exact unit.
 pub fn format_size(bytes: usize) -> String {
     match largest_exact_unit(bytes) {

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use hotsock::runtime::{HANDLER_EXPORT, Handler, Profile, Runtime, Settings};
+use hotsock::runtime::{HANDLER_EXPORT, Handler, Profile, Runtime, RuntimeConfig};
 use hotsock::server::{Capacity, THREAD_MAPPINGS};
 
 use crate::cli::args::CacheArgs;
-use crate::cli::config::{Overrides, Plan, check_addresses};
+use crate::cli::config::{Plan, check_addresses};
+use crate::cli::options::ServeOptions;
 
 /// Options of `hotsock check`.
 #[derive(Debug, Args)]
@@ -40,9 +41,9 @@ pub fn run(args: &CheckArgs) -> Result<()> {
         let config = args.config.as_deref().context("nothing to check")?;
         return check_config(args, config);
     };
-    let runtime = Runtime::new(Settings {
+    let runtime = Runtime::new(RuntimeConfig {
         cache_dir: args.cache.dir(),
-        ..Settings::default()
+        ..RuntimeConfig::default()
     })?;
     let handler = Handler::load(&runtime, &Profile::default(), handler)?;
     println!("ok: `{}` is a hotsock handler", handler.name());
@@ -92,24 +93,26 @@ fn grants_needed(imports: &[String]) -> Vec<&'static str> {
 }
 
 fn check_config(args: &CheckArgs, config: &std::path::Path) -> Result<()> {
-    let plan = Plan::new(Some(config), &Overrides::default(), args.cache.dir())?;
-    check_addresses(&plan)?;
-    let capacity = Capacity::check(plan.total_connections())?;
-    let runtime = Runtime::new(Settings {
-        max_instances: plan.total_connections(),
-        max_memory: plan.max_memory(),
+    let plan = Plan::new(Some(config), &ServeOptions::default(), args.cache.dir())?;
+    let served = &plan.config;
+    check_addresses(served)?;
+    let capacity = Capacity::check(served.total_connections())?;
+    let runtime = Runtime::new(RuntimeConfig {
+        max_instances: served.total_connections(),
+        max_memory: served.max_memory(),
         cache_dir: args.cache.dir(),
-        keyvalue_max_bytes: plan.keyvalue_max_bytes,
+        keyvalue_max_bytes: served.keyvalue_max_bytes,
     })?;
-    for listener in &plan.listeners {
+    for listener in &served.listeners {
         let name = &listener.name;
+        let settings = &listener.settings;
         runtime
-            .admits(&listener.profile)
+            .admits(&settings.profile)
             .with_context(|| format!("listener {name}"))?;
-        let handler = Handler::load(&runtime, &listener.profile, &listener.handler)
+        let handler = Handler::load(&runtime, &settings.profile, &listener.handler)
             .with_context(|| format!("listener {name}"))?;
         capacity
-            .reserve(name, listener.rules.max_connections, &handler)
+            .reserve(name, settings.rules.max_connections, &handler)
             .map_err(|why| anyhow::anyhow!("listener {name}: {why}"))?;
         println!(
             "ok: listener {name} on {}: `{}` is a hotsock handler",

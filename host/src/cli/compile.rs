@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use hotsock::runtime::{Handler, Profile, Runtime, Settings};
+use hotsock::runtime::{Handler, Profile, Runtime, RuntimeConfig};
 
 use crate::cli::args::CacheArgs;
 
@@ -34,9 +34,9 @@ pub fn run(args: &CompileArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| args.handler.with_extension("cwasm"));
     // The default settings, so that `serve` with defaults can load it.
-    let runtime = Runtime::new(Settings {
+    let runtime = Runtime::new(RuntimeConfig {
         cache_dir: args.cache.dir(),
-        ..Settings::default()
+        ..RuntimeConfig::default()
     })?;
     let handler = Handler::load(&runtime, &Profile::default(), &args.handler)?;
     std::fs::write(&output, handler.precompiled()?)

@@ -10,7 +10,7 @@ mod compile;
 mod config;
 mod logging;
 mod new;
-mod reloads;
+mod options;
 mod serve;
 mod signals;
 mod test;

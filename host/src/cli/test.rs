@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::Args;
 use hotsock::runtime::{
-    Capabilities, Handler, Outcome, Profile, Runtime, Settings, Transcript, escape, run_command,
+    Capabilities, Handler, Outcome, Profile, Runtime, RuntimeConfig, Transcript, escape,
+    run_command,
 };
 
 use crate::cli::args::{CacheArgs, parse_bucket_name, parse_env};
@@ -73,10 +74,10 @@ pub fn run_program(args: &RunArgs) -> Result<()> {
 /// Replays every transcript, prints `ok` or where it first differs, and
 /// fails if any differs.
 pub fn run(args: &TestArgs) -> Result<()> {
-    let runtime = Runtime::new(Settings {
+    let runtime = Runtime::new(RuntimeConfig {
         max_instances: 4,
         cache_dir: args.cache.dir(),
-        ..Settings::default()
+        ..RuntimeConfig::default()
     })?;
     let profile = Profile {
         capabilities: Capabilities {

@@ -54,7 +54,7 @@ const KEEP_RESIDENT: usize = 1 << 20;
 
 /// How the runtime is set up: the pool, and the code cache.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct RuntimeConfig {
     /// Most instances alive at once: one per connection, on every listener.
     /// It sizes the pool, which also keeps one slot back for validating new
     /// handlers.
@@ -68,10 +68,10 @@ pub struct Settings {
     pub keyvalue_max_bytes: usize,
 }
 
-impl Default for Settings {
+impl Default for RuntimeConfig {
     /// What `hotsock serve` uses by default, without a code cache.
     fn default() -> Self {
-        Settings {
+        RuntimeConfig {
             max_instances: DEFAULT_MAX_CONNECTIONS,
             max_memory: DEFAULT_MAX_MEMORY,
             cache_dir: None,
@@ -109,7 +109,7 @@ pub struct Runtime {
 impl Runtime {
     /// Configures the engine and its instance pool, links WASI preview 2
     /// plus both contract versions' imports, and starts the epoch ticker.
-    pub fn new(settings: Settings) -> Result<Self> {
+    pub fn new(settings: RuntimeConfig) -> Result<Self> {
         check_address_space(&settings)?;
         let engine = Engine::new(&engine_config(&settings)).map_err(anyhow::Error::from)?;
         let mut linker = Linker::new(&engine);
@@ -221,7 +221,7 @@ pub fn compile_in_background() {
 }
 
 /// Address space the instance pool reserves for each instance's memories.
-fn address_space_per_slot(settings: &Settings) -> u64 {
+fn address_space_per_slot(settings: &RuntimeConfig) -> u64 {
     let memory = MEMORY_RESERVATION.max(settings.max_memory as u64);
     u64::from(MEMORIES_PER_HANDLER) * (memory + MEMORY_GUARD)
 }
@@ -230,7 +230,7 @@ fn address_space_per_slot(settings: &Settings) -> u64 {
 /// with a bare "Cannot allocate memory", with what would fit instead. The
 /// linear memories' slots are one reservation, so they need one free range
 /// of address space, which is smaller than the address space in all.
-fn check_address_space(settings: &Settings) -> Result<()> {
+fn check_address_space(settings: &RuntimeConfig) -> Result<()> {
     let per_slot = address_space_per_slot(settings);
     let slots = u64::from(settings.max_instances) + 1;
     let needed = slots.saturating_mul(per_slot);
@@ -259,7 +259,7 @@ fn check_address_space(settings: &Settings) -> Result<()> {
 
 /// The engine configuration: epoch interruption for the CPU budget, and an
 /// instance pool sized by the most instances alive at once.
-fn engine_config(settings: &Settings) -> Config {
+fn engine_config(settings: &RuntimeConfig) -> Config {
     // One slot per connection, plus one for validating a new handler.
     let slots = settings.max_instances.saturating_add(1);
     let mut pool = PoolingAllocationConfig::new();

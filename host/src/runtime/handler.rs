@@ -319,17 +319,27 @@ impl Handler {
             memories,
             pre,
         };
-        {
-            let _slot = runtime.trial_slot();
-            handler
-                .instantiate(runtime, profile, &Fields::none().text("checking", &name))
-                .map_err(|why| fail(Problem::CannotInstantiate(why)))?;
-        }
+        handler.check(runtime, profile)?;
         // Only validated code is worth keeping: rejected files take no space.
         if fresh {
             runtime.cache().store(&component, sha256);
         }
         Ok(handler)
+    }
+
+    /// Instantiates the handler once under `profile`, in the pool slot kept
+    /// back for that: a handler that cannot start under it (too big for a
+    /// pool slot, over the memory limit, trapping as it initialises) is
+    /// refused before a connection would find out. A reload that changes a
+    /// listener's limits checks the versions it keeps with this.
+    pub fn check(&self, runtime: &Runtime, profile: &Profile) -> Result<(), HandlerError> {
+        let _slot = runtime.trial_slot();
+        self.instantiate(
+            runtime,
+            profile,
+            &Fields::none().text("checking", &self.name),
+        )
+        .map_err(|why| HandlerError::new(&self.name, Problem::CannotInstantiate(why)))
     }
 
     /// Runs `handle` on `conn` in a fresh instance until it returns, and

@@ -51,7 +51,7 @@ pub use cache::{CACHE_DIR_ENV, CacheStats, default_dir as default_cache_dir};
 pub use command::run_command;
 pub use connection::{Connection, MAX_READ, Traffic};
 pub use console::Fields;
-pub use engine::{Profile, Runtime, Settings, compile_in_background};
+pub use engine::{Profile, Runtime, RuntimeConfig, compile_in_background};
 pub use handler::{
     HANDLER_EXPORT, Handler, HandlerError, OLDER_HANDLER_EXPORTS, Problem, Served, read_component,
     sha256_hex,

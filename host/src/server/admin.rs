@@ -37,10 +37,10 @@ use subtle::ConstantTimeEq as _;
 
 use crate::server::admission::AdmissionStatus;
 use crate::server::http::{
-    Closer, Endpoint, Listener, Peer, Reply, Routes, SocketFile, bind as bind_endpoint, serve,
+    Closer, Endpoint, HttpListener, Peer, Reply, Routes, SocketFile, bind as bind_endpoint, serve,
 };
+use crate::server::listener::Listener;
 use crate::server::registry::{Registry, Status, Swapped};
-use crate::server::service::Service;
 use crate::sys;
 
 /// Largest component `POST /handler` accepts by default. Rust handlers are
@@ -149,7 +149,7 @@ pub struct Options {
 
 /// A bound admin API, ready to [`spawn`].
 pub struct Bound {
-    listener: Listener,
+    listener: HttpListener,
     options: Options,
     /// The socket's file, removed when this (or what `spawn` returns) is dropped.
     file: Option<SocketFile>,
@@ -180,7 +180,7 @@ impl AsFd for Bound {
 /// non-loopback one unless allowed. An `inherited` socket (from systemd, or
 /// the process an upgrade replaces) is used instead of binding, under the
 /// same rules.
-pub fn bind(mut options: Options, inherited: Option<Listener>) -> Result<Bound> {
+pub fn bind(mut options: Options, inherited: Option<HttpListener>) -> Result<Bound> {
     if let Some(listener) = &inherited {
         options.endpoint = listener.endpoint()?;
     }
@@ -204,8 +204,8 @@ pub fn bind(mut options: Options, inherited: Option<Listener>) -> Result<Bound> 
     let (listener, file) = match inherited {
         Some(listener) => {
             let file = match &listener {
-                Listener::Unix(_, path) => Some(SocketFile::adopt(path.clone())),
-                Listener::Tcp(_) => None,
+                HttpListener::Unix(_, path) => Some(SocketFile::adopt(path.clone())),
+                HttpListener::Tcp(_) => None,
             };
             (listener, file)
         }
@@ -228,14 +228,14 @@ pub struct Running {
 }
 
 /// Serves the admin API from a thread of its own.
-pub fn spawn(bound: Bound, services: Vec<Arc<Service>>) -> Result<Running> {
+pub fn spawn(bound: Bound, listeners: Vec<Arc<Listener>>) -> Result<Running> {
     let Bound {
         listener,
         options,
         file,
     } = bound;
     let admin = Admin {
-        services,
+        listeners,
         token: options.token,
         max_upload: options.max_upload,
         refusals: AtomicU64::new(0),
@@ -247,7 +247,7 @@ pub fn spawn(bound: Bound, services: Vec<Arc<Service>>) -> Result<Running> {
 
 /// The admin API's state.
 struct Admin {
-    services: Vec<Arc<Service>>,
+    listeners: Vec<Arc<Listener>>,
     token: Option<Token>,
     max_upload: usize,
     refusals: AtomicU64,
@@ -282,19 +282,25 @@ impl Routes for Admin {
     fn answer(&self, head: Parts, body: Bytes, peer: &Peer) -> Reply {
         let who = self.who(peer);
         let changes = head.method != Method::GET;
-        let service = match self.service(&head, changes) {
-            Ok(service) => service,
+        let target = match self.target(&head, changes) {
+            Ok(target) => target,
             Err(reply) => return reply,
         };
-        let registry = service.registry();
+        let registry = target.registry();
         match (&head.method, head.uri.path()) {
             (&Method::GET, "/status") => {
                 debug!("admin: GET /status by {who}");
                 let status = ServerStatus {
                     pid: std::process::id(),
-                    listener: service.name().to_string(),
-                    listeners: self.services.iter().map(|s| s.name().to_string()).collect(),
-                    connections: service.admission().status(),
+                    listener: target.name().to_string(),
+                    listeners: self
+                        .listeners
+                        .iter()
+                        .map(|s| s.name().to_string())
+                        .collect(),
+                    connections: target
+                        .admission()
+                        .status(target.registry().settings().rules.max_connections_per_ip),
                     handlers: registry.status(),
                 };
                 Reply::ok(json!(status))
@@ -398,25 +404,25 @@ impl Admin {
 
     /// The listener a request is about: `?listener=NAME`, or else the only
     /// one; with several, a change must say which.
-    fn service(&self, head: &Parts, changes: bool) -> Result<&Arc<Service>, Reply> {
+    fn target(&self, head: &Parts, changes: bool) -> Result<&Arc<Listener>, Reply> {
         let asked = head.uri.query().and_then(|query| {
             query
                 .split('&')
                 .find_map(|pair| pair.strip_prefix("listener="))
         });
         let names = || {
-            let names: Vec<_> = self.services.iter().map(|s| s.name()).collect();
+            let names: Vec<_> = self.listeners.iter().map(|s| s.name()).collect();
             names.join(", ")
         };
         match asked {
             Some(name) => self
-                .services
+                .listeners
                 .iter()
                 .find(|s| s.name() == name)
                 .ok_or_else(|| {
                     Reply::error(404, format!("no listener {name}: there are {}", names()))
                 }),
-            None if changes && self.services.len() > 1 => Err(Reply::error(
+            None if changes && self.listeners.len() > 1 => Err(Reply::error(
                 400,
                 format!(
                     "this server has several listeners ({}): say which with ?listener=NAME \
@@ -425,7 +431,7 @@ impl Admin {
                 ),
             )),
             None => self
-                .services
+                .listeners
                 .first()
                 .ok_or_else(|| Reply::error(500, "no listeners")),
         }
@@ -443,7 +449,7 @@ impl Admin {
             .get(SOURCE_HEADER)
             .and_then(|v| v.to_str().ok())
             .map_or_else(|| "upload".to_string(), str::to_string);
-        let on = match self.services.len() {
+        let on = match self.listeners.len() {
             1 => String::new(),
             _ => format!(" on listener {}", registry.name()),
         };

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,35 @@ pub enum WhenFull {
     Wait,
     /// Accept it and close it at once, so it fails fast.
     Close,
+}
+
+impl std::str::FromStr for WhenFull {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "wait" => Ok(WhenFull::Wait),
+            "close" => Ok(WhenFull::Close),
+            other => Err(format!("when-full is `wait` or `close`, not `{other}`")),
+        }
+    }
+}
+
+impl std::fmt::Display for WhenFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WhenFull::Wait => "wait",
+            WhenFull::Close => "close",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for WhenFull {
+    /// `"wait"` or `"close"`, as on the command line.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Why a client was closed as soon as it was accepted.
@@ -72,13 +101,12 @@ impl Refusal {
 /// flood of clients must not become a flood of log lines.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Counts open connections against the limits.
+/// Counts open connections against the limits. The total is fixed (it
+/// sized the instance pool); the per-address limit is each connection's
+/// own, from the settings it was accepted under, so a reload never applies
+/// half of one generation's rules.
 pub struct Admission {
     max: usize,
-    /// `--max-connections-per-ip`, 0 for none; may change on a reload.
-    per_ip: AtomicU32,
-    /// Whether `--when-full close`; may change on a reload.
-    close_when_full: AtomicBool,
     open: Mutex<Open>,
     idle: Condvar,
     /// Wakes the accept loop when a slot frees up while it is waiting for one.
@@ -106,13 +134,10 @@ pub struct Slot {
 }
 
 impl Admission {
-    /// Admits up to `max` connections, and up to `per_ip` from one address;
-    /// `wake_accept` wakes the accept loop.
-    pub fn new(max: u32, per_ip: Option<u32>, policy: WhenFull, wake_accept: Arc<Waker>) -> Self {
+    /// Admits up to `max` connections; `wake_accept` wakes the accept loop.
+    pub fn new(max: u32, wake_accept: Arc<Waker>) -> Self {
         Admission {
             max: max as usize,
-            per_ip: AtomicU32::new(per_ip.unwrap_or(0)),
-            close_when_full: AtomicBool::new(policy == WhenFull::Close),
             open: Mutex::new(Open::default()),
             idle: Condvar::new(),
             wake_accept,
@@ -123,42 +148,26 @@ impl Admission {
         }
     }
 
-    /// What to do with new clients while full.
-    pub fn policy(&self) -> WhenFull {
-        match self.close_when_full.load(Ordering::Relaxed) {
-            true => WhenFull::Close,
-            false => WhenFull::Wait,
-        }
-    }
-
-    /// The most connections one address may have, if limited.
-    fn per_ip(&self) -> Option<u32> {
-        Some(self.per_ip.load(Ordering::Relaxed)).filter(|&n| n > 0)
-    }
-
-    /// Changes the rules for new clients; the total stays what it is, since
-    /// it sized the instance pool. Open connections are not affected.
-    pub fn set_rules(&self, per_ip: Option<u32>, policy: WhenFull) {
-        self.per_ip.store(per_ip.unwrap_or(0), Ordering::Relaxed);
-        self.close_when_full
-            .store(policy == WhenFull::Close, Ordering::Relaxed);
-    }
-
     fn lock(&self) -> MutexGuard<'_, Open> {
         // Every change is a count going up or down by one.
         sys::lock(&self.open)
     }
 
-    /// Takes a slot for a new connection from `ip`, or says why not. `None`
-    /// when the client's address is not known yet (a PROXY header will
-    /// tell): [`Slot::claim`] counts it against its address then.
-    pub fn try_admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Slot, Refusal> {
+    /// Takes a slot for a new connection from `ip`, at most `per_ip` from
+    /// one address, or says why not. `None` when the client's address is not
+    /// known yet (a PROXY header will tell): [`Slot::claim`] counts it
+    /// against its address then.
+    pub fn try_admit(
+        self: &Arc<Self>,
+        ip: Option<IpAddr>,
+        per_ip: Option<u32>,
+    ) -> Result<Slot, Refusal> {
         let mut open = self.lock();
         if open.total >= self.max {
             return Err(Refusal::Full);
         }
         let ip = match ip {
-            Some(ip) => self.count_ip(&mut open, ip)?,
+            Some(ip) => count_ip(&mut open, ip, per_ip)?,
             None => None,
         };
         open.total += 1;
@@ -172,20 +181,6 @@ impl Admission {
         })
     }
 
-    /// Counts one more connection from `ip` under the per-address limit, if
-    /// there is one: the address to uncount when it closes.
-    fn count_ip(&self, open: &mut Open, ip: IpAddr) -> Result<Option<IpAddr>, Refusal> {
-        let Some(limit) = self.per_ip() else {
-            return Ok(None);
-        };
-        let count = open.by_ip.entry(ip).or_insert(0);
-        if *count >= limit {
-            return Err(Refusal::PerIp);
-        }
-        *count += 1;
-        Ok(Some(ip))
-    }
-
     /// Whether every slot is taken.
     pub fn is_full(&self) -> bool {
         self.lock().total >= self.max
@@ -197,12 +192,12 @@ impl Admission {
     }
 
     /// Counts a client closed at once, and says so at most once a second
-    /// per reason; `detail` is what went wrong, for [`Refusal::NoThread`]
-    /// and [`Refusal::ProxyHeader`].
+    /// per reason; `detail` is what went wrong, for [`Refusal::NoThread`],
+    /// [`Refusal::PerIp`] (the limit) and [`Refusal::ProxyHeader`].
     pub fn refuse(&self, why: Refusal, peer: SocketAddr, detail: &str) {
         let refused = self.refused[why.index()].fetch_add(1, Ordering::Relaxed) + 1;
         if why == Refusal::Full {
-            return self.log_full();
+            return self.log_full(WhenFull::Close);
         }
         {
             let mut last = sys::lock(&self.last_logged);
@@ -215,10 +210,9 @@ impl Admission {
         match why {
             Refusal::Full => {}
             Refusal::PerIp => warn!(
-                "{} already has {} connections, the most one address may have \
+                "{} already has {detail} connections, the most one address may have \
                  (--max-connections-per-ip): closing its new ones; {refused} closed so far",
                 peer.ip(),
-                self.per_ip().unwrap_or_default()
             ),
             Refusal::NoThread => warn!(
                 "conn from {peer}: cannot start a thread for it ({detail}): closing it; \
@@ -236,8 +230,9 @@ impl Admission {
         }
     }
 
-    /// Logs that the server is full, at most once per [`REFUSAL_LOG_INTERVAL`].
-    pub fn log_full(&self) {
+    /// Logs that the server is full, and what new clients get `when_full`,
+    /// at most once per [`REFUSAL_LOG_INTERVAL`].
+    pub fn log_full(&self, when_full: WhenFull) {
         let mut last = sys::lock(&self.last_logged);
         let full = &mut last[Refusal::Full.index()];
         if full.is_some_and(|at| at.elapsed() < REFUSAL_LOG_INTERVAL) {
@@ -245,7 +240,7 @@ impl Admission {
         }
         *full = Some(Instant::now());
         drop(last);
-        let what = match self.policy() {
+        let what = match when_full {
             WhenFull::Wait => "new clients wait in the listen backlog",
             WhenFull::Close => "new clients are closed at once (--when-full close)",
         };
@@ -265,13 +260,13 @@ impl Admission {
         open.total
     }
 
-    /// The counters `/status` reports.
-    pub fn status(&self) -> AdmissionStatus {
+    /// The counters `/status` reports; `per_ip` is the current limit.
+    pub fn status(&self, per_ip: Option<u32>) -> AdmissionStatus {
         let refused = |why: Refusal| self.refused[why.index()].load(Ordering::Relaxed);
         AdmissionStatus {
             active: self.open(),
             max: self.max,
-            max_per_ip: self.per_ip(),
+            max_per_ip: per_ip,
             accepted: self.accepted.load(Ordering::Relaxed),
             refused: Refusal::ALL.into_iter().map(refused).sum(),
             refused_by: Refusal::ALL
@@ -283,16 +278,30 @@ impl Admission {
     }
 }
 
+/// Counts one more connection from `ip` under the per-address limit, if
+/// there is one: the address to uncount when it closes.
+fn count_ip(open: &mut Open, ip: IpAddr, per_ip: Option<u32>) -> Result<Option<IpAddr>, Refusal> {
+    let Some(limit) = per_ip else {
+        return Ok(None);
+    };
+    let count = open.by_ip.entry(ip).or_insert(0);
+    if *count >= limit {
+        return Err(Refusal::PerIp);
+    }
+    *count += 1;
+    Ok(Some(ip))
+}
+
 impl Slot {
-    /// Counts this connection against `ip`'s share, now that its address is
-    /// known; `Err` if the address already has all it may have (the slot
-    /// is then freed when dropped, as always).
-    pub fn claim(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+    /// Counts this connection against `ip`'s share of at most `per_ip`, now
+    /// that its address is known; `Err` if the address already has all it
+    /// may have (the slot is then freed when dropped, as always).
+    pub fn claim(&mut self, ip: IpAddr, per_ip: Option<u32>) -> Result<(), Refusal> {
         if self.ip.is_some() {
             return Ok(()); // already counted
         }
         let mut open = self.admission.lock();
-        self.ip = self.admission.count_ip(&mut open, ip)?;
+        self.ip = count_ip(&mut open, ip, per_ip)?;
         Ok(())
     }
 }
@@ -315,8 +324,10 @@ impl Drop for Slot {
             admission.idle.notify_all();
         }
         drop(open);
-        if was_full && admission.policy() == WhenFull::Wait {
-            // Only fails if the accept loop is gone, i.e. the server stopped.
+        if was_full {
+            // A listener that waits for a slot is woken; one that closes
+            // clients when full looks again and finds nothing to do. Only
+            // fails if the accept loop is gone, i.e. the server stopped.
             let _ = admission.wake_accept.wake();
         }
     }
@@ -348,44 +359,53 @@ pub struct AdmissionStatus {
 mod tests {
     use super::*;
 
-    fn admission(max: u32, per_ip: Option<u32>) -> Arc<Admission> {
+    fn admission(max: u32) -> Arc<Admission> {
         let poll = mio::Poll::new().unwrap();
         let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
-        Arc::new(Admission::new(max, per_ip, WhenFull::Close, waker))
+        Arc::new(Admission::new(max, waker))
     }
 
     #[test]
     fn one_address_cannot_take_every_slot_and_its_share_frees_on_drop() {
-        let admission = admission(10, Some(2));
+        let (admission, per_ip) = (admission(10), Some(2));
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let first = admission.try_admit(Some(a)).unwrap();
-        let _second = admission.try_admit(Some(a)).unwrap();
-        assert_eq!(admission.try_admit(Some(a)).err(), Some(Refusal::PerIp));
-        let _other = admission.try_admit(Some(b)).unwrap();
+        let first = admission.try_admit(Some(a), per_ip).unwrap();
+        let _second = admission.try_admit(Some(a), per_ip).unwrap();
+        assert_eq!(
+            admission.try_admit(Some(a), per_ip).err(),
+            Some(Refusal::PerIp)
+        );
+        let _other = admission.try_admit(Some(b), per_ip).unwrap();
         drop(first);
-        let _again = admission.try_admit(Some(a)).unwrap();
+        let _again = admission.try_admit(Some(a), per_ip).unwrap();
         assert_eq!(admission.open(), 3);
     }
 
     #[test]
     fn the_total_comes_first_and_addresses_leave_no_trace() {
-        let admission = admission(1, Some(5));
+        let (admission, per_ip) = (admission(1), Some(5));
         let ip: IpAddr = "::1".parse().unwrap();
-        let slot = admission.try_admit(Some(ip)).unwrap();
-        assert_eq!(admission.try_admit(Some(ip)).err(), Some(Refusal::Full));
+        let slot = admission.try_admit(Some(ip), per_ip).unwrap();
+        assert_eq!(
+            admission.try_admit(Some(ip), per_ip).err(),
+            Some(Refusal::Full)
+        );
         drop(slot);
         assert!(admission.lock().by_ip.is_empty());
     }
 
     #[test]
     fn an_address_learnt_later_counts_like_one_known_at_once() {
-        let admission = admission(10, Some(1));
+        let (admission, per_ip) = (admission(10), Some(1));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let mut first = admission.try_admit(None).unwrap();
-        first.claim(ip).unwrap();
-        let mut second = admission.try_admit(None).unwrap();
-        assert_eq!(second.claim(ip), Err(Refusal::PerIp));
-        assert_eq!(admission.try_admit(Some(ip)).err(), Some(Refusal::PerIp));
+        let mut first = admission.try_admit(None, per_ip).unwrap();
+        first.claim(ip, per_ip).unwrap();
+        let mut second = admission.try_admit(None, per_ip).unwrap();
+        assert_eq!(second.claim(ip, per_ip), Err(Refusal::PerIp));
+        assert_eq!(
+            admission.try_admit(Some(ip), per_ip).err(),
+            Some(Refusal::PerIp)
+        );
         drop(second);
         drop(first);
         assert!(admission.lock().by_ip.is_empty());

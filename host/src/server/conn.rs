@@ -9,9 +9,9 @@ use log::{Level, warn};
 
 use crate::runtime::{Connection, Fields, Outcome, Served};
 use crate::server::admission::{Refusal, Slot};
+use crate::server::listener::{Listener, stop_reason};
 use crate::server::proxy::{self, Origin};
 use crate::server::registry::Pinned;
-use crate::server::service::{Rules, Service};
 use crate::watchdog::Expiry;
 
 /// One accepted client and everything it holds until it closes.
@@ -23,14 +23,13 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// The accepted socket.
     pub stream: TcpStream,
-    /// The handler version it was accepted under.
+    /// The handler version and settings it was accepted under, loaded once
+    /// and used for its whole life.
     pub version: Pinned,
     /// Its place under `--max-connections`, freed when this job ends.
     pub slot: Slot,
-    /// Its listener's rules when it was accepted.
-    pub rules: Arc<Rules>,
     /// The listener it came in on.
-    pub service: Arc<Service>,
+    pub listener: Arc<Listener>,
 }
 
 impl Conn {
@@ -45,9 +44,10 @@ impl Conn {
             stream,
             version,
             mut slot,
-            rules,
-            service,
+            listener,
         } = self;
+        let settings = version.settings();
+        let rules = &settings.rules;
         // Accepted sockets inherit non-blocking mode from the listener on some
         // platforms; the guest's `read` and `write` are meant to block.
         if let Err(e) = stream.set_nonblocking(false) {
@@ -56,7 +56,7 @@ impl Conn {
             );
             return;
         }
-        let admission = service.admission();
+        let admission = listener.admission();
         let peer = match &rules.proxy {
             None => socket_peer,
             Some(_) => match proxy::read_header(&stream, proxy::HEADER_TIMEOUT) {
@@ -67,11 +67,11 @@ impl Conn {
                 }
             },
         };
-        if let Err(why) = slot.claim(peer.ip()) {
-            return admission.refuse(why, peer, "");
+        let per_ip = rules.max_connections_per_ip;
+        if let Err(why) = slot.claim(peer.ip(), per_ip) {
+            return admission.refuse(why, peer, &per_ip.unwrap_or_default().to_string());
         }
-        let registry = service.registry();
-        let profile = registry.profile();
+        let registry = listener.registry();
         // Every log line of the connection names it, its client (and the
         // balancer it came through), its listener and its version.
         let mut fields = Fields::none().number("conn", id).text("peer", peer);
@@ -79,7 +79,7 @@ impl Conn {
             fields = fields.text("via", socket_peer);
         }
         let fields = fields
-            .text("listener", service.name())
+            .text("listener", listener.name())
             .text("version", version.id());
         let log = |level, message: std::fmt::Arguments<'_>| fields.log(level, message);
         // Replies are usually one small write each: do not hold them back waiting
@@ -92,23 +92,25 @@ impl Conn {
         }
         log(Level::Info, format_args!("connected"));
         let started = Instant::now();
-        let watch = service.watchdog().watch(
+        let watch = listener.watchdog().watch(
             &stream,
             rules.idle_timeout,
             rules.max_connection_time,
             version.drain(),
         );
-        let traffic = service.metrics().traffic();
-        let rooms = Arc::clone(service.rooms());
+        let traffic = listener.metrics().traffic();
+        let rooms = Arc::clone(listener.rooms());
         let conn = Connection::new(id, peer, stream, Some(watch), traffic, rooms);
         let Served {
             outcome,
             instantiated_in,
         } = version
             .handler()
-            .serve(registry.runtime(), &profile, &fields, conn);
+            .serve(registry.runtime(), &settings.profile, &fields, conn);
         let elapsed = started.elapsed();
-        service.metrics().connection_ended(elapsed, instantiated_in);
+        listener
+            .metrics()
+            .connection_ended(elapsed, instantiated_in);
         match outcome {
             Outcome::Finished => log(Level::Info, format_args!("closed after {elapsed:.1?}")),
             Outcome::HandlerError(message) => log(
@@ -121,7 +123,7 @@ impl Conn {
                     Expiry::TimeUp => "time_limit",
                     Expiry::Drained => "drain",
                 });
-                let why = service.stop_reason(&rules, expiry);
+                let why = stop_reason(settings, expiry);
                 match then {
                     None => log(
                         Level::Info,

@@ -19,7 +19,7 @@ use std::os::unix::net::UnixListener;
 use anyhow::{Context as _, Result, bail};
 use socket2::{Domain, Socket, Type};
 
-use crate::server::http::Listener as HttpListener;
+use crate::server::http::HttpListener;
 use crate::sys;
 
 /// The name of the admin API's socket.

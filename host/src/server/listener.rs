@@ -1,445 +1,91 @@
-//! The thread server: listening sockets, the accept loop, one OS thread per
-//! connection, and a graceful drain on shutdown.
-//!
-//! One accept thread waits on every listener at once (`--addr` may be given
-//! several times). Each accepted client gets its own thread (a reused one when
-//! one is idle), which runs a fresh instance of the handler until the handler
-//! returns. A failing connection is logged and closed; it never stops the
-//! server.
+//! One listener as it serves: its handler versions and settings (the
+//! registry), admission, metrics and rooms. Every connection's job reads it;
+//! the admin API, metrics and reloads reach the listener through it.
 
-use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
-use log::{info, warn};
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
-use socket2::{Domain, Protocol, Socket, Type};
-
-use crate::runtime::GUEST_THREAD_STACK;
-use crate::server::admission::{Admission, Refusal, WhenFull};
-use crate::server::conn::Conn;
+use crate::runtime::Rooms;
+use crate::server::admission::Admission;
 use crate::server::registry::Registry;
-use crate::server::service::{DEFAULT_IDLE_TIMEOUT, Rules, Service};
-use crate::server::workers::Workers;
-use crate::watchdog::Watchdog;
+use crate::server::settings::ListenerSettings;
+use crate::server::stats::ListenerMetrics;
+use crate::watchdog::{Expiry, Watchdog};
 
-/// What `hotsock serve` prints on stdout before each listener's bound
-/// address, one line each: scripts, tests and the bench wait for these lines
-/// before connecting, so they are part of the interface.
-pub const LISTENING: &str = "listening on ";
-
-/// What `hotsock serve --admin` prints on stdout before the admin API's address.
-pub const ADMIN_LISTENING: &str = "admin listening on ";
-
-/// How long open connections may run on after SIGINT or SIGTERM, by default:
-/// long enough for a request in flight to finish, short enough for a service
-/// manager's stop timeout (systemd's default is 90 s).
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long to wait before accepting again after `accept` failed for a reason
-/// other than the client (typically out of file descriptors): long enough for
-/// closing connections to free some, short enough that clients barely notice.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// The poll token of the waker, which wakes the accept loop to stop, or to
-/// accept again once a connection slot is free. Listeners use their index in
-/// the listener list.
-const WAKE: Token = Token(usize::MAX);
-
-/// How the server stops, for all its listeners.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// How long to keep accepting after a stop is requested, with `/readyz`
-    /// failing, so that load balancers stop sending before the listeners close.
-    pub stop_delay: Duration,
-    /// How long open connections may run on after a stop is requested.
-    pub drain_timeout: Duration,
-}
-
-impl Default for Settings {
-    /// The defaults of `hotsock serve`.
-    fn default() -> Self {
-        Settings {
-            stop_delay: Duration::ZERO,
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-        }
-    }
-}
-
-/// One listener to serve: its bound sockets, its handler versions, and how
-/// it treats its clients.
+/// One listener, as it serves.
 pub struct Listener {
+    name: String,
+    registry: Arc<Registry>,
+    admission: Arc<Admission>,
+    metrics: Arc<ListenerMetrics>,
+    watchdog: Arc<Watchdog>,
+    /// Its rooms: they outlive every connection, swap and reload.
+    rooms: Arc<Rooms>,
+}
+
+impl Listener {
+    /// A listener serving `registry`'s snapshots.
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        admission: Arc<Admission>,
+        watchdog: Arc<Watchdog>,
+    ) -> Self {
+        let settings = registry.settings();
+        Listener {
+            name: registry.name().to_string(),
+            rooms: Arc::new(Rooms::new(settings.rules.room_backlog)),
+            registry,
+            admission,
+            metrics: Arc::default(),
+            watchdog,
+        }
+    }
+
     /// Its name, in log lines, metrics and the admin API.
-    pub name: String,
-    /// Its bound sockets, all serving the same handler.
-    pub sockets: Vec<TcpListener>,
-    /// Its handler versions.
-    pub registry: Arc<Registry>,
-    /// How it treats its clients.
-    pub rules: Rules,
-}
-
-/// Binds one listener per address, in order. Port 0 picks a free port; ask the
-/// listener for its `local_addr` to learn which. With `reuse_port`, other
-/// processes may bind the same addresses (`SO_REUSEPORT`): the kernel then
-/// spreads new connections over all of them.
-pub fn bind(addrs: &[String], reuse_port: bool) -> Result<Vec<TcpListener>> {
-    addrs
-        .iter()
-        .map(|addr| bind_one(addr, "--addr", reuse_port))
-        .collect()
-}
-
-/// Clients the kernel may hold, connected, until they are accepted: room for
-/// a burst of thousands between two passes of the accept loop. The kernel
-/// caps it at `net.core.somaxconn` (4096 by default).
-const BACKLOG: i32 = 4096;
-
-/// Binds `addr`, given by the command-line option `option`, with an error that
-/// says what to do.
-pub fn bind_one(addr: &str, option: &str, reuse_port: bool) -> Result<TcpListener> {
-    listen(addr, reuse_port).map_err(|e| {
-        let hint = match e.kind() {
-            io::ErrorKind::AddrInUse if reuse_port => "; another process is listening there \
-                without --reuse-port (or as another user): every process sharing a port needs it"
-                .to_string(),
-            io::ErrorKind::AddrInUse => {
-                format!("; another process is listening there: choose another {option}, or port 0 for any free port")
-            }
-            io::ErrorKind::PermissionDenied => "; ports below 1024 need privileges: choose a higher port".into(),
-            _ => String::new(),
-        };
-        anyhow::anyhow!("cannot listen on {addr}: {e}{hint}")
-    })
-}
-
-/// Binds the first of `addr`'s addresses that can be bound, with
-/// [`BACKLOG`] (std's `TcpListener::bind` asks for 128) and `SO_REUSEADDR`
-/// (as std does, so a restart does not wait for old connections' TIME_WAIT).
-fn listen(addr: &str, reuse_port: bool) -> io::Result<TcpListener> {
-    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
-    for addr in addr.to_socket_addrs()? {
-        let bound = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-            .and_then(|socket| {
-                socket.set_reuse_address(true)?;
-                if reuse_port {
-                    socket.set_reuse_port(true)?;
-                }
-                socket.bind(&addr.into())?;
-                socket.listen(BACKLOG)?;
-                Ok(socket.into())
-            });
-        match bound {
-            Ok(listener) => return Ok(listener),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
-
-/// Asks a running [`Server`] to stop accepting and drain. Cheap to clone.
-#[derive(Clone)]
-pub struct Stopper {
-    waker: Arc<Waker>,
-    stop: Arc<AtomicBool>,
-    /// Stop accepting at once, without `--stop-delay`: another process
-    /// serves the same sockets now.
-    handed_over: Arc<AtomicBool>,
-}
-
-impl Stopper {
-    /// Whether a stop has been requested: the server is draining, or about to.
-    pub fn is_stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    /// Requests the stop; the server's [`Server::run`] then drains and returns.
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.wake();
+    /// Its handler versions, and the settings they run under.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
-    /// Stops accepting at once, and drains: another process (an upgrade)
-    /// accepts from the same sockets now, so there is nothing to wait for
-    /// and no client to turn away.
-    pub fn hand_over(&self) {
-        self.handed_over.store(true, Ordering::SeqCst);
-        self.stop();
+    /// Its connection counts.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
     }
 
-    /// Whether the sockets were handed over to another process.
-    pub fn is_handed_over(&self) -> bool {
-        self.handed_over.load(Ordering::SeqCst)
+    /// What its connections are measured by.
+    pub fn metrics(&self) -> &Arc<ListenerMetrics> {
+        &self.metrics
     }
 
-    fn wake(&self) {
-        if let Err(e) = self.waker.wake() {
-            // Only fails if the poll instance is gone, i.e. the server already stopped.
-            warn!("cannot wake the accept loop: {e}");
-        }
+    /// Its rooms, shared by every connection on it.
+    pub fn rooms(&self) -> &Arc<Rooms> {
+        &self.rooms
+    }
+
+    /// The watchdog its connections are watched by.
+    pub(crate) fn watchdog(&self) -> &Watchdog {
+        &self.watchdog
     }
 }
 
-/// A thread-per-connection server over already bound listeners.
-pub struct Server {
-    /// Every bound socket, with the index of its listener in `services`.
-    sockets: Vec<(TcpListener, usize)>,
-    services: Vec<Arc<Service>>,
-    stop_delay: Duration,
-    drain_timeout: Duration,
-    poll: Poll,
-    stopper: Stopper,
-    workers: Workers,
-    next_id: u64,
-}
-
-/// How accepting from one listener's backlog ended.
-enum Backlog {
-    /// Every queued client was accepted.
-    Empty,
-    /// Every connection slot is taken; the rest wait in the backlog.
-    Full,
-    /// `accept` failed; try again after [`ACCEPT_BACKOFF`].
-    Failed,
-}
-
-impl Server {
-    /// Prepares to serve every listener's current handler, and starts the
-    /// watchdog; nothing is accepted until [`Server::run`].
-    pub fn new(listeners: Vec<Listener>, settings: Settings) -> Result<Self> {
-        let poll = Poll::new().context("cannot create the accept poller")?;
-        let waker =
-            Arc::new(Waker::new(poll.registry(), WAKE).context("cannot create the accept waker")?);
-        let shortest = listeners
-            .iter()
-            .flat_map(|l| {
-                let deadline = l.registry.policy().drain_deadline;
-                [
-                    Some(l.rules.idle_timeout),
-                    l.rules.max_connection_time,
-                    deadline,
-                ]
-            })
-            .flatten()
-            .min()
-            .unwrap_or(DEFAULT_IDLE_TIMEOUT);
-        let watchdog = Arc::new(Watchdog::start(shortest)?);
-        let mut sockets = Vec::new();
-        let mut services = Vec::new();
-        for (index, listener) in listeners.into_iter().enumerate() {
-            // An admitted connection must always find an instance slot.
-            let instances = listener.registry.runtime().max_instances();
-            anyhow::ensure!(
-                listener.rules.max_connections <= instances,
-                "{} connections cannot be served by a runtime sized for {instances} instances",
-                listener.rules.max_connections
-            );
-            let admission = Arc::new(Admission::new(
-                listener.rules.max_connections,
-                listener.rules.max_connections_per_ip,
-                listener.rules.when_full,
-                Arc::clone(&waker),
-            ));
-            for socket in listener.sockets {
-                socket.set_nonblocking(true)?;
-                poll.registry()
-                    .register(
-                        &mut SourceFd(&socket.as_raw_fd()),
-                        Token(sockets.len()),
-                        Interest::READABLE,
-                    )
-                    .context("cannot watch a listener")?;
-                sockets.push((socket, index));
-            }
-            services.push(Arc::new(Service::new(
-                listener.name,
-                listener.registry,
-                admission,
-                listener.rules,
-                Arc::clone(&watchdog),
-            )));
-        }
-        Ok(Server {
-            sockets,
-            services,
-            stop_delay: settings.stop_delay,
-            drain_timeout: settings.drain_timeout,
-            poll,
-            stopper: Stopper {
-                waker,
-                stop: Arc::new(AtomicBool::new(false)),
-                handed_over: Arc::new(AtomicBool::new(false)),
-            },
-            workers: Workers::new(GUEST_THREAD_STACK),
-            next_id: 1,
-        })
-    }
-
-    /// Every listener, as it serves: for the admin API, metrics and reloads.
-    pub fn services(&self) -> Vec<Arc<Service>> {
-        self.services.clone()
-    }
-
-    /// A handle that makes [`Server::run`] stop accepting and drain.
-    pub fn stopper(&self) -> Stopper {
-        self.stopper.clone()
-    }
-
-    /// Accepts and serves clients until stopped, then closes the listeners and
-    /// waits up to the drain timeout for open connections to finish.
-    pub fn run(mut self) -> Result<()> {
-        self.accept_until_stopped()?;
-        // Closing the listeners makes new clients fail fast instead of
-        // queueing in a backlog nobody will read.
-        self.sockets.clear();
-        self.drain();
-        Ok(())
-    }
-
-    fn accept_until_stopped(&mut self) -> Result<()> {
-        let mut events = Events::with_capacity(64);
-        // Listeners are edge-triggered: clients left in a backlog (after an
-        // `accept` error, or while full) raise no new event. So after an
-        // error, retry on a timer; when woken (a slot freed up), try every
-        // listener.
-        let mut retry = false;
-        // Once a stop is asked for: when to stop accepting (`--stop-delay`).
-        let mut stop_at: Option<Instant> = None;
-        loop {
-            let until_stop = stop_at.map(|at| at.saturating_duration_since(Instant::now()));
-            let timeout = match (retry.then_some(ACCEPT_BACKOFF), until_stop) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            match self.poll.poll(&mut events, timeout) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                result => result.context("waiting for connections failed")?,
-            }
-            if stop_at.is_none() && self.stopper.is_stopping() {
-                if self.stop_delay.is_zero() || self.stopper.is_handed_over() {
-                    return Ok(());
-                }
-                info!(
-                    "/readyz now fails; still accepting for {:?} so load balancers stop sending first (--stop-delay)",
-                    self.stop_delay
-                );
-                stop_at = Some(Instant::now() + self.stop_delay);
-            }
-            if stop_at.is_some_and(|at| Instant::now() >= at) {
-                return Ok(());
-            }
-            let every_listener = events.is_empty() || events.iter().any(|e| e.token() == WAKE);
-            let ready: Vec<usize> = match every_listener {
-                true => (0..self.sockets.len()).collect(),
-                false => events.iter().map(|e| e.token().0).collect(),
-            };
-            retry = false;
-            for i in ready {
-                match self.accept_backlog(i) {
-                    // A full listener's clients wait until a freed slot wakes us.
-                    Backlog::Empty | Backlog::Full => {}
-                    Backlog::Failed => retry = true,
-                }
-            }
-        }
-    }
-
-    /// Accepts the clients queued on socket `i`, as long as its listener
-    /// has room.
-    fn accept_backlog(&mut self, i: usize) -> Backlog {
-        let Some(&(_, service)) = self.sockets.get(i) else {
-            return Backlog::Empty; // not a socket of ours: nothing to do
-        };
-        let service = Arc::clone(&self.services[service]);
-        loop {
-            let admission = service.admission();
-            if admission.policy() == WhenFull::Wait && admission.is_full() {
-                admission.log_full();
-                return Backlog::Full;
-            }
-            match self.sockets[i].0.accept() {
-                Ok((stream, peer)) => self.dispatch(&service, stream, peer),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Backlog::Empty,
-                // The client gave up between connecting and our accept.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-                    ) => {}
-                Err(e) => {
-                    warn!("accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
-                    return Backlog::Failed;
-                }
-            }
-        }
-    }
-
-    /// Admits the connection, pins the current handler version for it and
-    /// starts its own thread; or, if it may not be served, closes it.
-    fn dispatch(&mut self, service: &Arc<Service>, stream: TcpStream, peer: SocketAddr) {
-        let admission = service.admission();
-        let rules = service.rules();
-        // Behind a PROXY protocol balancer, the socket's peer is the balancer:
-        // the client's own address, for its per-address share, comes with
-        // the header, which the connection's thread reads.
-        let client = match &rules.proxy {
-            Some(proxy) if !proxy.trusts(peer.ip()) => {
-                // Dropping the socket closes it: the client sees the connection end at once.
-                return admission.refuse(Refusal::Untrusted, peer, "");
-            }
-            Some(_) => None,
-            None => Some(peer.ip()),
-        };
-        let slot = match admission.try_admit(client) {
-            Ok(slot) => slot,
-            Err(why) => return admission.refuse(why, peer, ""),
-        };
-        let id = self.next_id;
-        self.next_id += 1;
-        let conn = Conn {
-            id,
-            peer,
-            stream,
-            version: service.registry().pin(),
-            slot,
-            rules,
-            service: Arc::clone(service),
-        };
-        if let Err(e) = self.workers.run(Box::new(move || conn.run())) {
-            // The job, with its socket and slot, is dropped: the client sees
-            // a close, and the server carries on with the connections it has.
-            let detail = format!("conn {id}: {e}");
-            admission.refuse(Refusal::NoThread, peer, &detail);
-        }
-    }
-
-    fn drain(&self) {
-        let open: usize = self.services.iter().map(|s| s.admission().open()).sum();
-        if open == 0 {
-            info!("stopped; no open connections");
-            return;
-        }
-        let timeout = self.drain_timeout;
-        info!(
-            "stopped accepting; waiting up to {timeout:?} for {open} open connection(s) to finish"
-        );
-        let deadline = Instant::now() + timeout;
-        let left: usize = self
-            .services
-            .iter()
-            .map(|s| {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                s.admission().wait_idle(remaining)
-            })
-            .sum();
-        match left {
-            0 => info!("all connections finished"),
-            left => warn!("drain timeout: exiting with {left} connection(s) still open"),
-        }
+/// Why the host closed a connection that ran under `settings`, in the
+/// operator's words, naming the option that made it.
+pub(crate) fn stop_reason(settings: &ListenerSettings, expiry: Expiry) -> String {
+    match expiry {
+        Expiry::Idle => format!(
+            "client idle for {:?}: timed out (--idle-timeout)",
+            settings.rules.idle_timeout
+        ),
+        Expiry::TimeUp => format!(
+            "connection time limit reached: open for {:?} (--max-connection-time)",
+            settings.rules.max_connection_time.unwrap_or_default()
+        ),
+        Expiry::Drained => format!(
+            "closed: its version was replaced more than {:?} ago (--drain-deadline)",
+            settings.policy.drain_deadline.unwrap_or_default()
+        ),
     }
 }

@@ -23,9 +23,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry as Prometheus, Unit};
 
 use crate::runtime::Runtime;
+use crate::server::accept::Stopper;
 use crate::server::http::{Peer, Reply, Routes};
-use crate::server::listener::Stopper;
-use crate::server::service::Service;
+use crate::server::listener::Listener;
 
 /// What `hotsock serve` prints on stdout before the metrics listener's address.
 pub const METRICS_LISTENING: &str = "metrics listening on ";
@@ -39,11 +39,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The metrics of `runtime` and of every listener in `services`. Each
+    /// The metrics of `runtime` and of every listener in `listeners`. Each
     /// metric is one family, with a sample per listener (label `listener`).
-    pub fn new(runtime: Arc<Runtime>, services: Vec<Arc<Service>>) -> Self {
+    pub fn new(runtime: Arc<Runtime>, listeners: Vec<Arc<Listener>>) -> Self {
         let mut prometheus = Prometheus::with_prefix("hotsock");
-        prometheus.register_collector(Box::new(ProcessCollector { runtime, services }));
+        prometheus.register_collector(Box::new(ProcessCollector { runtime, listeners }));
         Metrics { prometheus }
     }
 
@@ -137,7 +137,7 @@ fn histograms<'a>(
 /// Every listener's counts, and the runtime's, read on each scrape.
 struct ProcessCollector {
     runtime: Arc<Runtime>,
-    services: Vec<Arc<Service>>,
+    listeners: Vec<Arc<Listener>>,
 }
 
 impl fmt::Debug for ProcessCollector {
@@ -149,11 +149,17 @@ impl fmt::Debug for ProcessCollector {
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         use MetricType::{Counter, Gauge};
-        let services = &self.services;
-        let statuses: Vec<_> = services.iter().map(|s| s.admission().status()).collect();
+        let listeners = &self.listeners;
+        let statuses: Vec<_> = listeners
+            .iter()
+            .map(|l| {
+                let per_ip = l.registry().settings().rules.max_connections_per_ip;
+                l.admission().status(per_ip)
+            })
+            .collect();
         let each = |value: &dyn Fn(usize) -> u64| {
-            (0..services.len())
-                .map(|i| (vec![("listener", services[i].name())], value(i)))
+            (0..listeners.len())
+                .map(|i| (vec![("listener", listeners[i].name())], value(i)))
                 .collect::<Vec<_>>()
         };
         family(
@@ -175,19 +181,19 @@ impl Collector for ProcessCollector {
             "connections_refused",
             "Clients closed as soon as accepted, by reason: full, per_ip, no_thread.",
             Counter,
-            services
+            listeners
                 .iter()
                 .zip(&statuses)
-                .flat_map(|(service, status)| {
+                .flat_map(|(listener, status)| {
                     status.refused_by.iter().map(|(reason, n)| {
                         (
-                            vec![("listener", service.name()), ("reason", reason.as_str())],
+                            vec![("listener", listener.name()), ("reason", reason.as_str())],
                             *n,
                         )
                     })
                 }),
         )?;
-        let versions: Vec<_> = services.iter().map(|s| s.registry().versions()).collect();
+        let versions: Vec<_> = listeners.iter().map(|s| s.registry().versions()).collect();
         let failures: Vec<Vec<_>> = versions
             .iter()
             .map(|versions| {
@@ -203,14 +209,14 @@ impl Collector for ProcessCollector {
             "Connections that failed, by handler version and kind: trap, memory, cpu, stack, \
              exit, error (the handler's own), idle, time_limit, drain (the host's limits).",
             Counter,
-            services
+            listeners
                 .iter()
                 .zip(&failures)
-                .flat_map(|(service, versions)| {
+                .flat_map(|(listener, versions)| {
                     versions.iter().flat_map(move |(version, kinds)| {
                         kinds.iter().map(move |(kind, n)| {
                             let labels = vec![
-                                ("listener", service.name()),
+                                ("listener", listener.name()),
                                 ("version", *version),
                                 ("kind", *kind),
                             ];
@@ -223,13 +229,13 @@ impl Collector for ProcessCollector {
             &mut encoder,
             "connection_duration",
             "How long connections stayed open.",
-            services.iter().map(|s| (s.name(), &s.metrics().duration)),
+            listeners.iter().map(|s| (s.name(), &s.metrics().duration)),
         )?;
         histograms(
             &mut encoder,
             "instantiate",
             "How long creating a connection's handler instance took.",
-            services
+            listeners
                 .iter()
                 .map(|s| (s.name(), &s.metrics().instantiate)),
         )?;
@@ -238,27 +244,27 @@ impl Collector for ProcessCollector {
             "bytes_received",
             "Bytes read from clients.",
             Counter,
-            each(&|i| services[i].metrics().traffic().received()),
+            each(&|i| listeners[i].metrics().traffic().received()),
         )?;
         family(
             &mut encoder,
             "bytes_sent",
             "Bytes written to clients.",
             Counter,
-            each(&|i| services[i].metrics().traffic().sent()),
+            each(&|i| listeners[i].metrics().traffic().sent()),
         )?;
         family(
             &mut encoder,
             "handler_info",
             "The handler versions loaded, 1 each, with their state: current, previous, retired.",
             Gauge,
-            services
+            listeners
                 .iter()
                 .zip(&versions)
-                .flat_map(|(service, versions)| {
+                .flat_map(|(listener, versions)| {
                     versions.iter().map(|(version, state)| {
                         let labels = vec![
-                            ("listener", service.name()),
+                            ("listener", listener.name()),
                             ("version", version.id()),
                             ("sha256", version.sha256()),
                             ("state", *state),
@@ -267,7 +273,7 @@ impl Collector for ProcessCollector {
                     })
                 }),
         )?;
-        let rooms: Vec<_> = services.iter().map(|s| s.rooms().size()).collect();
+        let rooms: Vec<_> = listeners.iter().map(|s| s.rooms().size()).collect();
         family(
             &mut encoder,
             "rooms",
@@ -288,7 +294,7 @@ impl Collector for ProcessCollector {
             "Room members disconnected because more than --room-backlog of messages waited for \
              them.",
             Counter,
-            each(&|i| services[i].rooms().disconnected()),
+            each(&|i| listeners[i].rooms().disconnected()),
         )?;
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
         family(
@@ -296,14 +302,14 @@ impl Collector for ProcessCollector {
             "swaps",
             "Handler swaps, by result: ok, rejected, rolled_back.",
             Counter,
-            services.iter().flat_map(|service| {
-                let swaps = service.registry().swap_counts();
+            listeners.iter().flat_map(|listener| {
+                let swaps = listener.registry().swap_counts();
                 [
                     ("ok", load(&swaps.ok)),
                     ("rejected", load(&swaps.rejected)),
                     ("rolled_back", load(&swaps.rolled_back)),
                 ]
-                .map(|(result, n)| (vec![("listener", service.name()), ("result", result)], n))
+                .map(|(result, n)| (vec![("listener", listener.name()), ("result", result)], n))
             }),
         )?;
         let cache = self.runtime.cache_stats();

@@ -1,25 +1,30 @@
-//! Handler versions: which one new connections get, swapping in a new one,
-//! rolling back, and what each version is doing. No sockets: the registry
-//! counts connections, it does not hold them.
+//! Handler versions, and the settings they run under: which version new
+//! connections get, swapping in a new one, reloading the settings, rolling
+//! back, and what each version is doing. No sockets: the registry counts
+//! connections, it does not hold them.
 //!
-//! The current version sits in an [`ArcSwap`]: a connection loads it once when
-//! it is accepted and keeps that snapshot (a [`Pinned`] version) until it
-//! closes, so a swap never changes the code under an open connection, and the
-//! accept path never waits for a swap. The registry keeps the previous version
-//! for rollback; any older version lives only as long as its last connection.
+//! What new connections get is one [`Snapshot`] in an [`ArcSwap`]: a
+//! version and the [`ListenerSettings`] it was checked under. A connection
+//! loads it once when it is accepted and keeps it (a [`Pinned`] snapshot)
+//! until it closes, so neither a swap nor a reload changes anything under an
+//! open connection, and the accept path never waits for either. Every change
+//! builds the next snapshot whole, checks it, and installs it with one store,
+//! one change at a time. The registry keeps the previous version for
+//! rollback; any older version lives only as long as its last connection.
 
 use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::{Handler, HandlerError, Problem, Profile, Runtime, sha256_hex};
+use crate::runtime::{Handler, HandlerError, Problem, Runtime, sha256_hex};
 use crate::server::capacity::Capacity;
+use crate::server::settings::ListenerSettings;
 use crate::sys;
 use crate::watchdog::Deadline;
 
@@ -32,16 +37,6 @@ pub const DEFAULT_LISTENER: &str = "default";
 /// to see a bad deploy, short enough that later, unrelated faults (a hostile
 /// client, say) do not undo a good one.
 pub const PROBATION_CONNECTIONS: u64 = 100;
-
-/// What the operator asked of swaps, from `serve`'s options.
-#[derive(Debug, Clone, Default)]
-pub struct Policy {
-    /// Roll back a new version if this many of its first
-    /// [`PROBATION_CONNECTIONS`] connections end by the handler's own fault.
-    pub rollback_on_traps: Option<u64>,
-    /// Close connections still pinned to a replaced version this long after the swap.
-    pub drain_deadline: Option<Duration>,
-}
 
 /// One loaded handler component and what it has served.
 pub struct Version {
@@ -152,20 +147,41 @@ impl Version {
     }
 }
 
-/// A connection's hold on the version it was accepted under. It keeps the
+/// What new connections get: a handler version and the settings it was
+/// checked under, installed together and never one without the other.
+pub struct Snapshot {
+    /// The handler version.
+    pub version: Arc<Version>,
+    /// Limits, grants, rules and policy, as one generation.
+    pub settings: Arc<ListenerSettings>,
+}
+
+/// A connection's hold on the snapshot it was accepted under. It keeps the
 /// version alive and counted as active until the connection closes.
 pub struct Pinned {
-    version: Arc<Version>,
+    snapshot: Arc<Snapshot>,
     /// This connection's place in the version's sequence, from 0.
     ordinal: u64,
-    /// The version's drain deadline, when the policy has one.
-    drain: Option<Arc<Deadline>>,
 }
 
 impl Pinned {
+    /// Pins `snapshot`, loaded once for a newly accepted and admitted
+    /// connection: its version and settings for its whole life.
+    pub fn new(snapshot: Arc<Snapshot>) -> Self {
+        let ordinal = snapshot.version.connections.fetch_add(1, Ordering::Relaxed);
+        snapshot.version.active.fetch_add(1, Ordering::Relaxed);
+        Pinned { snapshot, ordinal }
+    }
+
+    /// The settings this connection runs under, for its whole life.
+    pub fn settings(&self) -> &ListenerSettings {
+        &self.snapshot.settings
+    }
+
     /// The deadline at which this connection must close, under `--drain-deadline`.
     pub fn drain(&self) -> Option<Arc<Deadline>> {
-        self.drain.clone()
+        let drains = self.settings().policy.drain_deadline.is_some();
+        drains.then(|| Arc::clone(&self.snapshot.version.drain))
     }
 }
 
@@ -173,13 +189,13 @@ impl Deref for Pinned {
     type Target = Version;
 
     fn deref(&self) -> &Version {
-        &self.version
+        &self.snapshot.version
     }
 }
 
 impl Drop for Pinned {
     fn drop(&mut self) {
-        self.version.active.fetch_sub(1, Ordering::Relaxed);
+        self.snapshot.version.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -202,18 +218,38 @@ pub struct Setup {
     pub name: String,
     /// The runtime its versions are compiled for and run in.
     pub runtime: Arc<Runtime>,
-    /// Limits and grants of its instances.
-    pub profile: Profile,
-    /// What swaps must respect.
-    pub policy: Policy,
+    /// What its connections run under, to begin with.
+    pub settings: ListenerSettings,
     /// The machine's limits every version's connections must fit, if known.
     pub capacity: Option<Arc<Capacity>>,
-    /// Most connections the listener serves at once.
-    pub max_connections: u32,
 }
 
-/// A handler compiled and checked for a registry, not yet serving.
-pub struct Prepared {
+/// A handler component, as a swap or reload brings it: where it came from,
+/// and its bytes.
+pub struct Component {
+    /// A path, or what the uploader said.
+    pub source: String,
+    /// The component (or precompiled `.cwasm`) itself.
+    pub bytes: Arc<[u8]>,
+}
+
+/// The next snapshot, built and checked whole, not yet serving: what
+/// [`Registry::stage`] returns and [`Registry::commit`] installs. While it
+/// is held, no other change can start on this registry.
+pub struct Staged<'a> {
+    registry: &'a Registry,
+    /// Held from check to install, so that what was checked is what serves.
+    _writer: MutexGuard<'a, ()>,
+    settings: Arc<ListenerSettings>,
+    /// A new version to serve, or `None` to keep the current one.
+    new: Option<New>,
+    /// Whether the rollback target was checked under `settings`; if not,
+    /// it is dropped on commit.
+    keep_previous: bool,
+}
+
+/// A handler compiled and checked, not yet a version.
+struct New {
     source: String,
     component: Arc<[u8]>,
     compiled_in: Duration,
@@ -224,12 +260,13 @@ pub struct Prepared {
 pub struct Registry {
     name: String,
     runtime: Arc<Runtime>,
-    /// Limits and grants, loaded once per connection; a reload may change them.
-    profile: ArcSwap<Profile>,
-    policy: ArcSwap<Policy>,
     capacity: Option<Arc<Capacity>>,
-    max_connections: u32,
-    current: ArcSwap<Version>,
+    /// What new connections get: loaded once per connection.
+    current: ArcSwap<Snapshot>,
+    /// Held by every change (swap, reload, manual rollback) from its first
+    /// check to its install, so changes never interleave. Compiling happens
+    /// under it: only other changes wait, never the accept path.
+    writer: Mutex<()>,
     /// Locked with [`sys::lock`]: every critical section is a handful of
     /// assignments, so a panic in one leaves it consistent.
     history: Mutex<History>,
@@ -261,28 +298,24 @@ impl Registry {
     /// Starts with the component `bytes`, from `source`, as version 1. With
     /// a capacity, this and every later version must fit it.
     pub fn new(setup: Setup, source: String, bytes: &[u8]) -> anyhow::Result<Self> {
-        setup.runtime.admits(&setup.profile)?;
-        let sha256 = sha256_hex(bytes);
-        let handler = Handler::compile(
-            &setup.runtime,
-            &setup.profile,
-            source.clone(),
-            bytes,
-            &sha256,
-        )?;
-        if let Some(capacity) = &setup.capacity {
-            capacity
-                .reserve(&setup.name, setup.max_connections, &handler)
-                .map_err(|why| HandlerError::new(handler.name(), Problem::ExceedsCapacity(why)))?;
-        }
+        let Setup {
+            name,
+            runtime,
+            settings,
+            capacity,
+        } = setup;
+        runtime.admits(&settings.profile)?;
+        let handler = compile(&runtime, &capacity, &name, &settings, source.clone(), bytes)?;
+        let version = Version::new(1, source, handler, bytes.into(), false);
         Ok(Registry {
-            name: setup.name,
-            runtime: setup.runtime,
-            profile: ArcSwap::from_pointee(setup.profile),
-            policy: ArcSwap::from_pointee(setup.policy),
-            capacity: setup.capacity,
-            max_connections: setup.max_connections,
-            current: ArcSwap::from_pointee(Version::new(1, source, handler, bytes.into(), false)),
+            name,
+            runtime,
+            capacity,
+            current: ArcSwap::from_pointee(Snapshot {
+                version: Arc::new(version),
+                settings: Arc::new(settings),
+            }),
+            writer: Mutex::new(()),
             history: Mutex::new(History {
                 next_number: 2,
                 previous: None,
@@ -303,49 +336,19 @@ impl Registry {
         &self.runtime
     }
 
-    /// Limits and grants for a new connection's instance.
-    pub fn profile(&self) -> Arc<Profile> {
-        self.profile.load_full()
-    }
-
-    /// Changes the limits and grants of new connections' instances; open
-    /// ones keep theirs.
-    pub fn set_profile(&self, profile: Profile) -> anyhow::Result<()> {
-        self.runtime.admits(&profile)?;
-        self.profile.store(Arc::new(profile));
-        Ok(())
-    }
-
-    /// What the operator asked of swaps.
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy.load_full()
-    }
-
-    /// Changes what later swaps must respect.
-    pub fn set_policy(&self, policy: Policy) {
-        self.policy.store(Arc::new(policy));
+    /// What new connections get right now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
     }
 
     /// The version new connections get right now.
     pub fn current(&self) -> Arc<Version> {
-        self.current.load_full()
+        Arc::clone(&self.current.load().version)
     }
 
-    /// Pins the current version for a newly accepted connection.
-    pub fn pin(&self) -> Pinned {
-        let version = self.current();
-        let ordinal = version.connections.fetch_add(1, Ordering::Relaxed);
-        version.active.fetch_add(1, Ordering::Relaxed);
-        let drain = self
-            .policy
-            .load()
-            .drain_deadline
-            .map(|_| Arc::clone(&version.drain));
-        Pinned {
-            version,
-            ordinal,
-            drain,
-        }
+    /// The settings new connections get right now.
+    pub fn settings(&self) -> Arc<ListenerSettings> {
+        Arc::clone(&self.current.load().settings)
     }
 
     /// How swaps have gone so far.
@@ -353,82 +356,125 @@ impl Registry {
         &self.swaps
     }
 
-    /// Validates and compiles `bytes`, then makes it the current version.
-    /// Compiling happens on the caller's thread, without blocking the accept
-    /// path or other readers; a rejected component changes nothing.
+    /// Validates and compiles `bytes` under the current settings, then makes
+    /// it the current version. Compiling happens on the caller's thread,
+    /// without blocking the accept path; a rejected component changes nothing.
     pub fn swap(&self, source: String, bytes: &[u8]) -> Result<Swapped, HandlerError> {
-        match self.prepare(&self.profile(), source, bytes) {
-            Ok(None) => Ok(Swapped::Unchanged(self.current())),
-            Ok(Some(prepared)) => Ok(self.install(prepared)),
-            Err(e) => {
-                self.swaps.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(e)
-            }
-        }
-    }
-
-    /// Validates and compiles `bytes` to run under `profile` (the listener's
-    /// own, or the one it is about to get) and within its capacity, without
-    /// swapping it in; `None` if it is the component already serving.
-    /// Nothing changes either way.
-    pub fn prepare(
-        &self,
-        profile: &Profile,
-        source: String,
-        bytes: &[u8],
-    ) -> Result<Option<Prepared>, HandlerError> {
+        let writer = sys::lock(&self.writer);
+        let settings = self.settings();
         let sha256 = sha256_hex(bytes);
         if self.current().sha256 == sha256 {
-            return Ok(None);
+            return Ok(Swapped::Unchanged(self.current()));
         }
         let started = Instant::now();
-        let handler = Handler::compile(&self.runtime, profile, source.clone(), bytes, &sha256)?;
-        if let Some(capacity) = &self.capacity {
-            capacity
-                .reserve(&self.name, self.max_connections, &handler)
-                .map_err(|why| HandlerError::new(handler.name(), Problem::ExceedsCapacity(why)))?;
-        }
-        Ok(Some(Prepared {
-            source,
-            component: bytes.into(),
-            compiled_in: started.elapsed(),
-            handler,
-        }))
+        let compiled = compile(
+            &self.runtime,
+            &self.capacity,
+            &self.name,
+            &settings,
+            source.clone(),
+            bytes,
+        );
+        let handler = compiled.inspect_err(|_| {
+            self.swaps.rejected.fetch_add(1, Ordering::Relaxed);
+        })?;
+        let staged = Staged {
+            registry: self,
+            _writer: writer,
+            settings,
+            new: Some(New {
+                source,
+                component: bytes.into(),
+                compiled_in: started.elapsed(),
+                handler,
+            }),
+            keep_previous: true,
+        };
+        Ok(staged.commit())
     }
 
-    /// Makes a prepared handler the current version.
-    pub fn install(&self, prepared: Prepared) -> Swapped {
-        let Prepared {
-            source,
-            component,
-            compiled_in,
-            handler,
-        } = prepared;
-        let mut history = sys::lock(&self.history);
-        let number = history.next_number;
-        history.next_number += 1;
-        let on_probation = self.policy.load().rollback_on_traps.is_some();
-        let size = component.len();
-        let new = Arc::new(Version::new(
-            number,
-            source,
-            handler,
-            component,
-            on_probation,
-        ));
-        let old = self.current.swap(Arc::clone(&new));
-        self.retire(&mut history, &old);
-        self.swaps.ok.fetch_add(1, Ordering::Relaxed);
-        info!(
-            "{}swapped handler {} -> {} ({}, {size} bytes, compiled in {compiled_in:.0?}); {} open connection(s) stay on {}",
-            self.log_prefix(),
-            old.id,
-            new.id,
-            new.source,
-            old.active.load(Ordering::Relaxed),
-            old.id,
-        );
-        Swapped::Replaced { new, old }
+    /// Builds and checks the next snapshot: `settings` with `component`, or
+    /// with the current version if `component` is `None` or the one already
+    /// serving. Every version kept is checked under the new settings: the
+    /// current one (if it stays) must start under them, and the rollback
+    /// target is kept only if it does too. Nothing changes until the result
+    /// is committed; dropping it changes nothing.
+    pub fn stage(
+        &self,
+        settings: ListenerSettings,
+        component: Option<Component>,
+    ) -> anyhow::Result<Staged<'_>> {
+        let writer = sys::lock(&self.writer);
+        let current = self.snapshot();
+        let max = current.settings.rules.max_connections;
+        if settings.rules.max_connections != max {
+            anyhow::bail!(
+                "max-connections cannot change from {max} to {} while serving (it sized the \
+                 instance pool): restart the server, or upgrade it (SIGUSR2), for that",
+                settings.rules.max_connections
+            );
+        }
+        self.runtime.admits(&settings.profile)?;
+        let component = component.filter(|c| sha256_hex(&c.bytes) != current.version.sha256);
+        let new = match component {
+            Some(Component { source, bytes }) => {
+                let started = Instant::now();
+                let handler = compile(
+                    &self.runtime,
+                    &self.capacity,
+                    &self.name,
+                    &settings,
+                    source.clone(),
+                    &bytes,
+                )
+                .map_err(|e| {
+                    self.swaps.rejected.fetch_add(1, Ordering::Relaxed);
+                    anyhow::anyhow!("swap rejected ({}): {e}", e.reason())
+                })?;
+                Some(New {
+                    source,
+                    component: bytes,
+                    compiled_in: started.elapsed(),
+                    handler,
+                })
+            }
+            None => {
+                current
+                    .version
+                    .handler
+                    .check(&self.runtime, &settings.profile)
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "{} cannot run under the new settings: {e}",
+                            current.version.id
+                        )
+                    })?;
+                None
+            }
+        };
+        let previous = sys::lock(&self.history).previous.clone();
+        let keep_previous = match previous {
+            None => true,
+            Some(previous) => match previous.handler.check(&self.runtime, &settings.profile) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(
+                        "{}{} cannot run under the new settings ({e}): it will no longer be \
+                         a rollback target",
+                        self.log_prefix(),
+                        previous.id
+                    );
+                    false
+                }
+            },
+        };
+        Ok(Staged {
+            registry: self,
+            _writer: writer,
+            settings: Arc::new(settings),
+            new,
+            keep_previous,
+        })
     }
 
     /// `listener NAME: ` before a line about versions, unless it is the
@@ -440,11 +486,13 @@ impl Registry {
         }
     }
 
-    /// Makes the previous version current again; the version it replaces
-    /// becomes the previous one, so a second rollback undoes the first.
-    /// Returns the version now current and the one replaced, or `None` if
-    /// there is no previous version.
+    /// Makes the previous version current again, under the current settings
+    /// (it was checked under them when they were installed); the version it
+    /// replaces becomes the previous one, so a second rollback undoes the
+    /// first. Returns the version now current and the one replaced, or
+    /// `None` if there is no previous version.
     pub fn rollback(&self, reason: &str) -> Option<(Arc<Version>, Arc<Version>)> {
+        let _writer = sys::lock(&self.writer);
         let mut history = sys::lock(&self.history);
         let previous = history.previous.take()?;
         Some(self.roll_back_to(&mut history, previous, reason))
@@ -458,21 +506,25 @@ impl Registry {
     ) -> (Arc<Version>, Arc<Version>) {
         previous.drain.clear();
         self.swaps.rolled_back.fetch_add(1, Ordering::Relaxed);
-        let from = self.current.swap(Arc::clone(&previous));
-        self.retire(history, &from);
+        let settings = self.settings();
+        let from = self.current.swap(Arc::new(Snapshot {
+            version: Arc::clone(&previous),
+            settings: Arc::clone(&settings),
+        }));
+        self.retire(history, &from.version, &settings);
         warn!(
             "{}rolled back {} -> {}: {reason}",
             self.log_prefix(),
-            from.id,
+            from.version.id,
             previous.id
         );
         history.rollbacks.push(RollbackRecord {
             at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            from: from.id.clone(),
+            from: from.version.id.clone(),
             to: previous.id.clone(),
             reason: reason.to_string(),
         });
-        (previous, from)
+        (previous, Arc::clone(&from.version))
     }
 
     /// Counts a fault of the handler's own on `pinned`'s version, and rolls
@@ -481,16 +533,26 @@ impl Registry {
     /// this for them.
     pub fn record_fault(&self, pinned: &Pinned) {
         let early_faults = pinned.count_fault(pinned.ordinal);
-        let Some(limit) = self.policy.load().rollback_on_traps else {
+        let Some(limit) = pinned.settings().policy.rollback_on_traps else {
             return;
         };
         if !pinned.on_probation || early_faults != limit {
             return;
         }
+        // A connection's thread never waits for a compile: while a swap or
+        // reload is under way, it decides what serves next.
+        let Ok(_writer) = self.writer.try_lock() else {
+            return warn!(
+                "{}{}: {early_faults} of its first {PROBATION_CONNECTIONS} connections trapped, \
+                 but a swap or reload is under way: not rolled back automatically",
+                self.log_prefix(),
+                pinned.id
+            );
+        };
         let mut history = sys::lock(&self.history);
         // Only the version still serving can be rolled back, and only to the
         // version it replaced.
-        if !Arc::ptr_eq(&self.current.load(), &pinned.version) {
+        if !Arc::ptr_eq(&self.current.load().version, &pinned.snapshot.version) {
             return;
         }
         let Some(previous) = history.previous.take() else {
@@ -503,9 +565,9 @@ impl Registry {
     }
 
     /// Moves the version that just stopped being current into history, and
-    /// starts its drain deadline if there is one.
-    fn retire(&self, history: &mut History, old: &Arc<Version>) {
-        if let Some(deadline) = self.policy.load().drain_deadline {
+    /// starts its drain deadline if `settings` have one.
+    fn retire(&self, history: &mut History, old: &Arc<Version>, settings: &ListenerSettings) {
+        if let Some(deadline) = settings.policy.drain_deadline {
             old.drain.set(Instant::now() + deadline);
         }
         if let Some(older) = history.previous.replace(Arc::clone(old)) {
@@ -536,6 +598,85 @@ impl Registry {
             rollbacks: history.rollbacks.clone(),
         }
     }
+}
+
+impl Staged<'_> {
+    /// Whether committing changes the handler version.
+    pub fn swaps(&self) -> bool {
+        self.new.is_some()
+    }
+
+    /// Installs the staged snapshot with one store: new connections get its
+    /// version and settings from now on; open ones keep theirs.
+    pub fn commit(self) -> Swapped {
+        let registry = self.registry;
+        let mut history = sys::lock(&registry.history);
+        if !self.keep_previous {
+            history.previous = None;
+        }
+        let current = registry.snapshot();
+        let Some(New {
+            source,
+            component,
+            compiled_in,
+            handler,
+        }) = self.new
+        else {
+            registry.current.store(Arc::new(Snapshot {
+                version: Arc::clone(&current.version),
+                settings: self.settings,
+            }));
+            return Swapped::Unchanged(Arc::clone(&current.version));
+        };
+        let number = history.next_number;
+        history.next_number += 1;
+        let on_probation = self.settings.policy.rollback_on_traps.is_some();
+        let size = component.len();
+        let new = Arc::new(Version::new(
+            number,
+            source,
+            handler,
+            component,
+            on_probation,
+        ));
+        let old = registry.current.swap(Arc::new(Snapshot {
+            version: Arc::clone(&new),
+            settings: Arc::clone(&self.settings),
+        }));
+        let old = Arc::clone(&old.version);
+        registry.retire(&mut history, &old, &self.settings);
+        registry.swaps.ok.fetch_add(1, Ordering::Relaxed);
+        info!(
+            "{}swapped handler {} -> {} ({}, {size} bytes, compiled in {compiled_in:.0?}); {} open connection(s) stay on {}",
+            registry.log_prefix(),
+            old.id,
+            new.id,
+            new.source,
+            old.active.load(Ordering::Relaxed),
+            old.id,
+        );
+        Swapped::Replaced { new, old }
+    }
+}
+
+/// Validates and compiles `bytes` to run under `settings` and within the
+/// listener's share of the machine, as a version of listener `name`.
+fn compile(
+    runtime: &Runtime,
+    capacity: &Option<Arc<Capacity>>,
+    name: &str,
+    settings: &ListenerSettings,
+    source: String,
+    bytes: &[u8],
+) -> Result<Handler, HandlerError> {
+    let sha256 = sha256_hex(bytes);
+    let handler = Handler::compile(runtime, &settings.profile, source, bytes, &sha256)?;
+    if let Some(capacity) = capacity {
+        capacity
+            .reserve(name, settings.rules.max_connections, &handler)
+            .map_err(|why| HandlerError::new(handler.name(), Problem::ExceedsCapacity(why)))?;
+    }
+    Ok(handler)
 }
 
 /// The state `GET /status` reports.

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use anyhow::{Context as _, Result, bail};
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::server::listener::bind_one;
+use crate::server::accept::bind_one;
 
 /// Clients a Unix socket holds until accepted: the admin API sees a handful.
 const UNIX_BACKLOG: i32 = 128;
@@ -104,28 +104,28 @@ impl fmt::Display for Peer {
 
 /// A bound, listening socket.
 #[derive(Debug)]
-pub enum Listener {
+pub enum HttpListener {
     /// On a TCP address.
     Tcp(std::net::TcpListener),
     /// On a Unix socket.
     Unix(UnixListener, PathBuf),
 }
 
-impl AsFd for Listener {
+impl AsFd for HttpListener {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
-            Listener::Tcp(listener) => listener.as_fd(),
-            Listener::Unix(listener, _) => listener.as_fd(),
+            HttpListener::Tcp(listener) => listener.as_fd(),
+            HttpListener::Unix(listener, _) => listener.as_fd(),
         }
     }
 }
 
-impl Listener {
+impl HttpListener {
     /// Where it listens, as bound (a port 0 becomes the port given).
     pub fn endpoint(&self) -> io::Result<Endpoint> {
         Ok(match self {
-            Listener::Tcp(listener) => Endpoint::Tcp(listener.local_addr()?),
-            Listener::Unix(_, path) => Endpoint::Unix(path.clone()),
+            HttpListener::Tcp(listener) => Endpoint::Tcp(listener.local_addr()?),
+            HttpListener::Unix(_, path) => Endpoint::Unix(path.clone()),
         })
     }
 }
@@ -161,16 +161,16 @@ impl Drop for SocketFile {
 /// is created readable and writable by this user only, before anyone can
 /// connect to it; a stale one left by a server that died is replaced, a live
 /// one or any other file is not.
-pub fn bind(endpoint: &Endpoint, option: &str) -> Result<(Listener, Option<SocketFile>)> {
+pub fn bind(endpoint: &Endpoint, option: &str) -> Result<(HttpListener, Option<SocketFile>)> {
     match endpoint {
         Endpoint::Tcp(addr) => Ok((
-            Listener::Tcp(bind_one(&addr.to_string(), option, false)?),
+            HttpListener::Tcp(bind_one(&addr.to_string(), option, false)?),
             None,
         )),
         Endpoint::Unix(path) => {
             let listener = bind_unix(path, option)?;
             Ok((
-                Listener::Unix(listener, path.clone()),
+                HttpListener::Unix(listener, path.clone()),
                 Some(SocketFile::adopt(path.clone())),
             ))
         }

@@ -16,5 +16,5 @@ mod endpoint;
 mod serve;
 
 pub use client::{Client, Response, Unreachable};
-pub use endpoint::{Endpoint, Listener, Peer, SocketFile, bind};
+pub use endpoint::{Endpoint, HttpListener, Peer, SocketFile, bind};
 pub use serve::{Body, Closer, Reply, Routes, serve};

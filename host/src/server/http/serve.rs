@@ -26,7 +26,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use log::{debug, warn};
 use serde_json::{Value, json};
 
-use crate::server::http::endpoint::{Listener, Peer};
+use crate::server::http::endpoint::{HttpListener, Peer};
 use crate::sys;
 
 /// Longest a client may take to send a request's head: a client that
@@ -166,7 +166,7 @@ impl Closer {
 
 /// Serves `routes` on `listener` from a thread of its own named `name`,
 /// until the process exits or the returned [`Closer`] is used.
-pub fn serve(listener: Listener, name: &str, routes: Arc<dyn Routes>) -> Result<Closer> {
+pub fn serve(listener: HttpListener, name: &str, routes: Arc<dyn Routes>) -> Result<Closer> {
     // Work here is background work: swaps compile on the blocking threads.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -194,7 +194,7 @@ pub fn serve(listener: Listener, name: &str, routes: Arc<dyn Routes>) -> Result<
     Ok(closer)
 }
 
-async fn accept_forever(listener: Listener, name: &str, routes: Arc<dyn Routes>) {
+async fn accept_forever(listener: HttpListener, name: &str, routes: Arc<dyn Routes>) {
     let listener = match Accepting::new(listener) {
         Ok(listener) => listener,
         Err(e) => return warn!("{name}: cannot listen: {e}"),
@@ -226,13 +226,13 @@ enum Io {
 }
 
 impl Accepting {
-    fn new(listener: Listener) -> io::Result<Self> {
+    fn new(listener: HttpListener) -> io::Result<Self> {
         Ok(match listener {
-            Listener::Tcp(listener) => {
+            HttpListener::Tcp(listener) => {
                 listener.set_nonblocking(true)?;
                 Accepting::Tcp(tokio::net::TcpListener::from_std(listener)?)
             }
-            Listener::Unix(listener, _) => {
+            HttpListener::Unix(listener, _) => {
                 listener.set_nonblocking(true)?;
                 Accepting::Unix(tokio::net::UnixListener::from_std(listener)?)
             }

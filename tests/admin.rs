@@ -7,7 +7,7 @@ use std::path::Path;
 
 use libc::SIGTERM;
 
-use crate::util::{Server, TIMEOUT, error_of, hotsock, request, unused_port, wasm};
+use crate::util::{Server, TIMEOUT, error_of, free_port, hotsock, request, wasm};
 
 #[test]
 fn status_is_json_with_the_current_version() {
@@ -343,7 +343,7 @@ fn a_stale_socket_is_replaced_but_a_live_one_or_a_file_is_not() {
 fn client_commands_explain_an_unreachable_server() {
     let stderr = error_of(
         hotsock()
-            .args(["status", "--admin", &format!("127.0.0.1:{}", unused_port())])
+            .args(["status", "--admin", &format!("127.0.0.1:{}", free_port())])
             .env("HOTSOCK_ADMIN_TOKEN", "0123456789abcdef0123"),
     );
     assert!(

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::{Server, TIMEOUT, connect, error_of, hotsock, is_ctime, read_until, unused_port};
+use crate::util::{Server, TIMEOUT, connect, error_of, free_port, hotsock, is_ctime, read_until};
 
 /// `hotsock client` against `server`, with every stream piped.
 fn spawn(server: &Server, args: &[&str]) -> Child {
@@ -179,7 +179,7 @@ fn a_server_that_closes_is_reported() {
 
 #[test]
 fn an_unreachable_server_is_a_clear_error() {
-    let stderr = error_of(hotsock().args(["client", &format!("127.0.0.1:{}", unused_port())]));
+    let stderr = error_of(hotsock().args(["client", &format!("127.0.0.1:{}", free_port())]));
     assert!(stderr.contains("cannot connect to 127.0.0.1:"), "{stderr}");
     assert!(stderr.contains("Connection refused"), "{stderr}");
     assert!(!stderr.contains("os error"), "{stderr}");

@@ -306,7 +306,7 @@ fn backend() -> (u16, thread::JoinHandle<()>) {
 #[test]
 fn a_granted_backend_answers_and_any_other_port_is_refused_with_a_log_line() {
     let (port, _backend) = backend();
-    let other = crate::util::unused_port();
+    let other = crate::util::free_port();
     let grant = format!("127.0.0.1:{port}");
     let server = Server::start_with("kit", &["--allow-connect", &grant]);
     let mut client = server.connect();

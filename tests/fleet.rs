@@ -4,7 +4,7 @@
 
 use std::ffi::OsStr;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,16 +14,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use testkit::haproxy::Haproxy;
 
 use crate::util::{
-    Server, TIMEOUT, ask, connect, hotsock, is_closed, reply, repo_root, system_tool, wasm,
+    Server, TIMEOUT, ask, connect, free_port, hotsock, is_closed, reply, repo_root, system_tool,
+    wasm,
 };
-
-/// A port nobody listens on right now, for a program that must be told one.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
 
 /// Waits until something accepts connections on `addr`.
 fn wait_listening(addr: SocketAddr) {
@@ -108,75 +104,13 @@ fn pid_of(server: &Server) -> u32 {
     server.status()["pid"].as_u64().expect("a pid") as u32
 }
 
-/// HAProxy running deploy/haproxy.cfg, with its addresses replaced by
-/// `frontend` and each backend's (address, metrics address).
-struct Haproxy {
-    child: Child,
-    frontend: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Haproxy {
-    fn start(haproxy: &Path, backends: &[(SocketAddr, SocketAddr)]) -> Self {
-        let shipped = std::fs::read_to_string(repo_root().join("deploy/haproxy.cfg")).unwrap();
-        let frontend: SocketAddr = (Ipv4Addr::LOCALHOST, free_port()).into();
-        let mut config = replace_once(
-            &shipped,
-            "bind 127.0.0.1:50007",
-            &format!("bind {frontend}"),
-        );
-        assert_eq!(backends.len(), 3, "deploy/haproxy.cfg has three servers");
-        for (n, (addr, metrics)) in backends.iter().enumerate() {
-            let n = n + 1;
-            config = replace_once(
-                &config,
-                &format!("127.0.0.1:5010{n} check port 910{n}"),
-                &format!("{addr} check port {}", metrics.port()),
-            );
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, config).unwrap();
-        let log = dir.path().join("haproxy.log");
-        let child = Command::new(haproxy)
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("haproxy starts");
-        let haproxy = Haproxy {
-            child,
-            frontend,
-            log,
-            _dir: dir,
-        };
-        wait_listening(frontend);
-        haproxy
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn replace_once(text: &str, from: &str, to: &str) -> String {
-    assert_eq!(
-        text.matches(from).count(),
-        1,
-        "deploy/haproxy.cfg should have `{from}` once"
-    );
-    text.replace(from, to)
+/// HAProxy running deploy/haproxy.cfg in front of `servers` (started by
+/// [`three`]), its configuration and log in `dir`.
+fn start_haproxy(haproxy: &Path, servers: &[Server], dir: &Path) -> Haproxy {
+    let backends: Vec<_> = servers.iter().map(|s| (s.addr(), s.metrics())).collect();
+    let config = dir.join("haproxy.cfg");
+    let log = dir.join("haproxy.log");
+    Haproxy::start(haproxy, &backends, &config, &log).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Three hotsock processes serving `guest` with the PROXY protocol, each
@@ -202,10 +136,6 @@ fn three(binary: Option<&Path>, guest: &str, dir: &Path) -> Vec<Server> {
         .collect()
 }
 
-fn backends(servers: &[Server]) -> Vec<(SocketAddr, SocketAddr)> {
-    servers.iter().map(|s| (s.addr(), s.metrics())).collect()
-}
-
 #[test]
 fn a_client_behind_haproxy_is_seen_with_its_own_address() {
     let Some(haproxy) = system_tool("haproxy", "haproxy") else {
@@ -213,7 +143,7 @@ fn a_client_behind_haproxy_is_seen_with_its_own_address() {
     };
     let dir = tempfile::tempdir().unwrap();
     let servers = three(None, "probe", dir.path());
-    let proxy = Haproxy::start(&haproxy, &backends(&servers));
+    let proxy = start_haproxy(&haproxy, &servers, dir.path());
     // Every process gets some: leastconn spreads idle connections evenly.
     let mut clients = Vec::new();
     for _ in 0..6 {
@@ -222,7 +152,7 @@ fn a_client_behind_haproxy_is_seen_with_its_own_address() {
         socket
             .bind(&SocketAddr::from(([127, 0, 0, 9], 0)).into())
             .unwrap();
-        socket.connect(&proxy.frontend.into()).unwrap();
+        socket.connect(&proxy.frontend().into()).unwrap();
         let mut stream: TcpStream = socket.into();
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         let me = stream.local_addr().unwrap();
@@ -394,9 +324,9 @@ fn a_rolling_swap_and_a_binary_upgrade_under_load_fail_no_connection() {
     let dir = tempfile::tempdir().unwrap();
     let binary = installed_copy(dir.path());
     let servers = three(Some(&binary), "probe", dir.path());
-    let proxy = Haproxy::start(&haproxy, &backends(&servers));
+    let proxy = start_haproxy(&haproxy, &servers, dir.path());
     let (stop, load) = (Arc::new(AtomicBool::new(false)), Arc::new(Load::default()));
-    let clients = generate(proxy.frontend, 4, 4, &stop, &load);
+    let clients = generate(proxy.frontend(), 4, 4, &stop, &load);
     thread::sleep(Duration::from_millis(500));
 
     // A rolling swap of the three to the echo handler, one at a time.

@@ -534,8 +534,8 @@ pub fn error_of(command: &mut Command) -> String {
     stderr
 }
 
-/// A loopback port nothing listens on: bound, then freed.
-pub fn unused_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("a bound address").port()
+/// [`testkit::free_port`]: a port on 127.0.0.1 that was free a moment ago,
+/// for a program that must be told one or an address nobody listens on.
+pub fn free_port() -> u16 {
+    must(testkit::free_port())
 }

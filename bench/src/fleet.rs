@@ -8,8 +8,9 @@
 //! - `reuse-port`: two processes sharing one port with `--reuse-port`, the
 //!   kernel spreading new connections over them;
 //! - `haproxy`: three processes with `--proxy-protocol`, behind HAProxy
-//!   running deploy/haproxy.cfg (ports replaced, as tests/fleet.rs does), so
-//!   that what is measured is the configuration users are given.
+//!   running deploy/haproxy.cfg with its ports replaced
+//!   ([`testkit::haproxy`], as for tests/fleet.rs), so that what is measured
+//!   is the configuration users are given.
 //!
 //! Each round starts the three afresh and measures them back to back,
 //! scenario by scenario, in an order that rotates from round to round, as
@@ -28,12 +29,11 @@
 //! exited, and can be reaped rather than left a zombie.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use serde::Serialize;
 use serde_json::json;
+use testkit::haproxy::{self, Haproxy};
 use testkit::http::Endpoint;
 use testkit::{Launch, ServerProcess, Stderr};
 
@@ -65,13 +66,6 @@ const PERSISTENT_CLIENTS: usize = 10;
 /// Threads opening new connections during the upgrade: fewer than in the
 /// throughput scenario, so that the new processes can start beside them.
 const UPGRADE_NEW_CONNECTION_CLIENTS: usize = 4;
-
-/// HAProxy's configuration as shipped, relative to the repository root.
-const HAPROXY_CONFIG: &str = "deploy/haproxy.cfg";
-
-/// Where HAProxy is when it is not on PATH: Debian installs it there, and
-/// /usr/sbin is not on every user's PATH.
-const HAPROXY_FALLBACK: &str = "/usr/sbin/haproxy";
 
 /// Successful round trips through HAProxy, in a row, before a set-up counts
 /// as ready. deploy/haproxy.cfg's servers start out up (the health checks
@@ -240,24 +234,24 @@ pub struct UpgradeUnderLoad {
 pub fn run(options: &Options) -> Result<()> {
     let programs = &options.programs;
     programs.check_hotsock()?;
-    let haproxy = find_haproxy()?;
-    let shipped = std::fs::read_to_string(HAPROXY_CONFIG).with_context(|| {
-        format!("cannot read {HAPROXY_CONFIG}: run the bench from the repository root")
-    })?;
+    let haproxy = haproxy::find()?;
     // Fail now, not after the first set-ups have started, if it has changed.
     let placeholder: SocketAddr = (Ipv4Addr::LOCALHOST, 1).into();
-    haproxy_config(&shipped, placeholder, &[(placeholder, placeholder); 3])?;
+    haproxy::config(
+        haproxy::SHIPPED,
+        placeholder,
+        &[(placeholder, placeholder); 3],
+    )?;
     let logs = options.out.join("logs");
     reset_logs(&logs)?;
     become_subreaper()?;
     let open_files = crate::raise_open_files_limit(1000)?;
     let machine = Machine::detect(open_files);
-    let haproxy_version = haproxy_version(&haproxy);
+    let haproxy_version = haproxy::version(&haproxy);
     let scratch = Scratch::create()?;
     let context = Context {
         programs,
         haproxy: &haproxy,
-        shipped: &shipped,
         scratch: &scratch,
         logs: &logs,
     };
@@ -293,7 +287,8 @@ pub fn run(options: &Options) -> Result<()> {
         haproxy_version
     );
     println!(
-        "set-ups: one = 1 hotsock process | reuse-port = 2 with --reuse-port on one port | haproxy = 3 with --proxy-protocol behind HAProxy ({HAPROXY_CONFIG})"
+        "set-ups: one = 1 hotsock process | reuse-port = 2 with --reuse-port on one port | haproxy = 3 with --proxy-protocol behind HAProxy ({})",
+        haproxy::PATH
     );
     println!();
     print!("{}", table(&summaries));
@@ -321,7 +316,7 @@ pub fn run(options: &Options) -> Result<()> {
             "new_connection_clients": NEW_CONNECTION_CLIENTS,
             "haproxy": haproxy.display().to_string(),
             "haproxy_version": haproxy_version,
-            "haproxy_config": HAPROXY_CONFIG,
+            "haproxy_config": haproxy::PATH,
             "commands_round_1": commands,
         },
         "notes": notes,
@@ -339,8 +334,6 @@ pub fn run(options: &Options) -> Result<()> {
 struct Context<'a> {
     programs: &'a Programs,
     haproxy: &'a Path,
-    /// deploy/haproxy.cfg's text.
-    shipped: &'a str,
     scratch: &'a Scratch,
     logs: &'a Path,
 }
@@ -474,7 +467,10 @@ impl Running {
         let (addr, extra): (String, &[&str]) = match setup {
             Setup::One => ("127.0.0.1:0".into(), &[]),
             // Both bind the one port, so it has to be chosen here.
-            Setup::ReusePort => (format!("127.0.0.1:{}", free_port()?), &["--reuse-port"]),
+            Setup::ReusePort => (
+                format!("127.0.0.1:{}", testkit::free_port()?),
+                &["--reuse-port"],
+            ),
             Setup::Haproxy => (
                 "127.0.0.1:0".into(),
                 &["--proxy-protocol", "--metrics", "127.0.0.1:0"],
@@ -517,18 +513,15 @@ impl Running {
                     Ok((h.addr, metrics))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let frontend: SocketAddr = (Ipv4Addr::LOCALHOST, free_port()?).into();
-            let config = haproxy_config(context.shipped, frontend, &backends)?;
-            let path = context.scratch.path().join(format!("{label}.cfg"));
-            std::fs::write(&path, config)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            let config = context.scratch.path().join(format!("{label}.cfg"));
             let log = context.logs.join(format!("{prefix}haproxy.stderr"));
-            let (haproxy, command) = Haproxy::start(context.haproxy, &path, frontend, &log)?;
-            running.commands.push(command);
-            running.addr = frontend;
+            let haproxy = Haproxy::start(context.haproxy, &backends, &config, &log)?;
+            let command = haproxy::command(context.haproxy, &config);
+            running.commands.push(servers::command_line(&command));
+            running.addr = haproxy.frontend();
             running.haproxy = Some(haproxy);
             if let Some(haproxy) = &mut running.haproxy {
-                haproxy.wait_ready()?;
+                wait_ready(haproxy)?;
             }
         }
         Ok(running)
@@ -717,175 +710,28 @@ fn status_pid(admin: &Endpoint) -> Result<u32> {
         .context("GET /status has no pid")
 }
 
-/// HAProxy running a configuration file. Dropping it kills it and waits.
-struct Haproxy {
-    child: Child,
-    frontend: SocketAddr,
-    log: PathBuf,
-}
-
-impl Haproxy {
-    /// Starts `binary` in the foreground on `config`, whose frontend is
-    /// `frontend`, with its stderr (its log) appended to `log`; returns it
-    /// and its command line.
-    fn start(
-        binary: &Path,
-        config: &Path,
-        frontend: SocketAddr,
-        log: &Path,
-    ) -> Result<(Haproxy, String)> {
-        let stderr = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("cannot open {}", log.display()))?;
-        let mut command = Command::new(binary);
-        command.arg("-db").arg("-f").arg(config);
-        let line = servers::command_line(&command);
-        // SAFETY: the closure runs in the child between fork and exec, and
-        // only makes one async-signal-safe system call.
-        unsafe {
-            // Gone with the bench, like the hotsock processes.
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .with_context(|| format!("cannot start {line}"))?;
-        Ok((
-            Haproxy {
-                child,
-                frontend,
-                log: log.to_path_buf(),
-            },
-            line,
-        ))
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits until [`READY_ECHOES`] round trips in a row have gone through.
-    fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut answered = 0;
-        while answered < READY_ECHOES {
-            self.check_alive()?;
-            match load::connect(self.frontend).and_then(|mut s| load::round_trip(&mut s)) {
-                Ok(()) => answered += 1,
-                Err(e) => {
-                    answered = 0;
-                    ensure!(
-                        Instant::now() < deadline,
-                        "no echo through HAProxy on {} within {READY_TIMEOUT:?}: {e}; its log is {}",
-                        self.frontend,
-                        self.log.display()
-                    );
-                    thread::sleep(Duration::from_millis(50));
-                }
+/// Waits until [`READY_ECHOES`] round trips in a row have gone through
+/// `haproxy`: it is listening, and forwarding to hotsock.
+fn wait_ready(haproxy: &mut Haproxy) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut answered = 0;
+    while answered < READY_ECHOES {
+        haproxy.check_alive()?;
+        match load::connect(haproxy.frontend()).and_then(|mut s| load::round_trip(&mut s)) {
+            Ok(()) => answered += 1,
+            Err(e) => {
+                answered = 0;
+                ensure!(
+                    Instant::now() < deadline,
+                    "no echo through HAProxy on {} within {READY_TIMEOUT:?}: {e}; its log is {}",
+                    haproxy.frontend(),
+                    haproxy.log_path().display()
+                );
+                thread::sleep(Duration::from_millis(50));
             }
         }
-        Ok(())
     }
-
-    fn check_alive(&mut self) -> Result<()> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => bail!(
-                "HAProxy has exited ({status}); its log is {}",
-                self.log.display()
-            ),
-            Err(e) => bail!("cannot check on HAProxy: {e}"),
-        }
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        // Errors mean it has already exited and been waited for.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// deploy/haproxy.cfg (`shipped`) with its frontend on `frontend` and its
-/// three servers at `backends`, each (where it serves, where its /readyz
-/// is): the replacements tests/fleet.rs makes. Fails if the file no longer
-/// has exactly one of each line replaced.
-pub fn haproxy_config(
-    shipped: &str,
-    frontend: SocketAddr,
-    backends: &[(SocketAddr, SocketAddr)],
-) -> Result<String> {
-    ensure!(
-        backends.len() == 3,
-        "{HAPROXY_CONFIG} has three servers, not {}",
-        backends.len()
-    );
-    let mut config = replace_once(shipped, "bind 127.0.0.1:50007", &format!("bind {frontend}"))?;
-    for (n, (addr, metrics)) in (1..).zip(backends) {
-        config = replace_once(
-            &config,
-            &format!("127.0.0.1:5010{n} check port 910{n}"),
-            &format!("{addr} check port {}", metrics.port()),
-        )?;
-    }
-    Ok(config)
-}
-
-fn replace_once(text: &str, from: &str, to: &str) -> Result<String> {
-    let found = text.matches(from).count();
-    ensure!(
-        found == 1,
-        "{HAPROXY_CONFIG} should have `{from}` once, and has it {found} times: the fleet bench replaces its ports"
-    );
-    Ok(text.replace(from, to))
-}
-
-/// HAProxy on PATH, else where Debian puts it.
-fn find_haproxy() -> Result<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .map(|dir| dir.join("haproxy"))
-        .find(|path| path.is_file());
-    let fallback = Path::new(HAPROXY_FALLBACK);
-    match on_path {
-        Some(path) => Ok(path),
-        None if fallback.is_file() => Ok(fallback.to_path_buf()),
-        None => bail!(
-            "haproxy is not installed (not on PATH, nor at {HAPROXY_FALLBACK}): run `make setup` (as root), which installs Debian's haproxy"
-        ),
-    }
-}
-
-/// `HAProxy version 2.6.12-...`, the first line of `haproxy -v`, for the
-/// results: the balancer's numbers depend on it.
-fn haproxy_version(haproxy: &Path) -> String {
-    Command::new(haproxy)
-        .arg("-v")
-        .stdin(Stdio::null())
-        .output()
-        .ok()
-        .and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout);
-            // `HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/`
-            let first = text.lines().next()?;
-            Some(first.split(" - ").next().unwrap_or(first).to_string())
-        })
-        .unwrap_or_else(|| "HAProxy version unknown".into())
-}
-
-/// A port nobody listens on right now, for what must be told one.
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    Ok(())
 }
 
 /// A private directory for the admin sockets and HAProxy's configuration,
@@ -1317,53 +1163,6 @@ fn notes(options: &Options, rounds: &[Round], upgrade: &UpgradeUnderLoad) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SHIPPED: &str = include_str!("../../deploy/haproxy.cfg");
-
-    fn addr(port: u16) -> SocketAddr {
-        (Ipv4Addr::LOCALHOST, port).into()
-    }
-
-    #[test]
-    fn the_shipped_config_gets_the_ports_given() {
-        let backends = [
-            (addr(41101), addr(41201)),
-            (addr(41102), addr(41202)),
-            (addr(41103), addr(41203)),
-        ];
-        let config = haproxy_config(SHIPPED, addr(41000), &backends).unwrap();
-        assert!(config.contains("    bind 127.0.0.1:41000\n"), "{config}");
-        for n in 1..=3 {
-            let line = format!("server hotsock{n} 127.0.0.1:4110{n} check port 4120{n}\n");
-            assert!(config.contains(&line), "{config}");
-        }
-        // Nothing of the shipped addresses is left outside the comments.
-        let settings: Vec<&str> = config
-            .lines()
-            .filter(|l| !l.trim_start().starts_with('#'))
-            .collect();
-        for port in ["50007", "5010", "910"] {
-            assert!(
-                !settings.iter().any(|l| l.contains(port)),
-                "{port} in {settings:#?}"
-            );
-        }
-        // Only those lines changed.
-        assert_eq!(config.lines().count(), SHIPPED.lines().count());
-    }
-
-    #[test]
-    fn a_config_without_the_lines_to_replace_is_refused() {
-        let backends = [(addr(1), addr(2)); 3];
-        let changed = SHIPPED.replace("bind 127.0.0.1:50007", "bind 127.0.0.1:6000");
-        let error = haproxy_config(&changed, addr(3), &backends).unwrap_err();
-        assert!(
-            error.to_string().contains("`bind 127.0.0.1:50007` once"),
-            "{error}"
-        );
-        let error = haproxy_config(SHIPPED, addr(3), &backends[..2]).unwrap_err();
-        assert!(error.to_string().contains("three servers"), "{error}");
-    }
 
     fn throughput(per_s: f64, cpu_us: f64, failed: u64) -> Option<Throughput> {
         Some(Throughput {

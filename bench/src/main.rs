@@ -37,7 +37,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser};
+use hotsock::units::parse_duration;
 use serde::Serialize;
 use serde_json::json;
 
@@ -63,39 +66,18 @@ const OPEN_FILES_NEEDED: u64 = memory::IDLE_CONNECTIONS as u64 + 200;
 /// Longest `--duration` accepted: every loop here stays bounded.
 const MAX_DURATION: Duration = Duration::from_secs(600);
 
-const USAGE: &str = "\
-hotsock-bench: hotsock against the same thread-per-connection echo server in
-plain Rust (native-echo) and in Python (socketserver.ThreadingTCPServer).
-Talks to 127.0.0.1 only. `make bench` builds everything and runs it.
+/// Where the results go unless `--out` is given ([`fleet::DEFAULT_OUT`]
+/// with `--fleet`).
+const DEFAULT_OUT: &str = "target/bench";
 
-usage: hotsock-bench [OPTIONS]
+/// Rounds unless `--rounds` is given ([`fleet::DEFAULT_ROUNDS`] with
+/// `--fleet`). Many short rounds rather than a few long ones: on a shared
+/// machine the noise comes and goes over seconds, and the median of ten
+/// paired ratios rides it out better than that of five.
+const DEFAULT_ROUNDS: usize = 10;
 
-Options:
-  --out DIR             where bench.json, swap.csv and the servers' stderr
-                        (logs/) go [default: target/bench]
-  --rounds N            rounds; each starts the three servers afresh and
-                        measures them in turn, in an order that rotates from
-                        round to round; the table shows medians, and the
-                        median of each round's ratios [default: 10]
-  --duration TIME       measured time of each throughput run, after a 0.5s
-                        warm-up: 3s, 500ms, 1.5s [default: 1.5s]
-  --hotsock PATH        hotsock binary [default: target/release/hotsock]
-  --native PATH         native-echo binary [default: target/release/native-echo]
-  --handler PATH        the echo handler component hotsock serves and the
-                        instantiate micro-benchmark compiles
-                        [default: target/wasm32-wasip2/release/guest_handler.wasm]
-  --swap-handler PATH   the component swapped in during the hot swap
-                        [default: target/wasm32-wasip2/release/slow_echo.wasm]
-  --python PATH         Python 3 interpreter [default: python3]
-  --python-server PATH  the Python server [default: bench/python_echo_server.py]
-  --soak N              run only the soak instead: N idle connections held at
-                        once on each server (`make soak` holds 10000)
-  --fleet               run only the fleet bench instead (`make bench-fleet`):
-                        hotsock as one process, two with --reuse-port, three
-                        behind HAProxy; then a binary upgrade under load.
-                        Its --out defaults to target/bench-fleet, --rounds to 5
-  -h, --help            print this help
-
+/// What `--help` shows after the options.
+const AFTER_HELP: &str = "\
 Paths are relative to the current directory: run from the repository root.
 `make build` builds hotsock and the handlers; `cargo build --release -p
 hotsock-bench` builds this and native-echo.
@@ -125,56 +107,91 @@ HAProxy. Then once, behind HAProxy: SIGUSR2 to each process in turn under
 load, counting failed operations. HAProxy runs deploy/haproxy.cfg with its
 ports replaced. Writes OUT/fleet.json.
 
-Targets are reported with ✓ or ✗; a miss does not fail the run.
-";
+Targets are reported with ✓ or ✗; a miss does not fail the run.";
 
-/// The command line.
+/// hotsock against the same thread-per-connection echo server in plain Rust
+/// (native-echo) and in Python (socketserver.ThreadingTCPServer). Talks to
+/// 127.0.0.1 only. `make bench` builds everything and runs it.
+#[derive(Debug, Parser)]
+#[command(name = "hotsock-bench", after_help = AFTER_HELP)]
 struct Options {
+    /// where bench.json, swap.csv and the servers' stderr (logs/) go
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_OUT)]
     out: PathBuf,
+    /// rounds; each starts the three servers afresh and measures them in
+    /// turn, in an order that rotates from round to round; the table shows
+    /// medians, and the median of each round's ratios
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_ROUNDS, value_parser = at_least_one)]
     rounds: usize,
+    /// measured time of each throughput run, after a 0.5s warm-up: 3s,
+    /// 500ms, 1.5s
+    #[arg(long, value_name = "TIME", default_value = "1.5s", value_parser = duration)]
     duration: Duration,
+    #[command(flatten)]
     programs: Programs,
-    /// Run only the soak, with this many connections.
+    /// run only the soak instead: N idle connections held at once on each
+    /// server (`make soak` holds 10000)
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     soak: Option<usize>,
-    /// Run only the fleet bench.
+    /// run only the fleet bench instead (`make bench-fleet`): hotsock as one
+    /// process, two with --reuse-port, three behind HAProxy; then a binary
+    /// upgrade under load. Its --out defaults to target/bench-fleet,
+    /// --rounds to 5
+    #[arg(long, conflicts_with = "soak")]
     fleet: bool,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            out: "target/bench".into(),
-            // Many short rounds rather than a few long ones: on a shared
-            // machine the noise comes and goes over seconds, and the median
-            // of ten paired ratios rides it out better than that of five.
-            rounds: 10,
-            duration: Duration::from_millis(1500),
-            soak: None,
-            fleet: false,
-            programs: Programs {
-                hotsock: "target/release/hotsock".into(),
-                native: "target/release/native-echo".into(),
-                handler: "target/wasm32-wasip2/release/guest_handler.wasm".into(),
-                swap_handler: "target/wasm32-wasip2/release/slow_echo.wasm".into(),
-                python: "python3".into(),
-                python_server: "bench/python_echo_server.py".into(),
-            },
+impl Options {
+    /// Parses `args`, the program's name first. The fleet bench has
+    /// defaults of its own for `--out` and `--rounds`, unless they are given.
+    fn parse_args<I, T>(args: I) -> Result<Options, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Options::command().try_get_matches_from(args)?;
+        let mut options = Options::from_arg_matches(&matches)?;
+        if options.fleet {
+            let defaulted = |id| matches.value_source(id) == Some(ValueSource::DefaultValue);
+            if defaulted("out") {
+                options.out = fleet::DEFAULT_OUT.into();
+            }
+            if defaulted("rounds") {
+                options.rounds = fleet::DEFAULT_ROUNDS;
+            }
         }
+        Ok(options)
     }
 }
 
-fn main() -> ExitCode {
-    let options = match parse_options(std::env::args().skip(1)) {
-        Ok(Some(options)) => options,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("hotsock-bench: {e:#}; see `hotsock-bench --help`");
-            return ExitCode::from(2);
-        }
+/// `--rounds` and `--soak`: a whole number, at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    text.parse()
+        .ok()
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| "expected a whole number, at least 1".into())
+}
+
+/// `--duration`: `3s`, `500ms`, `1.5s`, `1m` (hotsock's
+/// [`parse_duration`]); a bare number is seconds. Above zero, and at most
+/// [`MAX_DURATION`].
+fn duration(text: &str) -> Result<Duration, String> {
+    let text = match text.trim().parse::<f64>() {
+        Ok(_) => format!("{}s", text.trim()),
+        Err(_) => text.to_string(),
     };
+    let duration: Duration = parse_duration(&text)?.into();
+    if duration.is_zero() || duration > MAX_DURATION {
+        return Err(format!(
+            "expected a time above zero and at most {}s, such as 3s or 500ms",
+            MAX_DURATION.as_secs()
+        ));
+    }
+    Ok(duration)
+}
+
+fn main() -> ExitCode {
+    let options = Options::parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
     match run(&options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -182,97 +199,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Parses the command line; `None` for `--help`.
-fn parse_options(mut args: impl Iterator<Item = String>) -> Result<Option<Options>> {
-    let mut options = Options::default();
-    // The fleet bench has defaults of its own, unless these are given.
-    let (mut out_given, mut rounds_given) = (false, false);
-    while let Some(arg) = args.next() {
-        if arg == "-h" || arg == "--help" {
-            return Ok(None);
-        }
-        let (name, inline) = match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => {
-                (name.to_string(), Some(value.to_string()))
-            }
-            _ => (arg.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .with_context(|| format!("{name} needs a value"))
-        };
-        let programs = &mut options.programs;
-        match name.as_str() {
-            "--out" => {
-                options.out = value()?.into();
-                out_given = true;
-            }
-            "--rounds" => {
-                rounds_given = true;
-                let text = value()?;
-                options.rounds = text.parse().ok().filter(|&n| n >= 1).with_context(|| {
-                    format!("--rounds {text}: expected a whole number, at least 1")
-                })?;
-            }
-            "--duration" => options.duration = parse_duration(&value()?)?,
-            "--hotsock" => programs.hotsock = value()?.into(),
-            "--native" => programs.native = value()?.into(),
-            "--handler" => programs.handler = value()?.into(),
-            "--swap-handler" => programs.swap_handler = value()?.into(),
-            "--python" => programs.python = value()?.into(),
-            "--python-server" => programs.python_server = value()?.into(),
-            "--soak" => {
-                let text = value()?;
-                options.soak = Some(text.parse().ok().filter(|&n| n >= 1).with_context(|| {
-                    format!("--soak {text}: expected a whole number of connections, at least 1")
-                })?);
-            }
-            "--fleet" if inline.is_none() => options.fleet = true,
-            _ => bail!("unknown option `{arg}`"),
-        }
-    }
-    if options.fleet {
-        ensure!(
-            options.soak.is_none(),
-            "--fleet and --soak are two runs: pick one"
-        );
-        if !out_given {
-            options.out = fleet::DEFAULT_OUT.into();
-        }
-        if !rounds_given {
-            options.rounds = fleet::DEFAULT_ROUNDS;
-        }
-    }
-    Ok(Some(options))
-}
-
-/// `3s`, `500ms`, `1.5s`, `1m`; a bare number is seconds.
-fn parse_duration(text: &str) -> Result<Duration> {
-    let (number, unit) = text
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map_or((text, "s"), |i| text.split_at(i));
-    let scale = match unit {
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" => 60.0,
-        _ => bail!("--duration {text}: the unit must be ms, s or m"),
-    };
-    let seconds = number
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .and_then(|n| Duration::try_from_secs_f64(n * scale).ok())
-        .filter(|d| !d.is_zero() && *d <= MAX_DURATION);
-    seconds.with_context(|| {
-        format!(
-            "--duration {text}: expected a time above zero and at most {}s, such as 3s or 500ms",
-            MAX_DURATION.as_secs()
-        )
-    })
 }
 
 /// Raises the open files limit as hotsock does: the bench holds 1000+
@@ -873,61 +799,107 @@ fn print_report(
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_duration, parse_options};
+    use super::{MAX_DURATION, Options, duration};
+    use std::path::PathBuf;
     use std::time::Duration;
+
+    /// The options `args` give, or clap's error as text.
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        let args = std::iter::once("hotsock-bench").chain(args.iter().copied());
+        Options::parse_args(args).map_err(|e| e.to_string())
+    }
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("3s").ok(), Some(Duration::from_secs(3)));
-        assert_eq!(
-            parse_duration("500ms").ok(),
-            Some(Duration::from_millis(500))
-        );
-        assert_eq!(
-            parse_duration("1.5").ok(),
-            Some(Duration::from_millis(1500))
-        );
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("3h").is_err());
-        assert!(parse_duration("-1s").is_err());
+        assert_eq!(duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(duration("10m"), Ok(MAX_DURATION));
+        assert!(duration("0s").is_err());
+        assert!(duration("3h").unwrap_err().contains("at most 600s"));
+        assert!(duration("-1s").is_err());
+        assert!(duration("soon").is_err());
     }
 
     #[test]
     fn options() {
-        let args = ["--rounds", "5", "--duration=2s", "--out", "x"].map(String::from);
-        let options = parse_options(args.into_iter()).ok().flatten();
-        let options = options.expect("valid options");
+        let options = parse(&["--rounds", "5", "--duration=2s", "--out", "x"]).unwrap();
         assert_eq!(options.rounds, 5);
         assert_eq!(options.duration, Duration::from_secs(2));
-        assert_eq!(options.out, std::path::PathBuf::from("x"));
-        assert!(parse_options(["--rounds", "0"].map(String::from).into_iter()).is_err());
-        assert!(parse_options(["--bogus"].map(String::from).into_iter()).is_err());
-        assert!(parse_options(["--help"].map(String::from).into_iter()).is_ok_and(|o| o.is_none()));
+        assert_eq!(options.out, PathBuf::from("x"));
+        assert!(
+            parse(&["--rounds", "0"])
+                .unwrap_err()
+                .contains("at least 1")
+        );
+        assert!(parse(&["--soak", "0"]).is_err());
+        assert!(parse(&["--duration", "0s"]).is_err());
+        assert!(parse(&["--bogus"]).is_err());
+        let help = Options::parse_args(["hotsock-bench", "--help"]).unwrap_err();
+        assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+    }
+
+    #[test]
+    fn defaults() {
+        let options = parse(&[]).unwrap();
+        assert_eq!(options.out, PathBuf::from("target/bench"));
+        assert_eq!(options.rounds, 10);
+        assert_eq!(options.duration, Duration::from_millis(1500));
+        assert_eq!(options.soak, None);
+        assert!(!options.fleet);
+        let programs = &options.programs;
+        assert_eq!(programs.hotsock, PathBuf::from("target/release/hotsock"));
+        assert_eq!(programs.native, PathBuf::from("target/release/native-echo"));
+        assert_eq!(
+            programs.handler,
+            PathBuf::from("target/wasm32-wasip2/release/guest_handler.wasm")
+        );
+        assert_eq!(
+            programs.swap_handler,
+            PathBuf::from("target/wasm32-wasip2/release/slow_echo.wasm")
+        );
+        assert_eq!(programs.python, PathBuf::from("python3"));
+        assert_eq!(
+            programs.python_server,
+            PathBuf::from("bench/python_echo_server.py")
+        );
+        assert_eq!(parse(&["--soak", "10000"]).unwrap().soak, Some(10000));
     }
 
     #[test]
     fn fleet_options() {
-        let parse = |args: &[&str]| {
-            parse_options(args.iter().map(|a| a.to_string()))
-                .ok()
-                .flatten()
-                .expect("valid options")
-        };
         // The fleet bench has its own defaults...
-        let options = parse(&["--fleet"]);
+        let options = parse(&["--fleet"]).unwrap();
         assert!(options.fleet);
         assert_eq!(options.rounds, super::fleet::DEFAULT_ROUNDS);
-        assert_eq!(
-            options.out,
-            std::path::PathBuf::from(super::fleet::DEFAULT_OUT)
-        );
+        assert_eq!(options.out, PathBuf::from(super::fleet::DEFAULT_OUT));
         // ... which the options given override, wherever they come.
-        let options = parse(&["--rounds", "2", "--fleet", "--out=y"]);
+        let options = parse(&["--rounds", "2", "--fleet", "--out=y"]).unwrap();
         assert_eq!(options.rounds, 2);
-        assert_eq!(options.out, std::path::PathBuf::from("y"));
-        assert!(!parse(&["--rounds", "2"]).fleet);
-        let both = ["--fleet", "--soak", "10"].map(String::from);
-        assert!(parse_options(both.into_iter()).is_err());
-        assert!(parse_options(["--fleet=1"].map(String::from).into_iter()).is_err());
+        assert_eq!(options.out, PathBuf::from("y"));
+        // Given as the main bench's defaults, they are still given.
+        let options = parse(&["--fleet", "--rounds", "10", "--out", "target/bench"]).unwrap();
+        assert_eq!(options.rounds, 10);
+        assert_eq!(options.out, PathBuf::from("target/bench"));
+        assert!(!parse(&["--rounds", "2"]).unwrap().fleet);
+        assert!(parse(&["--fleet", "--soak", "10"]).is_err());
+        assert!(parse(&["--fleet=1"]).is_err());
+    }
+
+    #[test]
+    fn the_help_says_what_the_fleet_defaults_are() {
+        let help = <Options as clap::CommandFactory>::command()
+            .render_help()
+            .to_string();
+        let fleet = format!(
+            "Its --out defaults to {}, --rounds to {}",
+            super::fleet::DEFAULT_OUT,
+            super::fleet::DEFAULT_ROUNDS
+        );
+        assert!(help.contains(&fleet), "{help}");
+        assert!(help.contains("[default: target/bench]"), "{help}");
+        assert!(help.contains("[default: 10]"), "{help}");
     }
 }

@@ -44,20 +44,44 @@ impl Kind {
     }
 }
 
-/// Where the servers and handlers are: the bench's command line.
-#[derive(Debug, Clone)]
+/// Where the servers and handlers are: the bench's command line, each path
+/// relative to the current directory (the repository root).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Programs {
-    /// The hotsock binary (release build).
+    /// hotsock binary
+    #[arg(long, value_name = "PATH", default_value = "target/release/hotsock")]
     pub hotsock: PathBuf,
-    /// The `native-echo` binary.
+    /// native-echo binary
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "target/release/native-echo"
+    )]
     pub native: PathBuf,
-    /// The handler hotsock serves: the default echo component.
+    /// the echo handler component hotsock serves and the instantiate
+    /// micro-benchmark compiles
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "target/wasm32-wasip2/release/guest_handler.wasm"
+    )]
     pub handler: PathBuf,
-    /// The handler swapped in during the hot swap scenario.
+    /// the component swapped in during the hot swap
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "target/wasm32-wasip2/release/slow_echo.wasm"
+    )]
     pub swap_handler: PathBuf,
-    /// The Python interpreter.
+    /// Python 3 interpreter
+    #[arg(long, value_name = "PATH", default_value = "python3")]
     pub python: PathBuf,
-    /// The Python server script.
+    /// the Python server
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "bench/python_echo_server.py"
+    )]
     pub python_server: PathBuf,
 }
 

@@ -90,7 +90,9 @@ impl Launch {
         self
     }
 
-    /// How many [`LISTENING`] lines to wait for: one per `--addr`.
+    /// How many [`LISTENING`] lines to wait for: one per `--addr`; none for
+    /// a program that announces nothing, such as HAProxy, which is then
+    /// running, not necessarily listening, when [`Launch::start`] returns.
     pub fn listeners(mut self, count: usize) -> Self {
         self.listeners = count;
         self

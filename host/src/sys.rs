@@ -8,7 +8,6 @@ use std::ffi::{CStr, c_void};
 use std::fs::File;
 use std::io::{self, Seek as _, SeekFrom, Write as _};
 use std::mem::MaybeUninit;
-use std::net::Shutdown;
 use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -64,24 +63,6 @@ pub fn thread_cpu_time() -> Duration {
 fn wall_clock_since_start() -> Duration {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed()
-}
-
-/// Shuts down one or both directions of the socket `fd`, which wakes a
-/// thread blocked reading or writing it. A failure (the peer already gone)
-/// leaves nothing to wake, so it is ignored.
-///
-/// # Safety
-///
-/// `fd` must be an open socket for the duration of the call: if it has been
-/// closed, the number may name an unrelated file opened since.
-pub unsafe fn shutdown(fd: RawFd, side: Shutdown) {
-    let how = match side {
-        Shutdown::Read => libc::SHUT_RD,
-        Shutdown::Write => libc::SHUT_WR,
-        Shutdown::Both => libc::SHUT_RDWR,
-    };
-    // SAFETY: the caller guarantees that `fd` is an open socket.
-    unsafe { libc::shutdown(fd, how) };
 }
 
 /// The effective user id of this process.

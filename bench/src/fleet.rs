@@ -742,15 +742,16 @@ impl Haproxy {
         let mut command = Command::new(binary);
         command.arg("-db").arg("-f").arg(config);
         let line = servers::command_line(&command);
+        // Gone with the bench, like the hotsock processes.
+        let die_with_us = || {
+            // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag on the
+            // calling process.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            Ok(())
+        };
         // SAFETY: the closure runs in the child between fork and exec, and
         // only makes one async-signal-safe system call.
-        unsafe {
-            // Gone with the bench, like the hotsock processes.
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        unsafe { command.pre_exec(die_with_us) };
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())

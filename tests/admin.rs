@@ -288,7 +288,8 @@ fn a_unix_socket_is_private_logged_and_removed_on_exit() {
         "{}",
         String::from_utf8_lossy(&swapped.stderr)
     );
-    let uid = unsafe { libc::geteuid() };
+    // `::hotsock`, the library: `hotsock` here is util's command builder.
+    let uid = ::hotsock::sys::effective_uid();
     server.wait_for_log(&[&format!("admin: swap by uid {uid} (pid "), " -> v2-"]);
     let status = server.admin_command("status").output().unwrap();
     assert!(String::from_utf8_lossy(&status.stdout).contains("current: v2-"));

@@ -53,19 +53,19 @@ fn a_low_open_file_limit_is_named_with_its_fix() {
     command
         .args(["serve", "--addr", "127.0.0.1:0", "--max-connections", "500"])
         .arg(wasm("guest_handler"));
+    let lower_limit = || {
+        let limit = libc::rlimit {
+            rlim_cur: 256,
+            rlim_max: 256,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        match unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    };
     // SAFETY: only async-signal-safe setrlimit between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 256,
-                rlim_max: 256,
-            };
-            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            }
-        });
-    }
+    unsafe { command.pre_exec(lower_limit) };
     let stderr = refused_at_start(&mut command);
     assert!(
         stderr.contains("564 open files, but the limit is 256 (raise it with `ulimit -n 564`"),
@@ -183,20 +183,15 @@ fn limit_address_space(pid: u32, bytes: Option<u64>) {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: prlimit reads and writes only the structs it is given.
-    unsafe {
-        assert_eq!(
-            libc::prlimit(pid as i32, libc::RLIMIT_AS, std::ptr::null(), &mut limit),
-            0
-        );
-        limit.rlim_cur = bytes.unwrap_or(libc::RLIM_INFINITY).min(limit.rlim_max);
-        assert_eq!(
-            libc::prlimit(pid as i32, libc::RLIMIT_AS, &limit, std::ptr::null_mut()),
-            0,
-            "prlimit: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    let pid = pid as libc::pid_t;
+    // SAFETY: prlimit only writes the struct it is given (no new limit).
+    let read = unsafe { libc::prlimit(pid, libc::RLIMIT_AS, std::ptr::null(), &mut limit) };
+    assert_eq!(read, 0);
+    limit.rlim_cur = bytes.unwrap_or(libc::RLIM_INFINITY).min(limit.rlim_max);
+    // SAFETY: prlimit only reads the struct it is given (the old limit is
+    // not asked for).
+    let set = unsafe { libc::prlimit(pid, libc::RLIMIT_AS, &limit, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
 #[test]

@@ -8,7 +8,6 @@ use std::ffi::{CStr, c_void};
 use std::fs::File;
 use std::io::{self, Seek as _, SeekFrom, Write as _};
 use std::mem::MaybeUninit;
-use std::net::Shutdown;
 use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -35,12 +34,11 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// that compile and validate handlers, which must not take CPU from serving.
 /// Best effort: if the system refuses, the thread keeps its priority.
 pub fn background_priority() {
-    // SAFETY: gettid and setpriority have no memory-safety preconditions; on
-    // Linux a thread id names just that thread.
-    unsafe {
-        let thread = libc::gettid() as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, thread, BACKGROUND_NICE);
-    }
+    // SAFETY: gettid has no preconditions and cannot fail.
+    let thread = unsafe { libc::gettid() } as libc::id_t;
+    // SAFETY: setpriority has no memory-safety preconditions; on Linux a
+    // thread id names just that thread.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, thread, BACKGROUND_NICE) };
 }
 
 /// The CPU time the calling thread has used.
@@ -64,24 +62,6 @@ pub fn thread_cpu_time() -> Duration {
 fn wall_clock_since_start() -> Duration {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed()
-}
-
-/// Shuts down one or both directions of the socket `fd`, which wakes a
-/// thread blocked reading or writing it. A failure (the peer already gone)
-/// leaves nothing to wake, so it is ignored.
-///
-/// # Safety
-///
-/// `fd` must be an open socket for the duration of the call: if it has been
-/// closed, the number may name an unrelated file opened since.
-pub unsafe fn shutdown(fd: RawFd, side: Shutdown) {
-    let how = match side {
-        Shutdown::Read => libc::SHUT_RD,
-        Shutdown::Write => libc::SHUT_WR,
-        Shutdown::Both => libc::SHUT_RDWR,
-    };
-    // SAFETY: the caller guarantees that `fd` is an open socket.
-    unsafe { libc::shutdown(fd, how) };
 }
 
 /// The effective user id of this process.
@@ -144,23 +124,25 @@ pub fn pass_fds(command: &mut Command, fds: &[BorrowedFd<'_>]) -> io::Result<()>
         .enumerate()
         .map(|(i, copy)| (copy.as_raw_fd(), FIRST_INHERITED_FD + i as RawFd))
         .collect();
-    // SAFETY: the closure runs in the child between fork and exec, where
-    // only async-signal-safe calls are allowed: dup2 is one, and `moves` was
-    // allocated before the fork. dup2 leaves the new descriptor without
-    // close-on-exec, so the program inherits it; the copies close at exec.
-    // The closure owns the copies, so they stay open for as long as
-    // `command` can start a process, and close with it.
-    unsafe {
-        command.pre_exec(move || {
-            let _still_open = &copies;
-            for &(from, to) in &moves {
-                if libc::dup2(from, to) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+    // dup2 leaves the new descriptor without close-on-exec, so the program
+    // inherits it; the copies close at exec. The closure owns the copies, so
+    // they stay open for as long as `command` can start a process, and close
+    // with it.
+    let move_into_place = move || {
+        let _still_open = &copies;
+        for &(from, to) in &moves {
+            // SAFETY: dup2 reads and writes no memory of ours; `from` is a
+            // copy this closure keeps open.
+            if unsafe { libc::dup2(from, to) } < 0 {
+                return Err(io::Error::last_os_error());
             }
-            Ok(())
-        });
-    }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: it makes only dup2 calls,
+    // and allocates nothing (`moves` was allocated before the fork).
+    unsafe { command.pre_exec(move_into_place) };
     Ok(())
 }
 
@@ -299,18 +281,25 @@ pub type Job = Box<dyn FnOnce() + Send + 'static>;
 /// error for the caller, never an abort.
 ///
 /// A panic in `job` ends only its thread; the panic hook has reported it.
-pub fn spawn_thread(name: &CStr, stack_size: usize, job: Job) -> io::Result<()> {
-    let job = Box::into_raw(Box::new(job));
-    let started = start_detached(name, stack_size + SIGNAL_STACK, job.cast());
+pub fn spawn_thread(name: &'static CStr, stack_size: usize, job: Job) -> io::Result<()> {
+    let start = Box::into_raw(Box::new(Start { name, job }));
+    let started = start_detached(stack_size + SIGNAL_STACK, start.cast());
     if started.is_err() {
-        // SAFETY: the thread was not created, so the job is still ours.
-        drop(unsafe { Box::from_raw(job) });
+        // SAFETY: the thread was not created, so `start` is still ours; it
+        // came from `Box::into_raw` just above.
+        drop(unsafe { Box::from_raw(start) });
     }
     started
 }
 
+/// What a thread from [`spawn_thread`] is handed: its name and its job.
+struct Start {
+    name: &'static CStr,
+    job: Job,
+}
+
 /// Creates the thread, detached, running [`thread_main`] on `arg`.
-fn start_detached(name: &CStr, stack: usize, arg: *mut c_void) -> io::Result<()> {
+fn start_detached(stack: usize, arg: *mut c_void) -> io::Result<()> {
     let os = |code: libc::c_int| match code {
         0 => Ok(()),
         code => Err(io::Error::from_raw_os_error(code)),
@@ -318,42 +307,44 @@ fn start_detached(name: &CStr, stack: usize, arg: *mut c_void) -> io::Result<()>
     let page = page_size();
     let stack = stack.max(libc::PTHREAD_STACK_MIN).next_multiple_of(page);
     let mut attr = MaybeUninit::<libc::pthread_attr_t>::uninit();
-    // SAFETY: each call gets a valid pointer to the attributes, initialised
-    // by the first and destroyed by the last; `thread_main` matches the
-    // signature pthread_create expects, and takes ownership of `arg`.
-    unsafe {
-        os(libc::pthread_attr_init(attr.as_mut_ptr()))?;
-        let created = os(libc::pthread_attr_setstacksize(attr.as_mut_ptr(), stack))
-            .and_then(|()| {
-                os(libc::pthread_attr_setdetachstate(
-                    attr.as_mut_ptr(),
-                    libc::PTHREAD_CREATE_DETACHED,
-                ))
-            })
-            .and_then(|()| {
-                let mut thread = MaybeUninit::<libc::pthread_t>::uninit();
-                os(libc::pthread_create(
-                    thread.as_mut_ptr(),
-                    attr.as_ptr(),
-                    thread_main,
-                    arg,
-                ))
-                .map(|()| thread.assume_init())
-            });
-        libc::pthread_attr_destroy(attr.as_mut_ptr());
-        // A name only helps `top -H` and debuggers: not worth failing over.
-        if let Ok(thread) = created {
-            libc::pthread_setname_np(thread, name.as_ptr());
-        }
-        created.map(drop)
-    }
+    // SAFETY: pthread_attr_init only initialises the attributes it is
+    // pointed at.
+    os(unsafe { libc::pthread_attr_init(attr.as_mut_ptr()) })?;
+    // Initialised from here until pthread_attr_destroy below.
+    let attr = attr.as_mut_ptr();
+    // SAFETY: `attr` points to initialised attributes.
+    let created = os(unsafe { libc::pthread_attr_setstacksize(attr, stack) })
+        .and_then(|()| {
+            let detached = libc::PTHREAD_CREATE_DETACHED;
+            // SAFETY: `attr` points to initialised attributes.
+            os(unsafe { libc::pthread_attr_setdetachstate(attr, detached) })
+        })
+        .and_then(|()| {
+            let mut thread = MaybeUninit::<libc::pthread_t>::uninit();
+            // SAFETY: `attr` points to initialised attributes and `thread`
+            // is ours to write; `thread_main` has the signature
+            // pthread_create expects, and takes ownership of `arg`.
+            os(unsafe { libc::pthread_create(thread.as_mut_ptr(), attr, thread_main, arg) })
+        });
+    // SAFETY: `attr` points to initialised attributes, not used after this
+    // (pthread_create copied what it needs).
+    unsafe { libc::pthread_attr_destroy(attr) };
+    created
 }
 
 /// The body of a thread from [`spawn_thread`]: installs the signal stack, runs
 /// the job, and keeps a panic from unwinding into C.
 extern "C" fn thread_main(arg: *mut c_void) -> *mut c_void {
-    // SAFETY: `spawn_thread` passed a leaked `Box<Job>` and gave up ownership.
-    let job = unsafe { Box::from_raw(arg.cast::<Job>()) };
+    // SAFETY: `spawn_thread` passed a leaked `Box<Start>` and gave up ownership.
+    let Start { name, job } = *unsafe { Box::from_raw(arg.cast::<Start>()) };
+    // The thread names itself: the id its creator gets back names a detached
+    // thread only until it ends, which may already have happened. A name only
+    // helps `top -H` and debuggers: not worth failing over.
+    // SAFETY: pthread_self has no preconditions and cannot fail.
+    let me = unsafe { libc::pthread_self() };
+    // SAFETY: `me` is the calling thread, alive for the call; `name` is a C
+    // string that lives forever, and the kernel copies it.
+    unsafe { libc::pthread_setname_np(me, name.as_ptr()) };
     let _signal_stack = SignalStack::install();
     // The panic hook has already reported a panic; the thread just ends.
     let _ = catch_unwind(AssertUnwindSafe(job));
@@ -371,17 +362,18 @@ impl SignalStack {
         let mut attr = MaybeUninit::<libc::pthread_attr_t>::uninit();
         let mut low: *mut c_void = ptr::null_mut();
         let mut size: libc::size_t = 0;
-        // SAFETY: pthread_getattr_np initialises the attributes for the
-        // calling thread, pthread_attr_getstack reads them into our two
-        // variables, and they are destroyed once read.
-        let found = unsafe {
-            if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
-                return None;
-            }
-            let found = libc::pthread_attr_getstack(attr.as_ptr(), &mut low, &mut size);
-            libc::pthread_attr_destroy(attr.as_mut_ptr());
-            found == 0
-        };
+        // SAFETY: pthread_self has no preconditions and cannot fail.
+        let me = unsafe { libc::pthread_self() };
+        // SAFETY: pthread_getattr_np only initialises the attributes it is
+        // pointed at, with those of the calling thread.
+        if unsafe { libc::pthread_getattr_np(me, attr.as_mut_ptr()) } != 0 {
+            return None;
+        }
+        // SAFETY: the attributes were initialised just above, and
+        // pthread_attr_getstack only writes our two variables.
+        let found = unsafe { libc::pthread_attr_getstack(attr.as_ptr(), &mut low, &mut size) } == 0;
+        // SAFETY: the attributes are initialised, and not used after this.
+        unsafe { libc::pthread_attr_destroy(attr.as_mut_ptr()) };
         // The lowest part of the stack, just above its guard page: the thread's
         // own frames start at the top and only reach it by overflowing the
         // `stack_size` they were given.

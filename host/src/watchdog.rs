@@ -9,10 +9,13 @@
 //! [`Deadline`] has passed, which wakes the blocked call. The connection then
 //! sees why in [`Watch::expired`]. Precision is one tick, a tenth of the
 //! shortest limit, between 10 ms and 1 s.
+//!
+//! The watchdog shares each watched socket (an [`Arc`] of it, no second
+//! descriptor), so the socket stays open while it is watched and shutting it
+//! down is plain `TcpStream::shutdown`.
 
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
@@ -131,7 +134,8 @@ struct Shared {
 
 /// What the watchdog knows of one connection.
 struct Watched {
-    fd: RawFd,
+    /// Shared with the connection: open as long as it is watched.
+    stream: Arc<TcpStream>,
     state: Arc<WatchState>,
     /// Ticks it may wait for its client.
     idle_ticks: u64,
@@ -178,11 +182,11 @@ impl Watchdog {
 
     /// Starts watching a connection's socket: cut off after waiting
     /// `idle_timeout` for its client, after `time_limit` in all, and when
-    /// `drain` passes. It is unwatched when the returned [`Watch`] is
-    /// dropped, which must happen before the socket is closed.
+    /// `drain` passes. It is unwatched, and the watchdog lets go of the
+    /// socket, when the returned [`Watch`] is dropped.
     pub fn watch(
         &self,
-        stream: &TcpStream,
+        stream: &Arc<TcpStream>,
         idle_timeout: Duration,
         time_limit: Option<Duration>,
         drain: Option<Arc<Deadline>>,
@@ -193,7 +197,7 @@ impl Watchdog {
         let tick = self.shared.tick;
         let ticks = |d: Duration| (d.as_nanos() / tick.as_nanos()).max(1) as u64;
         let watched = Watched {
-            fd: stream.as_raw_fd(),
+            stream: Arc::clone(stream),
             state: Arc::clone(&state),
             idle_ticks: ticks(idle_timeout),
             time_up: time_limit.map(|limit| now + ticks(limit)),
@@ -251,8 +255,7 @@ impl Shared {
 
 impl Watched {
     /// Cuts the connection off if its time is up, its deadline has passed,
-    /// or it has waited too long. Runs with the map locked, so the socket
-    /// cannot be closed meanwhile.
+    /// or it has waited too long.
     fn check(&self, now: u64, instant: Instant) {
         if self.state.expired.load(Ordering::Relaxed) != 0 {
             return;
@@ -277,9 +280,8 @@ impl Watched {
 
     fn cut(&self, why: Expiry, side: Shutdown) {
         self.state.expired.store(why.to_u8(), Ordering::Relaxed);
-        // SAFETY: the descriptor is open: a connection unwatches itself (under
-        // the lock held by our caller) before its socket is closed.
-        unsafe { sys::shutdown(self.fd, side) };
+        // A failure (the peer already gone) leaves nothing to wake.
+        let _ = self.stream.shutdown(side);
     }
 }
 
@@ -314,7 +316,11 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        self.shared.lock().remove(&self.key);
+        let watched = self.shared.lock().remove(&self.key);
+        // After the lock is released: if the connection has already let go
+        // of the socket, this closes it, which need not hold up every other
+        // connection's check.
+        drop(watched);
     }
 }
 
@@ -351,20 +357,20 @@ mod tests {
     use std::io::Read;
     use std::net::TcpListener;
 
-    fn pair() -> (TcpStream, TcpStream) {
+    fn pair() -> (Arc<TcpStream>, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        (listener.accept().unwrap().0, client)
+        (Arc::new(listener.accept().unwrap().0), client)
     }
 
     #[test]
     fn a_read_that_waits_too_long_is_woken_and_marked_idle() {
         let watchdog = Watchdog::start(Duration::from_millis(100)).unwrap();
-        let (mut server, _client) = pair();
+        let (server, _client) = pair();
         let watch = watchdog.watch(&server, Duration::from_millis(100), None, None);
         let started = Instant::now();
         let waiting = watch.waiting(Wait::Read);
-        let n = server.read(&mut [0; 16]).unwrap();
+        let n = (&*server).read(&mut [0; 16]).unwrap();
         drop(waiting);
         assert_eq!(n, 0, "the shut-down read ends like end of stream");
         assert_eq!(watch.expired(), Some(Expiry::Idle));
@@ -387,11 +393,11 @@ mod tests {
     #[test]
     fn the_time_limit_ends_a_busy_connection() {
         let watchdog = Watchdog::start(Duration::from_millis(100)).unwrap();
-        let (mut server, _client) = pair();
+        let (server, _client) = pair();
         let limit = Some(Duration::from_millis(100));
         let watch = watchdog.watch(&server, Duration::from_secs(60), limit, None);
         let _waiting = watch.waiting(Wait::Read);
-        assert_eq!(server.read(&mut [0; 16]).unwrap(), 0);
+        assert_eq!((&*server).read(&mut [0; 16]).unwrap(), 0);
         assert_eq!(watch.expired(), Some(Expiry::TimeUp));
         assert_eq!(watch.verdict().expired(), Some(Expiry::TimeUp));
     }
@@ -400,7 +406,7 @@ mod tests {
     fn a_deadline_ends_its_connections_once_set_and_passed() {
         let watchdog = Watchdog::start(Duration::from_millis(100)).unwrap();
         let deadline = Arc::new(Deadline::default());
-        let (mut server, _client) = pair();
+        let (server, _client) = pair();
         let drain = Some(Arc::clone(&deadline));
         let watch = watchdog.watch(&server, Duration::from_secs(60), None, drain);
         thread::sleep(Duration::from_millis(50));
@@ -408,8 +414,18 @@ mod tests {
         deadline.set(Instant::now() + Duration::from_secs(3600));
         deadline.clear();
         deadline.set(Instant::now() + Duration::from_millis(50));
-        assert_eq!(server.read(&mut [0; 16]).unwrap(), 0);
+        assert_eq!((&*server).read(&mut [0; 16]).unwrap(), 0);
         assert_eq!(watch.expired(), Some(Expiry::Drained));
+    }
+
+    #[test]
+    fn the_watchdog_holds_the_socket_until_unwatched() {
+        let watchdog = Watchdog::start(Duration::from_millis(100)).unwrap();
+        let (server, _client) = pair();
+        let watch = watchdog.watch(&server, Duration::from_secs(60), None, None);
+        assert_eq!(Arc::strong_count(&server), 2);
+        drop(watch);
+        assert_eq!(Arc::strong_count(&server), 1);
     }
 
     #[test]

@@ -167,14 +167,15 @@ impl Launch {
             }
         };
         if die_with_parent {
+            let die_with_us = || {
+                // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag on
+                // the calling process.
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+                Ok(())
+            };
             // SAFETY: the closure runs in the child between fork and exec,
             // and only makes one async-signal-safe system call.
-            unsafe {
-                command.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
+            unsafe { command.pre_exec(die_with_us) };
         }
         let mut child = command
             .stdin(Stdio::null())

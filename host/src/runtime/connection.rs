@@ -64,8 +64,8 @@ impl Traffic {
 pub struct Connection {
     id: u64,
     peer: SocketAddr,
-    /// The watchdog's hold on the socket. Declared before `stream` so that it
-    /// is dropped (unwatched) before the socket is closed.
+    /// The connection's registration with the watchdog, which shares the
+    /// socket until it is dropped.
     watch: Option<Watch>,
     /// Shared with its mailbox, if it joins a room; or a transcript.
     io: Io,
@@ -84,12 +84,12 @@ pub struct Connection {
 
 impl Connection {
     /// Wraps an accepted, blocking socket; `id` must be unique within the
-    /// process. With a `watch`, the watchdog's limits apply to it; its bytes
-    /// are counted in `traffic`; it may join `rooms`.
+    /// process. With a `watch` of the same socket, the watchdog's limits
+    /// apply to it; its bytes are counted in `traffic`; it may join `rooms`.
     pub fn new(
         id: u64,
         peer: SocketAddr,
-        stream: TcpStream,
+        stream: Arc<TcpStream>,
         watch: Option<Watch>,
         traffic: Arc<Traffic>,
         rooms: Arc<Rooms>,
@@ -98,7 +98,7 @@ impl Connection {
             id,
             peer,
             watch,
-            io: Io::Socket(Arc::new(stream)),
+            io: Io::Socket(stream),
             recorder: None,
             traffic,
             rooms,

@@ -19,6 +19,7 @@ use wasmtime::{
     WasmBacktraceDetails,
 };
 
+use crate::runtime::backtrace::MAX_BACKTRACE_FRAMES;
 use crate::runtime::bindings::{v0_1, v0_2};
 use crate::runtime::cache::CodeCache;
 use crate::runtime::console::Fields;
@@ -26,7 +27,6 @@ use crate::runtime::keyvalue::{Buckets, DEFAULT_MAX_BUCKET_BYTES};
 use crate::runtime::limits::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MEMORY, EPOCH_TICK, Limits, MAX_WASM_STACK,
 };
-use crate::runtime::outcome::MAX_BACKTRACE_FRAMES;
 use crate::runtime::record::{Inputs, Recording};
 use crate::runtime::store::{Capabilities, StoreData};
 use crate::sys;

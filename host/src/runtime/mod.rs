@@ -23,13 +23,16 @@
 //!   recording one (`--record`) and replaying one (`hotsock test`), clocks
 //!   and random numbers included.
 //! - `limits`: [`Limits`] and the defaults, applied to every store in one function.
-//! - `outcome`: [`Outcome`] and [`Fault`]: how a guest stopped, and whose fault it was.
+//! - `outcome`: [`Outcome`] and [`Fault`]: how a guest stopped, and whose fault it was;
+//!   `backtrace`: the guest's backtrace that comes with a fault, folded for a
+//!   plugin author to read.
 //! - `command`: [`run_command`], a WASI command as a program (`hotsock run`,
 //!   cargo's test runner for handler crates).
 //! - `cache`: compiled code on disk; `console`: guest stdout and stderr to the
 //!   log, and the [`Fields`] that tie log lines to a connection;
 //!   `bindings`: the `bindgen!` of both contract versions.
 
+mod backtrace;
 mod bindings;
 mod cache;
 mod command;

@@ -92,6 +92,8 @@ impl Conn {
         }
         log(Level::Info, format_args!("connected"));
         let started = Instant::now();
+        // Shared with the watchdog, which shuts it down when time is up.
+        let stream = Arc::new(stream);
         let watch = listener.watchdog().watch(
             &stream,
             rules.idle_timeout,

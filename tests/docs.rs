@@ -290,7 +290,10 @@ fn help() -> BTreeMap<String, BTreeSet<String>> {
     subcommands
         .into_iter()
         .map(|sub| {
-            let flags = long_flags(&run_help(&[&sub]));
+            // The options it defines, not those its prose mentions.
+            let help = run_help(&[&sub]);
+            let options = help.lines().filter(|l| l.trim_start().starts_with('-'));
+            let flags = long_flags(&options.collect::<Vec<_>>().join("\n"));
             (sub, flags)
         })
         .collect()

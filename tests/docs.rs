@@ -29,9 +29,9 @@
 //! - `toml,cargo`: a `Cargo.toml` fragment; it must parse as TOML.
 //! - anything else (`text`, `rust`, `python`, `json`, `yaml`) is not run.
 //!
-//! Beyond the blocks: every `--flag` the docs write in backticks or in a
-//! command must be in `hotsock SUBCOMMAND --help` (the named subcommand's
-//! own when there is one), every `key = value` in backticks must be a config
+//! Beyond the blocks: every `--flag` the docs write in backticks, in a
+//! command or in a `text` block must be in `hotsock SUBCOMMAND --help` (the
+//! named subcommand's own when there is one), every `key = value` in backticks must be a config
 //! key, every relative link must lead to a file (and an `#anchor` to a
 //! heading), and the README must link every page of docs/.
 //!
@@ -439,6 +439,10 @@ fn every_flag_and_config_key_the_docs_name_exists() {
             .collect::<Vec<_>>()
     };
     for block in blocks() {
+        if block.lang == "text" {
+            // Log lines and errors name options too: `(--idle-timeout)`.
+            problems.extend(check(&block.at(), None, long_flags(&block.body)));
+        }
         if block.lang != "console" {
             continue;
         }

@@ -1,6 +1,6 @@
 #!/bin/sh
 # A fleet on one machine: three hotsock processes behind HAProxy
-# (deploy/haproxy.cfg), to try what README "Scaling out" describes.
+# (deploy/haproxy.cfg), to try what docs/scaling.md describes.
 #
 #   deploy/fleet.sh start [HANDLER]   start the three, then HAProxy on 127.0.0.1:50007
 #   deploy/fleet.sh status            each process's handler versions and connections

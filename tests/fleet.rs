@@ -614,8 +614,8 @@ fn the_deploy_files_are_valid() {
             "{said}"
         );
     }
-    // The Kubernetes manifest, on paper: it parses, and has the parts the
-    // README describes.
+    // The Kubernetes manifest, on paper: it parses, and has the parts
+    // docs/scaling.md describes.
     let python = repo_root().join(".venv/bin/python");
     let parsed = Command::new(python)
         .arg("-c")

@@ -16,6 +16,7 @@ mod compile;
 mod concurrency;
 mod contract;
 mod crashes;
+mod docs;
 mod echo;
 mod fleet;
 mod guest_output;

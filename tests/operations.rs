@@ -561,3 +561,107 @@ fn sighup_rereads_the_config_and_a_bad_one_changes_nothing() {
         assert_eq!(ask(&mut server.connect(), "still v2\n"), "still v2");
     }
 }
+
+/// A copy of the component at `from`, written to `to` with a custom
+/// section appended: the same code, another sha256, so another version.
+fn variant(from: &Path, to: &Path, tag: &str) {
+    let mut bytes = std::fs::read(from).unwrap();
+    let payload = tag.as_bytes();
+    let size = 1 + payload.len() + payload.len();
+    assert!(payload.len() < 128 && size < 128, "one-byte LEB128 lengths");
+    bytes.extend([0, size as u8, payload.len() as u8]);
+    bytes.extend(payload);
+    bytes.extend(payload);
+    std::fs::write(to, bytes).unwrap();
+}
+
+#[test]
+fn reloads_under_load_never_serve_a_version_with_another_generations_settings() {
+    // Two generations, alternated by SIGHUP while clients connect: probe A
+    // granted GREETING=alpha, and probe B (the same code, another version)
+    // granted GREETING=beta. Each connection asks its handler for the
+    // variable; the log says which version served it.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.wasm"), dir.path().join("b.wasm"));
+    variant(&wasm("probe"), &a, "generation-a");
+    variant(&wasm("probe"), &b, "generation-b");
+    let write = |handler: &Path, greeting: &str| {
+        let text = format!(
+            "handler = \"{}\"\naddr = \"127.0.0.1:0\"\nmax-connections = 8\n\
+             env = {{ GREETING = \"{greeting}\" }}\n",
+            handler.display()
+        );
+        config(dir.path(), &text)
+    };
+    let path = write(&a, "alpha");
+    let server = Server::start_config(&path, 1, &["--log-format", "json"]);
+    let addr = server.addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut seen = Vec::new();
+                // Bounded: stops when told, or after 10,000 connections
+                // (at least ten seconds, paced as they are).
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && seen.len() < 10_000 {
+                    thread::sleep(Duration::from_millis(1));
+                    let mut client = connect(addr);
+                    let whoami = ask(&mut client, "whoami\n");
+                    let id: u64 = whoami.split(' ').next().unwrap().parse().unwrap();
+                    seen.push((id, ask(&mut client, "env GREETING\n")));
+                }
+                seen
+            })
+        })
+        .collect();
+    for round in 1..=40 {
+        let (handler, greeting) = match round % 2 {
+            1 => (&b, "beta"),
+            _ => (&a, "alpha"),
+        };
+        write(handler, greeting);
+        server.signal(SIGHUP);
+        let deadline = Instant::now() + TIMEOUT;
+        while server.log().matches("SIGHUP: re-read").count() < round {
+            assert!(Instant::now() < deadline, "no reload:\n{}", server.log());
+            thread::sleep(Duration::from_millis(1));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen: Vec<(u64, String)> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+
+    let sha = |path: &Path| hotsock::runtime::sha256_hex(&std::fs::read(path).unwrap());
+    let (sha_a, sha_b) = (sha(&a), sha(&b));
+    let log = server.log();
+    let versions: std::collections::HashMap<u64, String> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["message"] == "connected")
+        .map(|line| {
+            let version = line["version"].as_str().unwrap().to_string();
+            (line["conn"].as_u64().unwrap(), version)
+        })
+        .collect();
+    let mut served = [0, 0];
+    for (id, greeting) in &seen {
+        let version = &versions[id];
+        let prefix = version.split_once('-').unwrap().1;
+        let (expected, count) = match prefix {
+            p if sha_a.starts_with(p) => ("alpha", &mut served[0]),
+            p if sha_b.starts_with(p) => ("beta", &mut served[1]),
+            _ => panic!("conn {id}: version {version} is neither a nor b"),
+        };
+        assert_eq!(greeting, expected, "conn {id} on {version}");
+        *count += 1;
+    }
+    assert!(
+        served[0] > 0 && served[1] > 0,
+        "both generations served: {served:?}"
+    );
+    println!("connections served by generation a and b: {served:?}");
+}

@@ -22,6 +22,7 @@ mod fleet;
 mod guest_output;
 mod handlers;
 mod isolation;
+mod library;
 mod limits;
 mod operations;
 mod replay;

@@ -98,6 +98,9 @@ impl Plan {
             if named && table.addrs.as_ref().is_none_or(Vec::is_empty) {
                 bail!("{}: listener `{name}` has no `addr`", shown());
             }
+            if named && table.handler.is_none() {
+                bail!("{}: listener `{name}` has no `handler`", shown());
+            }
             let mut options = given.clone();
             options.merge(table);
             options.merge(top.clone());

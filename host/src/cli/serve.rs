@@ -20,6 +20,9 @@ use crate::cli::signals;
 /// Options of `hotsock serve`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
+Every option is also a --config key of the same name. Those under Process, Admin API and Cache
+are the whole process's (the file's top level); any other may be set per [[listener]] table too.
+The command line wins over a listener's table, which wins over the top level, then the default.
 Log verbosity follows RUST_LOG (default: info), e.g. RUST_LOG=warn.
 SIGINT or SIGTERM stops accepting and lets open connections finish; a second one exits at once.
 SIGHUP reloads HANDLER from its path, or re-reads --config; open connections finish on the version they started with.
@@ -55,7 +58,7 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
         .collect();
     let server = Server::start(plan.config, takeover)?;
     let control = server.control();
-    let reload = Reload {
+    let on_sighup = OnSighup {
         file: plan.file,
         given,
         default_cache,
@@ -64,7 +67,7 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
     };
     let on_change = Arc::clone(&control);
     let reloader = Reloader::spawn(
-        move || reload.signal(),
+        move || on_sighup.signal(),
         move |index| on_change.reload_handler(index, "--watch"),
     )?;
     // Kept alive for as long as the server runs: dropping one ends its watch.
@@ -85,7 +88,7 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
 
 /// What SIGHUP does: re-read the config file and apply it, all of it or
 /// nothing; without one, reload each handler from its file.
-struct Reload {
+struct OnSighup {
     file: Option<PathBuf>,
     given: ServeOptions,
     default_cache: Option<PathBuf>,
@@ -93,7 +96,7 @@ struct Reload {
     control: Arc<Control>,
 }
 
-impl Reload {
+impl OnSighup {
     fn signal(&self) {
         let Some(file) = &self.file else {
             return self.control.reload_handlers("SIGHUP");

@@ -18,7 +18,7 @@ use crate::cli::args::{CacheArgs, parse_bucket_name, parse_env};
 A transcript is what `hotsock serve --record DIR` writes for each connection, or what you \
 write by hand: `> bytes` the client sent, `< bytes` the handler wrote, with \\n, \\r, \\t, \\\\ \
 and \\xHH escapes; `wall`, `mono`, `random` lines are the clock readings and random bytes the \
-handler got, fed back in order so a reply that holds the time replays the same (README: \
+handler got, fed back in order so a reply that holds the time replays the same (docs/handlers.md: \
 \"Testing a handler\"). Exit status: 0 when every transcript replays as recorded, 1 otherwise.")]
 pub struct TestArgs {
     /// The handler component (.wasm or .cwasm) to test.

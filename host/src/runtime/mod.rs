@@ -5,32 +5,7 @@
 //! Nothing here knows about listening, accepting or handler versions: the
 //! server hands over an accepted [`Connection`] and gets an [`Outcome`] back.
 //!
-//! - `engine`: [`Runtime`], built once per process: engine, pool, linker, epoch
-//!   ticker; a [`Profile`] is what one listener's instances get.
-//! - `handler`: [`Handler`], one compiled and validated component, and
-//!   [`HandlerError`], every way a file can fail to be one.
-//! - `store`: the data of one store and the WASI it gets; [`Capabilities`]
-//!   it may be granted.
-//! - `contract`: the host functions of both contract versions (0.1.0 and
-//!   0.2.0), translating to the three below.
-//! - `connection`: [`Connection`], the client as the guest's resource.
-//! - `rooms`: [`Rooms`], a listener's named groups of connections, and each
-//!   member's mailbox.
-//! - `keyvalue`: [`Buckets`], the process's shared key-value store.
-//! - `outbound`: [`ConnectGrant`], where handlers may connect, and the check
-//!   that enforces it.
-//! - `transcript`: [`Transcript`], one connection written down; `record`:
-//!   recording one (`--record`) and replaying one (`hotsock test`), clocks
-//!   and random numbers included.
-//! - `limits`: [`Limits`] and the defaults, applied to every store in one function.
-//! - `outcome`: [`Outcome`] and [`Fault`]: how a guest stopped, and whose fault it was;
-//!   `backtrace`: the guest's backtrace that comes with a fault, folded for a
-//!   plugin author to read.
-//! - `command`: [`run_command`], a WASI command as a program (`hotsock run`,
-//!   cargo's test runner for handler crates).
-//! - `cache`: compiled code on disk; `console`: guest stdout and stderr to the
-//!   log, and the [`Fields`] that tie log lines to a connection;
-//!   `bindings`: the `bindgen!` of both contract versions.
+//! The module map, one line per file, is `docs/architecture.md`.
 
 mod backtrace;
 mod bindings;

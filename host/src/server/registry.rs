@@ -366,28 +366,16 @@ impl Registry {
         if self.current().sha256 == sha256 {
             return Ok(Swapped::Unchanged(self.current()));
         }
-        let started = Instant::now();
-        let compiled = compile(
-            &self.runtime,
-            &self.capacity,
-            &self.name,
-            &settings,
-            source.clone(),
-            bytes,
-        );
-        let handler = compiled.inspect_err(|_| {
-            self.swaps.rejected.fetch_add(1, Ordering::Relaxed);
-        })?;
+        let component = Component {
+            source,
+            bytes: bytes.into(),
+        };
+        let new = self.build(&settings, component)?;
         let staged = Staged {
             registry: self,
             _writer: writer,
             settings,
-            new: Some(New {
-                source,
-                component: bytes.into(),
-                compiled_in: started.elapsed(),
-                handler,
-            }),
+            new: Some(new),
             keep_previous: true,
         };
         Ok(staged.commit())
@@ -417,27 +405,10 @@ impl Registry {
         self.runtime.admits(&settings.profile)?;
         let component = component.filter(|c| sha256_hex(&c.bytes) != current.version.sha256);
         let new = match component {
-            Some(Component { source, bytes }) => {
-                let started = Instant::now();
-                let handler = compile(
-                    &self.runtime,
-                    &self.capacity,
-                    &self.name,
-                    &settings,
-                    source.clone(),
-                    &bytes,
-                )
-                .map_err(|e| {
-                    self.swaps.rejected.fetch_add(1, Ordering::Relaxed);
-                    anyhow::anyhow!("swap rejected ({}): {e}", e.reason())
-                })?;
-                Some(New {
-                    source,
-                    component: bytes,
-                    compiled_in: started.elapsed(),
-                    handler,
-                })
-            }
+            Some(component) => Some(
+                self.build(&settings, component)
+                    .map_err(|e| anyhow::anyhow!("swap rejected ({}): {e}", e.reason()))?,
+            ),
             None => {
                 current
                     .version
@@ -474,6 +445,34 @@ impl Registry {
             settings: Arc::new(settings),
             new,
             keep_previous,
+        })
+    }
+
+    /// Validates and compiles `component` to run under `settings`, timed for
+    /// the log; a rejection is counted.
+    fn build(
+        &self,
+        settings: &ListenerSettings,
+        component: Component,
+    ) -> Result<New, HandlerError> {
+        let Component { source, bytes } = component;
+        let started = Instant::now();
+        let compiled = compile(
+            &self.runtime,
+            &self.capacity,
+            &self.name,
+            settings,
+            source.clone(),
+            &bytes,
+        );
+        let handler = compiled.inspect_err(|_| {
+            self.swaps.rejected.fetch_add(1, Ordering::Relaxed);
+        })?;
+        Ok(New {
+            source,
+            component: bytes,
+            compiled_in: started.elapsed(),
+            handler,
         })
     }
 
@@ -536,7 +535,9 @@ impl Registry {
         let Some(limit) = pinned.settings().policy.rollback_on_traps else {
             return;
         };
-        if !pinned.on_probation || early_faults != limit {
+        // At the limit or past it: a fault that came while a change was under
+        // way (below) must not leave a bad version serving for good.
+        if !pinned.on_probation || early_faults < limit {
             return;
         }
         // A connection's thread never waits for a compile: while a swap or

@@ -777,3 +777,25 @@ fn proxy_options_are_checked_on_the_command_line() {
     assert!(!output.status.success());
     assert!(stderr.contains("did you mean 10.0.0.0/8?"), "{stderr}");
 }
+
+#[test]
+fn a_binary_upgrade_keeps_every_key_value_bucket() {
+    // The default store is a file in --state-dir, which the new process
+    // opens too: a counter goes on from where it was.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    let server = Server::start_with("kit", &["--keyvalue", "visits", "--state-dir", state]);
+    let mut client = server.connect();
+    assert_eq!(ask(&mut client, "incr visits n\n"), "value 1");
+    assert_eq!(ask(&mut client, "incr visits n\n"), "value 2");
+    drop(client);
+    let old = server.pid();
+    server.signal(libc::SIGUSR2);
+    let new = taken_over_by(&server);
+    let _reap = Reap(new);
+    assert_ne!(new, old);
+    // The old process stopped accepting: this one is the new one's.
+    let mut client = server.connect();
+    assert_eq!(ask(&mut client, "incr visits n\n"), "value 3");
+}

@@ -4,6 +4,7 @@
 
 use std::thread;
 
+use hotsock::runtime::KeyValueStore;
 use hotsock::server::{Config, Drain, ListenerConfig, ListenerSettings, Server, Takeover};
 
 use crate::util::{ask, connect, echo_line, wasm};
@@ -27,6 +28,7 @@ fn config(handler: &str, greeting: &str) -> Config {
         metrics: None,
         cache_dir: None,
         keyvalue_max_bytes: 1 << 20,
+        keyvalue_store: KeyValueStore::Memory,
     }
 }
 

@@ -29,4 +29,5 @@ mod replay;
 mod scaffold;
 mod scale;
 mod shutdown;
+mod state;
 mod swap;

@@ -59,6 +59,9 @@ pub struct Server {
     pub token: Option<String>,
     /// Holds the token file.
     _token_dir: Option<tempfile::TempDir>,
+    /// Its `--state-dir`, unless the test chose one: every server starts
+    /// with empty key-value buckets of its own.
+    _state_dir: tempfile::TempDir,
 }
 
 /// The token a test server's TCP admin API gets unless the test brings its own.
@@ -126,6 +129,8 @@ impl Server {
             cmd.arg(handler);
         }
         cmd.env("RUST_LOG", "info");
+        let state_dir = tempfile::tempdir().expect("a temporary directory");
+        cmd.env("STATE_DIRECTORY", state_dir.path());
         let process = must(
             Launch::new(cmd)
                 .listeners(listeners)
@@ -139,6 +144,7 @@ impl Server {
             admin: process.admin().cloned(),
             token,
             _token_dir: token_dir,
+            _state_dir: state_dir,
             process,
         }
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use hotsock::runtime::{HANDLER_EXPORT, Handler, Profile, Runtime, RuntimeConfig};
+use hotsock::runtime::{HANDLER_EXPORT, Handler, KeyValueStore, Profile, Runtime, RuntimeConfig};
 use hotsock::server::{Capacity, THREAD_MAPPINGS};
 
 use crate::cli::args::CacheArgs;
@@ -102,6 +102,8 @@ fn check_config(args: &CheckArgs, config: &std::path::Path) -> Result<()> {
         max_memory: served.max_memory(),
         cache_dir: args.cache.dir(),
         keyvalue_max_bytes: served.keyvalue_max_bytes,
+        // Checking opens no store: it would create the state it checks for.
+        keyvalue_store: KeyValueStore::Memory,
     })?;
     for listener in &served.listeners {
         let name = &listener.name;
@@ -120,6 +122,7 @@ fn check_config(args: &CheckArgs, config: &std::path::Path) -> Result<()> {
             handler.name()
         );
     }
+    println!("ok: key-value store {}", served.keyvalue_store);
     println!(
         "ok: {} is a config this hotsock can serve",
         config.display()

@@ -15,7 +15,7 @@ use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use hotsock::runtime::{Capabilities, Limits, Profile, Recording};
+use hotsock::runtime::{Capabilities, KeyValueStore, Limits, Profile, Recording};
 use hotsock::server::{
     ADMIN_SOCKET, AdminConfig, Config, DEFAULT_LISTENER, Drain, ListenerConfig, ListenerSettings,
     METRICS_SOCKET, Policy, Proxy, Rules,
@@ -147,11 +147,30 @@ impl Plan {
                 metrics: process.metrics,
                 cache_dir,
                 keyvalue_max_bytes: set(process.keyvalue_max_bytes, "keyvalue-max-bytes")?.0,
+                keyvalue_store: process.keyvalue_store.clone().unwrap_or_else(|| {
+                    KeyValueStore::in_state_dir(&state_dir(process.state_dir.clone()))
+                }),
             },
             log_format: set(process.log_format, "log-format")?,
         })
     }
 }
+
+/// `--state-dir`, else the first directory systemd's `StateDirectory=`
+/// names, else `.hotsock` in the working directory.
+fn state_dir(given: Option<PathBuf>) -> PathBuf {
+    let systemd = std::env::var_os("STATE_DIRECTORY").and_then(|dirs| {
+        let first = dirs.to_string_lossy().split(':').next().map(PathBuf::from);
+        first.filter(|dir| !dir.as_os_str().is_empty())
+    });
+    given
+        .or(systemd)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+/// Where state is kept without `--state-dir` or systemd's `STATE_DIRECTORY`:
+/// beside the server, like a working copy's `.git`.
+const DEFAULT_STATE_DIR: &str = ".hotsock";
 
 /// One listener's config, from its options merged whole.
 fn listener(options: ServeOptions, name: &str) -> Result<ListenerConfig> {

@@ -16,7 +16,7 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args, Command, FromArgMatches as _};
 use hotsock::runtime::{
     ConnectGrant, DEFAULT_CPU_BUDGET, DEFAULT_MAX_BUCKET_BYTES, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_MEMORY, DEFAULT_RECORD_MAX_BYTES, DEFAULT_ROOM_BACKLOG, Preopen,
+    DEFAULT_MAX_MEMORY, DEFAULT_RECORD_MAX_BYTES, DEFAULT_ROOM_BACKLOG, KeyValueStore, Preopen,
 };
 use hotsock::server::admin::DEFAULT_MAX_UPLOAD;
 use hotsock::server::http::Endpoint;
@@ -111,6 +111,22 @@ pub struct ServeOptions {
     /// or `increment` past it fails with an error saying so.
     #[arg(long, value_name = "SIZE", default_value = Size(DEFAULT_MAX_BUCKET_BYTES).to_string(), help_heading = PROCESS)]
     pub keyvalue_max_bytes: Option<Size>,
+
+    /// Where state that outlives the process is kept (the default key-value
+    /// store's file), created private to this user if missing. Every process
+    /// that should share that state (an upgrade's, --reuse-port pairs) uses
+    /// the same one. [default: $STATE_DIRECTORY when systemd sets it, else
+    /// .hotsock in the working directory]
+    #[arg(long, value_name = "DIR", help_heading = PROCESS)]
+    pub state_dir: Option<PathBuf>,
+
+    /// Where key-value buckets live: `sqlite:PATH`, a SQLite file that keeps
+    /// every acknowledged write across restarts, crashes and upgrades and is
+    /// shared by the processes on this machine that open it; or `memory:`,
+    /// this process's memory, gone when it exits. Cannot change on SIGHUP.
+    /// [default: sqlite:STATE_DIR/keyvalue.sqlite3]
+    #[arg(long, value_name = "URL", help_heading = PROCESS)]
+    pub keyvalue_store: Option<KeyValueStore>,
 
     /// Serve the admin API (status, swap, rollback over HTTP) on a Unix
     /// socket at this path (recommended: created private to this user,
@@ -326,11 +342,15 @@ impl ServeOptions {
             &mut self.record,
             &mut self.admin_token_file,
             &mut self.cache_dir,
+            &mut self.state_dir,
         ] {
             path.as_mut().map(at);
         }
         if let Some(Endpoint::Unix(path)) = &mut self.admin {
             at(path);
+        }
+        if let Some(store) = &mut self.keyvalue_store {
+            store.resolve(base);
         }
         for dirs in [&mut self.dirs, &mut self.dirs_rw].into_iter().flatten() {
             dirs.iter_mut().for_each(|dir| at(&mut dir.host));

@@ -11,8 +11,9 @@ use log::Level;
 use wasmtime::component::Resource;
 
 use crate::runtime::bindings::{v0_1, v0_2};
+use crate::runtime::bucket::KvError;
 use crate::runtime::connection::{Connection, IoError};
-use crate::runtime::keyvalue::{Bucket, KvError};
+use crate::runtime::keyvalue::Bucket;
 use crate::runtime::rooms::Refused;
 use crate::runtime::store::StoreData;
 
@@ -178,7 +179,10 @@ impl v0_2::wasi::keyvalue::store::Host for StoreData {
             );
             return Ok(Err(KvErrorCode::AccessDenied));
         }
-        let backend = self.buckets.open(&identifier);
+        let backend = match self.buckets.open(&identifier) {
+            Ok(backend) => backend,
+            Err(e) => return Ok(Err(kv_error(e))),
+        };
         let bucket = self.table.push(Bucket { backend })?;
         Ok(Ok(bucket))
     }

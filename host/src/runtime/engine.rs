@@ -23,7 +23,7 @@ use crate::runtime::backtrace::MAX_BACKTRACE_FRAMES;
 use crate::runtime::bindings::{v0_1, v0_2};
 use crate::runtime::cache::CodeCache;
 use crate::runtime::console::Fields;
-use crate::runtime::keyvalue::{Buckets, DEFAULT_MAX_BUCKET_BYTES};
+use crate::runtime::keyvalue::{Buckets, DEFAULT_MAX_BUCKET_BYTES, KeyValueStore};
 use crate::runtime::limits::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MEMORY, EPOCH_TICK, Limits, MAX_WASM_STACK,
 };
@@ -66,6 +66,8 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// Most bytes of keys and values one key-value bucket holds.
     pub keyvalue_max_bytes: usize,
+    /// Where key-value buckets live.
+    pub keyvalue_store: KeyValueStore,
 }
 
 impl Default for RuntimeConfig {
@@ -76,6 +78,7 @@ impl Default for RuntimeConfig {
             max_memory: DEFAULT_MAX_MEMORY,
             cache_dir: None,
             keyvalue_max_bytes: DEFAULT_MAX_BUCKET_BYTES,
+            keyvalue_store: KeyValueStore::Memory,
         }
     }
 }
@@ -128,7 +131,10 @@ impl Runtime {
             max_memory: settings.max_memory,
             trial_slot: Mutex::new(()),
             cache,
-            buckets: Arc::new(Buckets::new(settings.keyvalue_max_bytes)),
+            buckets: Arc::new(Buckets::new(
+                settings.keyvalue_max_bytes,
+                settings.keyvalue_store,
+            )),
             _ticker: ticker,
         })
     }
@@ -144,7 +150,8 @@ impl Runtime {
     }
 
     /// Checks that this runtime can run instances under `profile`: its
-    /// memory fits a pool slot, and its directories exist.
+    /// memory fits a pool slot, its directories exist, and the key-value
+    /// store opens if it grants a bucket.
     pub fn admits(&self, profile: &Profile) -> Result<()> {
         anyhow::ensure!(
             profile.limits.max_memory <= self.max_memory,
@@ -153,6 +160,9 @@ impl Runtime {
             crate::units::format_size(profile.limits.max_memory),
             crate::units::format_size(self.max_memory)
         );
+        if !profile.capabilities.keyvalue.is_empty() {
+            self.buckets.prepare().map_err(anyhow::Error::msg)?;
+        }
         profile.capabilities.check()
     }
 

@@ -5,178 +5,88 @@
 //!
 //! wasmtime-wasi-keyvalue's own in-memory host copies its map into each
 //! bucket a guest opens, which is one private map per connection; here a
-//! bucket is one [`Backend`] per name per process. Values live in memory
-//! ([`MemoryBucket`]); the trait is what a durable or shared store would
-//! implement instead.
+//! bucket is one [`Backend`] per name per process, in the store the operator
+//! chose ([`KeyValueStore`]): a SQLite file by default (`sqlite`), or this
+//! process's memory ([`MemoryBucket`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
+use crate::runtime::bucket::{Backend, KvError, MemoryBucket};
+use crate::runtime::sqlite::{SqliteBucket, SqliteStore};
 use crate::sys;
-
-/// Longest key, in bytes.
-pub const MAX_KEY: usize = 256;
-
-/// Largest value, in bytes.
-pub const MAX_VALUE: usize = 1 << 20;
 
 /// Default most bytes (keys plus values) one bucket holds:
 /// `--keyvalue-max-bytes`.
 pub const DEFAULT_MAX_BUCKET_BYTES: usize = 64 << 20;
 
-/// Most keys one `list-keys` call returns; the cursor gets the rest.
-const KEYS_PER_PAGE: usize = 1000;
+/// The file the default store keeps in the state directory.
+pub const KEYVALUE_FILE: &str = "keyvalue.sqlite3";
 
-/// Why an operation on a bucket failed: the contract's `other(...)`.
+/// Where key-value buckets live: `--keyvalue-store URL`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KvError(pub String);
-
-/// One page of keys, and where the next begins.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Keys {
-    /// Keys in this page, in order.
-    pub keys: Vec<String>,
-    /// Pass it back for the next page; `None` after the last.
-    pub cursor: Option<u64>,
+pub enum KeyValueStore {
+    /// `sqlite:PATH`: a SQLite file, durable, shared by the processes that
+    /// open it. The default is `keyvalue.sqlite3` in `--state-dir`.
+    Sqlite(PathBuf),
+    /// `memory:`: this process's memory, gone when it exits.
+    Memory,
 }
 
-/// What a bucket's storage does. Every call is atomic with respect to the
-/// others on the same bucket.
-pub trait Backend: Send + Sync + std::fmt::Debug {
-    /// The value of `key`, if it has one.
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError>;
-    /// Sets `key` to `value`.
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError>;
-    /// Removes `key`; removing a missing key is not an error.
-    fn delete(&self, key: &str) -> Result<(), KvError>;
-    /// Whether `key` has a value.
-    fn exists(&self, key: &str) -> Result<bool, KvError>;
-    /// A page of keys, from `cursor` (`None`: the first page).
-    fn list_keys(&self, cursor: Option<u64>) -> Result<Keys, KvError>;
-    /// Adds `delta` to the number in `key` (0 if it has none) and returns the
-    /// sum. The number is stored as decimal ASCII text, as wasmtime's own
-    /// keyvalue host does, so `get` of a counter returns e.g. `b"5"`.
-    fn increment(&self, key: &str, delta: u64) -> Result<u64, KvError>;
-}
+impl KeyValueStore {
+    /// The default store: [`KEYVALUE_FILE`] in `state_dir`.
+    pub fn in_state_dir(state_dir: &Path) -> Self {
+        KeyValueStore::Sqlite(state_dir.join(KEYVALUE_FILE))
+    }
 
-/// A bucket in this process's memory, with a size quota.
-#[derive(Debug)]
-pub struct MemoryBucket {
-    name: String,
-    max_bytes: usize,
-    map: Mutex<Contents>,
-}
-
-#[derive(Debug, Default)]
-struct Contents {
-    entries: BTreeMap<String, Vec<u8>>,
-    /// Keys plus values, in bytes.
-    bytes: usize,
-}
-
-impl MemoryBucket {
-    /// An empty bucket called `name` holding at most `max_bytes` of keys
-    /// and values.
-    pub fn new(name: &str, max_bytes: usize) -> Self {
-        MemoryBucket {
-            name: name.to_string(),
-            max_bytes,
-            map: Mutex::new(Contents::default()),
+    /// Makes a relative `sqlite:` path relative to `base`.
+    pub fn resolve(&mut self, base: &Path) {
+        if let KeyValueStore::Sqlite(path) = self
+            && path.is_relative()
+        {
+            *path = base.join(&*path);
         }
     }
+}
 
-    /// Stores `value` under `key`, within the quota.
-    fn put(&self, contents: &mut Contents, key: &str, value: Vec<u8>) -> Result<(), KvError> {
-        check_key(key)?;
-        if value.len() > MAX_VALUE {
-            return Err(KvError(format!(
-                "a value is at most {MAX_VALUE} bytes, not {}",
-                value.len()
-            )));
+impl FromStr for KeyValueStore {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.split_once(':') {
+            Some(("memory", "")) => Ok(KeyValueStore::Memory),
+            Some(("sqlite", "")) => {
+                Err("`sqlite:` needs a path, as in sqlite:state/kv.sqlite3".into())
+            }
+            Some(("sqlite", path)) => Ok(KeyValueStore::Sqlite(path.into())),
+            Some(("redis" | "rediss" | "unix", _)) => Err(format!(
+                "`{text}`: Redis key-value stores are not supported by this hotsock yet; use \
+                 sqlite:PATH (the default, under --state-dir) or memory:"
+            )),
+            _ => Err(format!(
+                "`{text}` is not a key-value store: use sqlite:PATH or memory:"
+            )),
         }
-        let old = contents.entries.get(key).map_or(0, |v| key.len() + v.len());
-        let bytes = contents.bytes - old + key.len() + value.len();
-        if bytes > self.max_bytes {
-            return Err(KvError(format!(
-                "bucket `{}` is full: this would make it {bytes} bytes, over its quota of {} \
-                 (--keyvalue-max-bytes)",
-                self.name, self.max_bytes
-            )));
-        }
-        contents.bytes = bytes;
-        contents.entries.insert(key.to_string(), value);
-        Ok(())
     }
 }
 
-fn check_key(key: &str) -> Result<(), KvError> {
-    if key.len() > MAX_KEY {
-        return Err(KvError(format!(
-            "a key is at most {MAX_KEY} bytes, not {}",
-            key.len()
-        )));
+impl fmt::Display for KeyValueStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyValueStore::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            KeyValueStore::Memory => f.write_str("memory:"),
+        }
     }
-    Ok(())
 }
 
-impl Backend for MemoryBucket {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(sys::lock(&self.map).entries.get(key).cloned())
-    }
-
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        let mut contents = sys::lock(&self.map);
-        self.put(&mut contents, key, value.to_vec())
-    }
-
-    fn delete(&self, key: &str) -> Result<(), KvError> {
-        let mut contents = sys::lock(&self.map);
-        if let Some(value) = contents.entries.remove(key) {
-            contents.bytes -= key.len() + value.len();
-        }
-        Ok(())
-    }
-
-    fn exists(&self, key: &str) -> Result<bool, KvError> {
-        Ok(sys::lock(&self.map).entries.contains_key(key))
-    }
-
-    fn list_keys(&self, cursor: Option<u64>) -> Result<Keys, KvError> {
-        // The cursor is a position in key order: a page boundary shifts if
-        // keys before it are added or removed meanwhile, as the contract allows.
-        let skip = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
-        let contents = sys::lock(&self.map);
-        let keys: Vec<String> = contents
-            .entries
-            .keys()
-            .skip(skip)
-            .take(KEYS_PER_PAGE)
-            .cloned()
-            .collect();
-        let next = skip + keys.len();
-        let cursor = (next < contents.entries.len()).then_some(next as u64);
-        Ok(Keys { keys, cursor })
-    }
-
-    fn increment(&self, key: &str, delta: u64) -> Result<u64, KvError> {
-        let mut contents = sys::lock(&self.map);
-        let current = match contents.entries.get(key) {
-            None => 0,
-            Some(value) => std::str::from_utf8(value)
-                .ok()
-                .and_then(|text| text.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    KvError(format!(
-                        "`{key}` holds something other than a number in decimal text; \
-                         increment only counts in keys it (or nothing) wrote"
-                    ))
-                })?,
-        };
-        let sum = current
-            .checked_add(delta)
-            .ok_or_else(|| KvError(format!("`{key}` would overflow a u64")))?;
-        self.put(&mut contents, key, sum.to_string().into_bytes())?;
-        Ok(sum)
+impl<'de> serde::Deserialize<'de> for KeyValueStore {
+    /// `"sqlite:PATH"` or `"memory:"`, as on the command line.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -184,6 +94,11 @@ impl Backend for MemoryBucket {
 #[derive(Debug)]
 pub struct Buckets {
     max_bytes: usize,
+    /// Where buckets live.
+    config: KeyValueStore,
+    /// The SQLite file, once opened: when a listener is first granted a
+    /// bucket, so that a server without any makes no state directory.
+    store: Mutex<Option<Arc<SqliteStore>>>,
     buckets: Mutex<HashMap<String, Arc<dyn Backend>>>,
     /// Names whose denial was logged already: a handler that tries an
     /// ungranted bucket on every connection is worth one warning, not one
@@ -192,13 +107,34 @@ pub struct Buckets {
 }
 
 impl Buckets {
-    /// No buckets yet; each will hold at most `max_bytes`.
-    pub fn new(max_bytes: usize) -> Self {
+    /// No buckets open yet; each will hold at most `max_bytes`, in `store`.
+    pub fn new(max_bytes: usize, store: KeyValueStore) -> Self {
         Buckets {
             max_bytes,
+            config: store,
+            store: Mutex::new(None),
             buckets: Mutex::new(HashMap::new()),
             denied: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Opens the store (a SQLite file is created if missing), unless it is
+    /// open already: called when a listener is granted a bucket, so that a
+    /// store that cannot be opened fails the start or the reload, with why.
+    pub fn prepare(&self) -> Result<(), String> {
+        self.sqlite().map(drop)
+    }
+
+    /// The SQLite store, opened on first use; `None` for memory.
+    fn sqlite(&self) -> Result<Option<Arc<SqliteStore>>, String> {
+        let KeyValueStore::Sqlite(path) = &self.config else {
+            return Ok(None);
+        };
+        let mut store = sys::lock(&self.store);
+        if store.is_none() {
+            *store = Some(Arc::new(SqliteStore::open(path)?));
+        }
+        Ok(store.clone())
     }
 
     /// Whether a denied open of `name` is the first: the one to warn about.
@@ -210,12 +146,17 @@ impl Buckets {
 
     /// The bucket called `name`, made empty if it is new. Whether the caller
     /// may open it is the caller's to check.
-    pub fn open(&self, name: &str) -> Arc<dyn Backend> {
+    pub fn open(&self, name: &str) -> Result<Arc<dyn Backend>, KvError> {
         let mut buckets = sys::lock(&self.buckets);
-        let bucket = buckets
-            .entry(name.to_string())
-            .or_insert_with(|| Arc::new(MemoryBucket::new(name, self.max_bytes)));
-        Arc::clone(bucket)
+        if let Some(bucket) = buckets.get(name) {
+            return Ok(Arc::clone(bucket));
+        }
+        let bucket: Arc<dyn Backend> = match self.sqlite().map_err(KvError)? {
+            None => Arc::new(MemoryBucket::new(name, self.max_bytes)),
+            Some(store) => Arc::new(SqliteBucket::new(store, name, self.max_bytes)),
+        };
+        buckets.insert(name.to_string(), Arc::clone(&bucket));
+        Ok(bucket)
     }
 }
 
@@ -231,60 +172,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counters_are_decimal_text_and_values_are_kept() {
-        let bucket = MemoryBucket::new("b", 1 << 20);
-        assert_eq!(bucket.increment("n", 2), Ok(2));
-        assert_eq!(bucket.increment("n", 3), Ok(5));
-        assert_eq!(bucket.get("n"), Ok(Some(b"5".to_vec())));
-        bucket.set("s", b"text").unwrap();
-        assert!(bucket.increment("s", 1).is_err());
-        assert!(bucket.exists("s").unwrap());
-        bucket.delete("s").unwrap();
-        assert!(!bucket.exists("s").unwrap());
-        bucket.set("max", u64::MAX.to_string().as_bytes()).unwrap();
-        assert!(bucket.increment("max", 1).is_err());
-    }
-
-    #[test]
-    fn quotas_hold() {
-        let bucket = MemoryBucket::new("b", 100);
-        assert!(bucket.set(&"k".repeat(MAX_KEY + 1), b"").is_err());
-        bucket.set("a", &[0; 90]).unwrap();
-        let full = bucket.set("b", &[0; 20]).unwrap_err();
-        assert!(full.0.contains("--keyvalue-max-bytes"), "{full:?}");
-        // Replacing a value counts only the difference.
-        bucket.set("a", &[0; 95]).unwrap();
-        bucket.delete("a").unwrap();
-        bucket.set("b", &[0; 90]).unwrap();
-        let big = MemoryBucket::new("big", usize::MAX);
-        assert!(big.set("v", &vec![0; MAX_VALUE + 1]).is_err());
-    }
-
-    #[test]
-    fn keys_come_in_pages() {
-        let bucket = MemoryBucket::new("b", usize::MAX);
-        for i in 0..2500 {
-            bucket.set(&format!("k{i:05}"), b"").unwrap();
-        }
-        let mut all = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = bucket.list_keys(cursor).unwrap();
-            all.extend(page.keys);
-            match page.cursor {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
-        assert_eq!(all.len(), 2500);
-        assert!(all.windows(2).all(|w| w[0] < w[1]));
-    }
-
-    #[test]
     fn a_bucket_is_one_per_name() {
-        let buckets = Buckets::new(1 << 20);
-        buckets.open("x").increment("n", 1).unwrap();
-        assert_eq!(buckets.open("x").get("n"), Ok(Some(b"1".to_vec())));
-        assert_eq!(buckets.open("y").get("n"), Ok(None));
+        let buckets = Buckets::new(1 << 20, KeyValueStore::Memory);
+        buckets.open("x").unwrap().increment("n", 1).unwrap();
+        assert_eq!(buckets.open("x").unwrap().get("n"), Ok(Some(b"1".to_vec())));
+        assert_eq!(buckets.open("y").unwrap().get("n"), Ok(None));
     }
 }

@@ -9,6 +9,7 @@
 
 mod backtrace;
 mod bindings;
+mod bucket;
 mod cache;
 mod command;
 mod connection;
@@ -22,9 +23,11 @@ mod outbound;
 mod outcome;
 mod record;
 mod rooms;
+mod sqlite;
 mod store;
 mod transcript;
 
+pub use bucket::{MAX_KEY, MAX_VALUE};
 pub use cache::{CACHE_DIR_ENV, CacheStats, default_dir as default_cache_dir};
 pub use command::run_command;
 pub use connection::{Connection, MAX_READ, Traffic};
@@ -34,7 +37,7 @@ pub use handler::{
     HANDLER_EXPORT, Handler, HandlerError, OLDER_HANDLER_EXPORTS, Problem, Served, read_component,
     sha256_hex,
 };
-pub use keyvalue::{Buckets, DEFAULT_MAX_BUCKET_BYTES, MAX_KEY, MAX_VALUE};
+pub use keyvalue::{Buckets, DEFAULT_MAX_BUCKET_BYTES, KEYVALUE_FILE, KeyValueStore};
 pub use limits::{
     DEFAULT_CPU_BUDGET, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MEMORY, GUEST_THREAD_STACK, Limits,
     MAX_WASM_STACK,

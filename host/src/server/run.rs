@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context as _, Result, anyhow, bail};
 use log::{info, warn};
 
-use crate::runtime::{self, Runtime, RuntimeConfig, read_component};
+use crate::runtime::{self, KeyValueStore, Runtime, RuntimeConfig, read_component};
 use crate::server::accept::{self, ADMIN_LISTENING, Acceptor, Bound, Drain, LISTENING, Stopper};
 use crate::server::admin;
 use crate::server::capacity::Capacity;
@@ -46,6 +46,9 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     /// Most bytes in each key-value bucket: for the whole process.
     pub keyvalue_max_bytes: usize,
+    /// Where key-value buckets live: for the whole process, fixed while it
+    /// runs.
+    pub keyvalue_store: KeyValueStore,
 }
 
 /// One listener of a [`Config`].
@@ -203,6 +206,7 @@ impl Server {
             max_memory: config.max_memory(),
             cache_dir: config.cache_dir.clone(),
             keyvalue_max_bytes: config.keyvalue_max_bytes,
+            keyvalue_store: config.keyvalue_store.clone(),
         })?);
         // Every handler is validated before anything binds, so a bad file
         // fails fast and a script never sees `listening on` for a server
@@ -234,6 +238,11 @@ impl Server {
             registries.push(Arc::new(
                 Registry::new(setup, source, &bytes).map_err(named)?,
             ));
+        }
+
+        let grants = |l: &ListenerConfig| !l.settings.profile.capabilities.keyvalue.is_empty();
+        if config.listeners.iter().any(grants) {
+            info!("key-value store: {}", config.keyvalue_store);
         }
 
         let mut announce = Vec::new();
@@ -452,6 +461,13 @@ impl Control {
                 "listeners cannot be added, removed, renamed, moved to other addresses or have \
                  reuse-port changed while serving: restart the server (or upgrade it, SIGUSR2) \
                  for that"
+            );
+        }
+        if next.keyvalue_store != current.keyvalue_store {
+            bail!(
+                "keyvalue-store cannot change from {} to {} while serving: restart to change it",
+                current.keyvalue_store,
+                next.keyvalue_store
             );
         }
         let mut staged = Vec::new();

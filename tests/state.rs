@@ -141,3 +141,54 @@ fn a_store_is_named_clearly_and_cannot_change_while_serving() {
     server.wait_for_log(&["not applied, nothing changed", "restart to change it"]);
     assert_eq!(visit(&server), "value 2");
 }
+
+#[test]
+fn hotsock_keyvalue_reads_and_mends_a_serving_servers_buckets() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let server = counter(&state);
+    assert_eq!(visit(&server), "value 1");
+    let keyvalue = |args: &[&str]| {
+        let output = hotsock()
+            .arg("keyvalue")
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code(), stdout, stderr)
+    };
+    assert_eq!(keyvalue(&["get", "visits", "n"]).1, "1\n");
+    // Atomic with the server: both count on the same file.
+    assert_eq!(keyvalue(&["increment", "visits", "n", "5"]).1, "6\n");
+    assert_eq!(visit(&server), "value 7");
+    assert_eq!(keyvalue(&["set", "visits", "greeting", "hello"]).0, Some(0));
+    assert_eq!(keyvalue(&["list", "visits"]).1, "greeting\nn\n");
+    assert_eq!(keyvalue(&["delete", "visits", "greeting"]).0, Some(0));
+    assert_eq!(keyvalue(&["list", "visits"]).1, "n\n");
+    let (code, _, error) = keyvalue(&["get", "visits", "nope"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        error.contains("bucket `visits` has no key `nope`"),
+        "{error}"
+    );
+
+    // Private to this user, database and log alike.
+    for file in ["keyvalue.sqlite3", "keyvalue.sqlite3-wal"] {
+        let metadata = state.join(file).metadata().unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions());
+        assert_eq!(mode & 0o077, 0, "{file}: {mode:o}");
+    }
+    let empty = dir.path().join("empty");
+    let error = error_of(
+        hotsock()
+            .arg("keyvalue")
+            .arg("--state-dir")
+            .arg(&empty)
+            .args(["list", "visits"]),
+    );
+    assert!(error.contains("there is no key-value store at"), "{error}");
+    assert!(!empty.exists(), "looking creates nothing");
+}

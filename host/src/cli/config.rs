@@ -147,13 +147,20 @@ impl Plan {
                 metrics: process.metrics,
                 cache_dir,
                 keyvalue_max_bytes: set(process.keyvalue_max_bytes, "keyvalue-max-bytes")?.0,
-                keyvalue_store: process.keyvalue_store.clone().unwrap_or_else(|| {
-                    KeyValueStore::in_state_dir(&state_dir(process.state_dir.clone()))
-                }),
+                keyvalue_store: keyvalue_store(
+                    process.keyvalue_store.clone(),
+                    process.state_dir.clone(),
+                ),
             },
             log_format: set(process.log_format, "log-format")?,
         })
     }
+}
+
+/// `--keyvalue-store` if given, else the default store in the state
+/// directory: `--state-dir`, else systemd's, else `.hotsock`.
+pub fn keyvalue_store(store: Option<KeyValueStore>, state_dir: Option<PathBuf>) -> KeyValueStore {
+    store.unwrap_or_else(|| KeyValueStore::in_state_dir(&self::state_dir(state_dir)))
 }
 
 /// `--state-dir`, else the first directory systemd's `StateDirectory=`

@@ -8,6 +8,7 @@ mod check;
 mod client;
 mod compile;
 mod config;
+mod keyvalue;
 mod logging;
 mod new;
 mod options;
@@ -41,6 +42,8 @@ pub enum Command {
     Status(admin::StatusArgs),
     /// Return a running server to its previous handler version (needs `serve --admin`).
     Rollback(admin::AdminArgs),
+    /// Read and mend key-value buckets in a server's store: list, get, set, delete, increment.
+    Keyvalue(keyvalue::KeyValueArgs),
     /// Precompile a handler to native code (.cwasm), which `serve` and `swap` load without compiling.
     Compile(compile::CompileArgs),
     /// Talk to a line-based server: send each line typed (or piped in), print whatever the server sends.
@@ -69,6 +72,7 @@ pub fn run(command: Command, matches: &ArgMatches) -> Result<()> {
         Command::Status(args) => admin::status(&args),
         Command::Rollback(args) => admin::rollback(&args),
         Command::Compile(args) => compile::run(&args),
+        Command::Keyvalue(args) => keyvalue::run(&args),
         Command::Client(args) => client::run(&args),
         Command::New(args) => new::run(&args),
         Command::Test(args) => test::run(&args),

@@ -27,7 +27,7 @@ mod sqlite;
 mod store;
 mod transcript;
 
-pub use bucket::{MAX_KEY, MAX_VALUE};
+pub use bucket::{Backend, Keys, KvError, MAX_KEY, MAX_VALUE};
 pub use cache::{CACHE_DIR_ENV, CacheStats, default_dir as default_cache_dir};
 pub use command::run_command;
 pub use connection::{Connection, MAX_READ, Traffic};

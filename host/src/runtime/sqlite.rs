@@ -43,6 +43,10 @@ impl SqliteStore {
                 )
             })?;
         }
+        // Made private before SQLite opens it: SQLite gives its log files
+        // the same permissions as the database's.
+        create_private_file(path)
+            .map_err(|e| format!("cannot create the key-value store {}: {e}", path.display()))?;
         let conn = Connection::open(path).map_err(fail)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
         // WAL: readers never wait for the writer, and two processes share
@@ -89,6 +93,20 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
             .recursive(true)
             .mode(0o700)
             .create(dir),
+    }
+}
+
+/// Creates `path` empty and readable by this user only, unless it exists.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other.map(drop),
     }
 }
 

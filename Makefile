@@ -39,7 +39,7 @@ PYYAML_STAMP              := $(VENV)/.pyyaml-$(PYYAML_VERSION)
 # Debian packages the tests run as real components, as COMMAND:PACKAGE:
 # HAProxy in front of a fleet, systemd's socket activator and unit checker,
 # and curl, which the docs' admin API and metrics examples use (tests/docs.rs).
-SYSTEM_PACKAGES := haproxy:haproxy systemd-socket-activate:systemd systemd-analyze:systemd curl:curl
+SYSTEM_PACKAGES := haproxy:haproxy systemd-socket-activate:systemd systemd-analyze:systemd redis-server:redis-server curl:curl
 
 # `make bench` plots the hot swap with matplotlib, in the same .venv.
 MATPLOTLIB_VERSION := 3.11.2

@@ -25,6 +25,7 @@ mod isolation;
 mod library;
 mod limits;
 mod operations;
+mod redis;
 mod replay;
 mod scaffold;
 mod scale;

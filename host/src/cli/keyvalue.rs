@@ -23,7 +23,8 @@ pub struct KeyValueArgs {
     #[command(subcommand)]
     pub action: Action,
 
-    /// The store: `sqlite:PATH` (`memory:` holds nothing outside a server).
+    /// The store: `sqlite:PATH`, `redis://HOST:PORT[/DB]` or
+    /// `unix:///PATH/TO/redis.sock` (`memory:` holds nothing outside a server).
     #[arg(long, value_name = "URL", global = true, conflicts_with = "config")]
     pub keyvalue_store: Option<KeyValueStore>,
 
@@ -93,15 +94,17 @@ pub fn run(args: &KeyValueArgs) -> Result<()> {
             (store, DEFAULT_MAX_BUCKET_BYTES)
         }
     };
-    let KeyValueStore::Sqlite(path) = &store else {
-        bail!("{store} holds nothing outside the server it belongs to: give a sqlite:PATH store");
-    };
-    if !path.is_file() {
-        bail!(
+    match &store {
+        KeyValueStore::Memory => bail!(
+            "{store} holds nothing outside the server it belongs to: give a sqlite:PATH or Redis \
+             store"
+        ),
+        KeyValueStore::Sqlite(path) if !path.is_file() => bail!(
             "there is no key-value store at {}: no server has used it yet (or give --state-dir, \
              --keyvalue-store or --config as serve was given them)",
             path.display()
-        );
+        ),
+        KeyValueStore::Sqlite(_) | KeyValueStore::Redis(_) => {}
     }
     let buckets = Buckets::new(max_bytes, store.clone());
     let kv = |e: hotsock::runtime::KvError| anyhow!("{}", e.0);

@@ -122,8 +122,10 @@ pub struct ServeOptions {
 
     /// Where key-value buckets live: `sqlite:PATH`, a SQLite file that keeps
     /// every acknowledged write across restarts, crashes and upgrades and is
-    /// shared by the processes on this machine that open it; or `memory:`,
-    /// this process's memory, gone when it exits. Cannot change on SIGHUP.
+    /// shared by the processes on this machine that open it;
+    /// `redis://HOST:PORT[/DB]` or `unix:///PATH/TO/redis.sock`, a Redis 7
+    /// (or Valkey) server shared by a fleet; or `memory:`, this process's
+    /// memory, gone when it exits. Cannot change on SIGHUP.
     /// [default: sqlite:STATE_DIR/keyvalue.sqlite3]
     #[arg(long, value_name = "URL", help_heading = PROCESS)]
     pub keyvalue_store: Option<KeyValueStore>,

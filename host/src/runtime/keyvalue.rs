@@ -16,6 +16,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use crate::runtime::bucket::{Backend, KvError, MemoryBucket};
+use crate::runtime::redis_store::{RedisBucket, RedisStore};
 use crate::runtime::sqlite::{SqliteBucket, SqliteStore};
 use crate::sys;
 
@@ -32,6 +33,9 @@ pub enum KeyValueStore {
     /// `sqlite:PATH`: a SQLite file, durable, shared by the processes that
     /// open it. The default is `keyvalue.sqlite3` in `--state-dir`.
     Sqlite(PathBuf),
+    /// `redis://HOST:PORT[/DB]` or `unix:///PATH/TO/redis.sock`: a Redis
+    /// (or Valkey) server, shared by every process that names it.
+    Redis(String),
     /// `memory:`: this process's memory, gone when it exits.
     Memory,
 }
@@ -62,12 +66,12 @@ impl FromStr for KeyValueStore {
                 Err("`sqlite:` needs a path, as in sqlite:state/kv.sqlite3".into())
             }
             Some(("sqlite", path)) => Ok(KeyValueStore::Sqlite(path.into())),
-            Some(("redis" | "rediss" | "unix", _)) => Err(format!(
-                "`{text}`: Redis key-value stores are not supported by this hotsock yet; use \
-                 sqlite:PATH (the default, under --state-dir) or memory:"
-            )),
+            Some(("redis" | "unix", rest)) if rest.starts_with("//") => {
+                Ok(KeyValueStore::Redis(text.to_string()))
+            }
             _ => Err(format!(
-                "`{text}` is not a key-value store: use sqlite:PATH or memory:"
+                "`{text}` is not a key-value store: use sqlite:PATH, redis://HOST:PORT[/DB], \
+                 unix:///PATH/TO/redis.sock or memory:"
             )),
         }
     }
@@ -77,6 +81,7 @@ impl fmt::Display for KeyValueStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeyValueStore::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            KeyValueStore::Redis(url) => f.write_str(url),
             KeyValueStore::Memory => f.write_str("memory:"),
         }
     }
@@ -96,9 +101,10 @@ pub struct Buckets {
     max_bytes: usize,
     /// Where buckets live.
     config: KeyValueStore,
-    /// The SQLite file, once opened: when a listener is first granted a
-    /// bucket, so that a server without any makes no state directory.
-    store: Mutex<Option<Arc<SqliteStore>>>,
+    /// The store, once opened: when a listener is first granted a bucket,
+    /// so that a server without any makes no state directory and needs no
+    /// Redis.
+    store: Mutex<Option<Opened>>,
     buckets: Mutex<HashMap<String, Arc<dyn Backend>>>,
     /// Names whose denial was logged already: a handler that tries an
     /// ungranted bucket on every connection is worth one warning, not one
@@ -122,17 +128,20 @@ impl Buckets {
     /// open already: called when a listener is granted a bucket, so that a
     /// store that cannot be opened fails the start or the reload, with why.
     pub fn prepare(&self) -> Result<(), String> {
-        self.sqlite().map(drop)
+        self.opened().map(drop)
     }
 
-    /// The SQLite store, opened on first use; `None` for memory.
-    fn sqlite(&self) -> Result<Option<Arc<SqliteStore>>, String> {
-        let KeyValueStore::Sqlite(path) = &self.config else {
-            return Ok(None);
-        };
+    /// The store, opened on first use; `None` for memory.
+    fn opened(&self) -> Result<Option<Opened>, String> {
         let mut store = sys::lock(&self.store);
         if store.is_none() {
-            *store = Some(Arc::new(SqliteStore::open(path)?));
+            *store = match &self.config {
+                KeyValueStore::Memory => return Ok(None),
+                KeyValueStore::Sqlite(path) => {
+                    Some(Opened::Sqlite(Arc::new(SqliteStore::open(path)?)))
+                }
+                KeyValueStore::Redis(url) => Some(Opened::Redis(Arc::new(RedisStore::open(url)?))),
+            };
         }
         Ok(store.clone())
     }
@@ -151,13 +160,22 @@ impl Buckets {
         if let Some(bucket) = buckets.get(name) {
             return Ok(Arc::clone(bucket));
         }
-        let bucket: Arc<dyn Backend> = match self.sqlite().map_err(KvError)? {
-            None => Arc::new(MemoryBucket::new(name, self.max_bytes)),
-            Some(store) => Arc::new(SqliteBucket::new(store, name, self.max_bytes)),
+        let max = self.max_bytes;
+        let bucket: Arc<dyn Backend> = match self.opened().map_err(KvError)? {
+            None => Arc::new(MemoryBucket::new(name, max)),
+            Some(Opened::Sqlite(store)) => Arc::new(SqliteBucket::new(store, name, max)),
+            Some(Opened::Redis(store)) => Arc::new(RedisBucket::new(store, name, max)),
         };
         buckets.insert(name.to_string(), Arc::clone(&bucket));
         Ok(bucket)
     }
+}
+
+/// A store that is not memory, once open.
+#[derive(Debug, Clone)]
+enum Opened {
+    Sqlite(Arc<SqliteStore>),
+    Redis(Arc<RedisStore>),
 }
 
 /// An open bucket, as the guest's `bucket` resource.
@@ -170,6 +188,22 @@ pub struct Bucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stores_read_and_print_as_urls() {
+        for text in [
+            "memory:",
+            "sqlite:state/kv.sqlite3",
+            "redis://10.0.0.7:6379/2",
+            "unix:///run/redis.sock",
+        ] {
+            let store: KeyValueStore = text.parse().unwrap();
+            assert_eq!(store.to_string(), text);
+        }
+        for bad in ["sqlite:", "redis:host", "leveldb:x", "memory"] {
+            assert!(bad.parse::<KeyValueStore>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn a_bucket_is_one_per_name() {

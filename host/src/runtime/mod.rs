@@ -22,6 +22,7 @@ mod limits;
 mod outbound;
 mod outcome;
 mod record;
+mod redis_store;
 mod rooms;
 mod sqlite;
 mod store;

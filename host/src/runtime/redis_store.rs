@@ -1,0 +1,383 @@
+//! Key-value buckets in Redis 7 (or Valkey): `--keyvalue-store
+//! redis://HOST:PORT[/DB]` or `unix:///PATH/TO/redis.sock`, shared by every
+//! process of a fleet that names the same server.
+//!
+//! A bucket's keys are `hotsock:kv:LEN:BUCKET:KEY` (the bucket name's
+//! length first, so that no bucket's keys can be read as another's), and its
+//! size in bytes is `hotsock:kvsize:LEN:BUCKET`. Every write is one Lua
+//! script, so the size, the quota and the write are one atomic step for
+//! every process on the server; `increment` is Redis's own `INCRBY`, so a
+//! counter is decimal text as in every other store.
+//!
+//! Every call has [`TIMEOUT`] to connect, send and answer. A call that fails
+//! is never retried: one that failed after it was sent may or may not have
+//! been applied, and its error says so rather than apply it twice. The next
+//! call connects afresh.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use log::warn;
+use redis::{Client, Connection, RedisError, Script};
+
+use crate::runtime::bucket::{Backend, Keys, KvError, check_key, check_value, quota_error};
+use crate::sys;
+
+/// Longest a call to Redis may take, connecting included: a stopped or
+/// unreachable Redis costs a handler an error, never a hung connection.
+pub const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most keys `SCAN` is asked to look at per call when listing.
+const SCAN_COUNT: usize = 1000;
+
+/// Sets a key within the bucket's quota. KEYS: the key, the bucket's size.
+/// ARGV: the value, the key's length, the quota. The new size, or -1.
+const SET: &str = r"
+local old = redis.call('STRLEN', KEYS[1])
+local had = redis.call('EXISTS', KEYS[1])
+local size = tonumber(redis.call('GET', KEYS[2]) or '0')
+local klen = tonumber(ARGV[2])
+if had == 1 then size = size - klen - old end
+local new = size + klen + string.len(ARGV[1])
+if new > tonumber(ARGV[3]) then return -1 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], new)
+return new
+";
+
+/// Deletes a key and takes it off the bucket's size. KEYS: the key, the
+/// size. ARGV: the key's length.
+const DELETE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local gone = tonumber(ARGV[1]) + redis.call('STRLEN', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  local size = tonumber(redis.call('GET', KEYS[2]) or '0') - gone
+  if size < 0 then size = 0 end
+  redis.call('SET', KEYS[2], size)
+end
+return 0
+";
+
+/// Adds to a counter within the quota. KEYS: the key, the size. ARGV: the
+/// delta, the key's length, the quota. `{size, sum}` with the sum as text
+/// (Lua numbers would round it), or `{-1, sum}` over the quota (undone), or
+/// `{-2, ''}` when the key holds something else than a counter.
+const INCREMENT: &str = r"
+local had = redis.call('EXISTS', KEYS[1])
+local old = 0
+if had == 1 then
+  local current = redis.call('GET', KEYS[1])
+  if not string.match(current, '^%d+$') then return {-2, ''} end
+  old = string.len(current)
+end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+local sum = redis.call('GET', KEYS[1])
+local klen = tonumber(ARGV[2])
+local size = tonumber(redis.call('GET', KEYS[2]) or '0')
+if had == 1 then size = size - klen - old end
+local new = size + klen + string.len(sum)
+if new > tonumber(ARGV[3]) then
+  if had == 1 then redis.call('DECRBY', KEYS[1], ARGV[1]) else redis.call('DEL', KEYS[1]) end
+  return {-1, sum}
+end
+redis.call('SET', KEYS[2], new)
+return {new, sum}
+";
+
+/// A Redis server holding every bucket of this process (and of every
+/// process that names it).
+pub struct RedisStore {
+    url: String,
+    client: Client,
+    /// One connection, used one call at a time; `None` after a failure, so
+    /// that the next call connects afresh.
+    conn: Mutex<Option<Connection>>,
+    set: Script,
+    delete: Script,
+    increment: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Connects to the Redis at `url` and checks it answers; warns when its
+    /// settings would lose acknowledged writes.
+    pub fn open(url: &str) -> Result<Self, String> {
+        let client =
+            Client::open(url).map_err(|e| format!("`{url}` is not a Redis address: {e}"))?;
+        let store = RedisStore {
+            url: url.to_string(),
+            client,
+            conn: Mutex::new(None),
+            set: Script::new(SET),
+            delete: Script::new(DELETE),
+            increment: Script::new(INCREMENT),
+        };
+        let settings = store
+            .call(|conn| {
+                let append: Vec<String> = redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("appendonly")
+                    .query(conn)?;
+                let policy: Vec<String> = redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query(conn)?;
+                Ok((append, policy))
+            })
+            .map_err(|e| e.0);
+        match settings {
+            Ok((append, policy)) => {
+                if append.get(1).is_some_and(|v| v != "yes") {
+                    warn!(
+                        "key-value store {url}: appendonly is off, so Redis loses what it \
+                         acknowledged since its last snapshot when it stops: set `appendonly yes`"
+                    );
+                }
+                if let Some(policy) = policy.get(1).filter(|p| *p != "noeviction") {
+                    warn!(
+                        "key-value store {url}: maxmemory-policy is {policy}, so Redis may evict \
+                         buckets' keys when full: set `maxmemory-policy noeviction`"
+                    );
+                }
+                Ok(store)
+            }
+            // CONFIG can be renamed away on managed servers: check it answers.
+            Err(why) if why.contains("unknown command") || why.contains("NOPERM") => {
+                store
+                    .call(|conn| redis::cmd("PING").query::<String>(conn))
+                    .map_err(|e| e.0)?;
+                warn!(
+                    "key-value store {url}: cannot read its settings ({why}); make sure appendonly is on and nothing is evicted"
+                );
+                Ok(store)
+            }
+            Err(why) => Err(why),
+        }
+    }
+
+    /// Runs `call` on the connection, connecting first if there is none.
+    /// A failure drops the connection, and is never retried.
+    fn call<T>(
+        &self,
+        call: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
+    ) -> Result<T, KvError> {
+        let mut slot = sys::lock(&self.conn);
+        let conn = match slot.as_mut() {
+            Some(conn) => conn,
+            None => {
+                let conn = self.connect().map_err(|e| {
+                    KvError(format!(
+                        "cannot reach the key-value store {}: {e}",
+                        self.url
+                    ))
+                })?;
+                slot.insert(conn)
+            }
+        };
+        call(conn).map_err(|e| {
+            let lost = e.is_io_error()
+                || e.is_timeout()
+                || e.is_connection_dropped()
+                || e.is_unrecoverable_error();
+            if lost {
+                *slot = None;
+            }
+            match lost {
+                true => KvError(format!(
+                    "the key-value store {} did not answer within {TIMEOUT:?} ({e}): a write may \
+                     or may not have been applied, and was not retried",
+                    self.url
+                )),
+                false => KvError(format!("the key-value store {} refused: {e}", self.url)),
+            }
+        })
+    }
+
+    fn connect(&self) -> Result<Connection, RedisError> {
+        let conn = self.client.get_connection_with_timeout(TIMEOUT)?;
+        conn.set_read_timeout(Some(TIMEOUT))?;
+        conn.set_write_timeout(Some(TIMEOUT))?;
+        Ok(conn)
+    }
+}
+
+/// One bucket in a [`RedisStore`], with a size quota.
+#[derive(Debug)]
+pub struct RedisBucket {
+    store: std::sync::Arc<RedisStore>,
+    name: String,
+    max_bytes: usize,
+    /// `hotsock:kv:LEN:NAME:`, before every key.
+    prefix: String,
+    /// Where the bucket's size is kept.
+    size_key: String,
+}
+
+impl RedisBucket {
+    /// The bucket called `name` in `store`, holding at most `max_bytes` of
+    /// keys and values.
+    pub fn new(store: std::sync::Arc<RedisStore>, name: &str, max_bytes: usize) -> Self {
+        RedisBucket {
+            store,
+            name: name.to_string(),
+            max_bytes,
+            prefix: format!("hotsock:kv:{}:{name}:", name.len()),
+            size_key: format!("hotsock:kvsize:{}:{name}", name.len()),
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+/// `text` with the characters `SCAN MATCH` reads as a pattern escaped.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+impl Backend for RedisBucket {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        let key = self.key(key);
+        self.store
+            .call(|conn| redis::cmd("GET").arg(&key).query(conn))
+    }
+
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        check_key(key)?;
+        check_value(value)?;
+        let full = self.key(key);
+        let size: i64 = self.store.call(|conn| {
+            self.store
+                .set
+                .key(&full)
+                .key(&self.size_key)
+                .arg(value)
+                .arg(key.len())
+                .arg(self.max_bytes)
+                .invoke(conn)
+        })?;
+        match size {
+            -1 => Err(quota_error(&self.name, self.max_bytes + 1, self.max_bytes)),
+            _ => Ok(()),
+        }
+    }
+
+    fn delete(&self, key: &str) -> Result<(), KvError> {
+        let full = self.key(key);
+        self.store.call(|conn| {
+            self.store
+                .delete
+                .key(&full)
+                .key(&self.size_key)
+                .arg(key.len())
+                .invoke::<i64>(conn)
+        })?;
+        Ok(())
+    }
+
+    fn exists(&self, key: &str) -> Result<bool, KvError> {
+        let key = self.key(key);
+        self.store
+            .call(|conn| redis::cmd("EXISTS").arg(&key).query(conn))
+    }
+
+    fn list_keys(&self, cursor: Option<u64>) -> Result<Keys, KvError> {
+        // The cursor is Redis's own; SCAN may give a key twice if the bucket
+        // changes meanwhile, as the contract allows.
+        let pattern = format!("{}*", glob_escape(&self.prefix));
+        let mut next = cursor.unwrap_or(0);
+        let mut keys = Vec::new();
+        // SCAN may answer with no keys before it is done: a bounded number
+        // of calls, so a huge keyspace costs pages, not a hung connection.
+        for _ in 0..16 {
+            let (after, found): (u64, Vec<String>) = self.store.call(|conn| {
+                redis::cmd("SCAN")
+                    .arg(next)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT)
+                    .query(conn)
+            })?;
+            keys.extend(
+                found
+                    .iter()
+                    .filter_map(|k| k.strip_prefix(&self.prefix))
+                    .map(str::to_string),
+            );
+            next = after;
+            if next == 0 || !keys.is_empty() {
+                break;
+            }
+        }
+        keys.sort();
+        Ok(Keys {
+            keys,
+            cursor: (next != 0).then_some(next),
+        })
+    }
+
+    fn increment(&self, key: &str, delta: u64) -> Result<u64, KvError> {
+        check_key(key)?;
+        let delta = i64::try_from(delta)
+            .map_err(|_| KvError(format!("a Redis counter adds at most {} at once", i64::MAX)))?;
+        let full = self.key(key);
+        let (size, sum): (i64, String) = self.store.call(|conn| {
+            self.store
+                .increment
+                .key(&full)
+                .key(&self.size_key)
+                .arg(delta)
+                .arg(key.len())
+                .arg(self.max_bytes)
+                .invoke(conn)
+        })?;
+        match size {
+            -2 => Err(KvError(format!(
+                "`{key}` holds something other than a number in decimal text; increment only \
+                 counts in keys it (or nothing) wrote"
+            ))),
+            -1 => Err(quota_error(&self.name, self.max_bytes + 1, self.max_bytes)),
+            _ => sum
+                .parse()
+                .map_err(|_| KvError(format!("`{key}` went past what a u64 holds"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buckets_keys_match_only_its_own() {
+        assert_eq!(glob_escape("hotsock:kv:3:a*[b:"), "hotsock:kv:3:a\\*\\[b:");
+        let store = std::sync::Arc::new(RedisStore {
+            url: "unix:///nowhere".into(),
+            client: Client::open("unix:///nowhere").unwrap(),
+            conn: Mutex::new(None),
+            set: Script::new(SET),
+            delete: Script::new(DELETE),
+            increment: Script::new(INCREMENT),
+        });
+        // Bucket `a:b` with key `c`, and bucket `a` with key `b:c`: apart.
+        let ab = RedisBucket::new(std::sync::Arc::clone(&store), "a:b", 1);
+        let a = RedisBucket::new(store, "a", 1);
+        assert_ne!(ab.key("c"), a.key("b:c"));
+    }
+}

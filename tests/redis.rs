@@ -1,0 +1,209 @@
+//! Key-value buckets in a real Redis (Debian's redis-server, started here on
+//! a Unix socket in a temporary directory and stopped by pid): a counter
+//! exact across two processes, a stopped Redis costing an error within the
+//! timeout and never a hung connection, a restarted Redis used again without
+//! restarting hotsock, and a bucket moved from SQLite to Redis.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::util::{Server, TIMEOUT, ask, connect, hotsock, system_tool};
+
+/// A redis-server of the test's own, on a Unix socket; killed when dropped.
+struct Redis {
+    child: Child,
+    dir: PathBuf,
+    binary: PathBuf,
+}
+
+impl Redis {
+    /// Starts redis-server in `dir`, or `None` where it is not installed
+    /// (a failure under CI).
+    fn start(dir: &Path) -> Option<Redis> {
+        let binary = system_tool("redis-server", "redis-server")?;
+        let mut redis = Redis {
+            child: Self::spawn(&binary, dir),
+            dir: dir.to_path_buf(),
+            binary,
+        };
+        redis.wait_ready();
+        Some(redis)
+    }
+
+    fn spawn(binary: &Path, dir: &Path) -> Child {
+        Command::new(binary)
+            .args(["--port", "0", "--appendonly", "yes", "--save", ""])
+            .arg("--unixsocket")
+            .arg(dir.join("redis.sock"))
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts")
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + TIMEOUT;
+        while std::os::unix::net::UnixStream::connect(self.dir.join("redis.sock")).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen");
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "redis-server exited"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `unix:///…/redis.sock`, for `--keyvalue-store`.
+    fn url(&self) -> String {
+        format!("unix://{}", self.dir.join("redis.sock").display())
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill only sends a signal to the child this test started.
+        let sent = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(sent, 0, "kill redis-server");
+    }
+
+    /// Kills it (`SIGKILL`) and starts it again on the same socket and
+    /// directory: what it had appended is read back.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.dir.join("redis.sock"));
+        self.child = Self::spawn(&self.binary, &self.dir);
+        self.wait_ready();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn counter(redis: &Redis) -> Server {
+    Server::start_with(
+        "kit",
+        &["--keyvalue", "visits", "--keyvalue-store", &redis.url()],
+    )
+}
+
+#[test]
+fn a_counter_is_exact_across_two_processes_on_one_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(redis) = Redis::start(dir.path()) else {
+        return;
+    };
+    let (a, b) = (counter(&redis), counter(&redis));
+    let addrs = [a.addr(), b.addr()];
+    let clients: Vec<_> = (0..40)
+        .map(|i| {
+            let addr = addrs[i % 2];
+            thread::spawn(move || {
+                let mut client = connect(addr);
+                for _ in 0..25 {
+                    let answer = ask(&mut client, "incr visits n\n");
+                    assert!(answer.starts_with("value "), "{answer}");
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    assert_eq!(ask(&mut a.connect(), "incr visits n\n"), "value 1001");
+    assert_eq!(ask(&mut b.connect(), "get visits n\n"), "value 1001");
+    a.wait_for_log(&[&format!("key-value store: {}", redis.url())]);
+}
+
+#[test]
+fn a_stopped_redis_costs_an_error_within_the_timeout_and_a_restarted_one_is_used_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut redis) = Redis::start(dir.path()) else {
+        return;
+    };
+    let server = counter(&redis);
+    let mut client = server.connect();
+    assert_eq!(ask(&mut client, "incr visits n\n"), "value 1");
+
+    // Our connection killed (CLIENT KILL): the call on it fails, saying
+    // so, and the next one connects afresh.
+    let cli = system_tool("redis-cli", "redis-tools").expect("redis-cli comes with redis-server");
+    let killed = Command::new(cli)
+        .arg("-s")
+        .arg(dir.path().join("redis.sock"))
+        .args(["CLIENT", "KILL", "TYPE", "normal"])
+        .output()
+        .unwrap();
+    assert!(killed.status.success());
+    let answer = ask(&mut client, "incr visits n\n");
+    assert!(answer.contains("not retried"), "{answer}");
+    assert_eq!(ask(&mut client, "incr visits n\n"), "value 2");
+
+    // Stopped: the increment fails, with why, within the 2 s timeout.
+    redis.signal(libc::SIGSTOP);
+    let started = Instant::now();
+    let answer = ask(&mut client, "incr visits n\n");
+    let took = started.elapsed();
+    redis.signal(libc::SIGCONT);
+    assert!(answer.contains("did not answer within 2s"), "{answer}");
+    assert!(answer.contains("not retried"), "{answer}");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+
+    // Killed and started again: the next call connects afresh, and what
+    // was acknowledged (appendonly) is there, the unknown one maybe too.
+    redis.restart();
+    let answer = ask(&mut client, "incr visits n\n");
+    assert!(answer == "value 3" || answer == "value 4", "{answer}");
+}
+
+#[test]
+fn a_bucket_moves_from_sqlite_to_redis_and_reads_back_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(redis) = Redis::start(dir.path()) else {
+        return;
+    };
+    let state = dir.path().join("state");
+    let server = Server::start_with(
+        "kit",
+        &[
+            "--keyvalue",
+            "visits",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(ask(&mut server.connect(), "incr visits n\n"), "value 1");
+    assert_eq!(ask(&mut server.connect(), "incr visits n\n"), "value 2");
+    drop(server);
+    let keyvalue = |store: &[&str], args: &[&str]| {
+        let output = hotsock()
+            .arg("keyvalue")
+            .args(store)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    };
+    let sqlite = ["--state-dir", state.to_str().unwrap()];
+    let url = redis.url();
+    let to = ["--keyvalue-store", url.as_str()];
+    let value = keyvalue(&sqlite, &["get", "visits", "n"]);
+    let text = String::from_utf8(value).unwrap();
+    keyvalue(&to, &["set", "visits", "n", text.trim_end()]);
+    // The counter goes on in Redis as it would have in SQLite.
+    let server = counter(&redis);
+    assert_eq!(ask(&mut server.connect(), "incr visits n\n"), "value 3");
+    assert_eq!(keyvalue(&to, &["list", "visits"]), b"n\n");
+    assert_eq!(keyvalue(&to, &["get", "visits", "n"]), b"3\n");
+}

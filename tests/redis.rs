@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::{Server, TIMEOUT, ask, connect, hotsock, system_tool};
+use crate::util::{Server, TIMEOUT, ask, connect, hotsock, request, system_tool};
 
 /// A redis-server of the test's own, on a Unix socket; killed when dropped.
 struct Redis {
@@ -127,7 +127,22 @@ fn a_stopped_redis_costs_an_error_within_the_timeout_and_a_restarted_one_is_used
     let Some(mut redis) = Redis::start(dir.path()) else {
         return;
     };
-    let server = counter(&redis);
+    let server = Server::start_with(
+        "kit",
+        &[
+            "--keyvalue",
+            "visits",
+            "--keyvalue-store",
+            &redis.url(),
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let metrics = || {
+        let endpoint = hotsock::server::http::Endpoint::Tcp(server.metrics());
+        let response = request(&endpoint, "GET", "/metrics", &[], b"");
+        String::from_utf8(response.body.to_vec()).unwrap()
+    };
     let mut client = server.connect();
     assert_eq!(ask(&mut client, "incr visits n\n"), "value 1");
 
@@ -154,12 +169,23 @@ fn a_stopped_redis_costs_an_error_within_the_timeout_and_a_restarted_one_is_used
     assert!(answer.contains("did not answer within 2s"), "{answer}");
     assert!(answer.contains("not retried"), "{answer}");
     assert!(took < Duration::from_secs(4), "took {took:?}");
+    let scraped = metrics();
+    let down = format!("hotsock_keyvalue_store_up{{store=\"{}\"}} 0", redis.url());
+    assert!(scraped.contains(&down), "{scraped}");
+    assert!(
+        scraped.contains("operation=\"increment\",result=\"error\"} 2"),
+        "{scraped}"
+    );
+    server.wait_for_log(&["WARN", "key-value store unix://", "no answer within 2s"]);
 
     // Killed and started again: the next call connects afresh, and what
     // was acknowledged (appendonly) is there, the unknown one maybe too.
     redis.restart();
     let answer = ask(&mut client, "incr visits n\n");
     assert!(answer == "value 3" || answer == "value 4", "{answer}");
+    let up = format!("hotsock_keyvalue_store_up{{store=\"{}\"}} 1", redis.url());
+    assert!(metrics().contains(&up));
+    server.wait_for_log(&["answering again"]);
 }
 
 #[test]

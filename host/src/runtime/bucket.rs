@@ -4,7 +4,12 @@
 //! same trait; `keyvalue` chooses between them.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use crate::sys;
 
@@ -181,6 +186,156 @@ impl Backend for MemoryBucket {
         let sum = counter_value(key, contents.entries.get(key).map(Vec::as_slice), delta)?;
         self.put(&mut contents, key, sum.to_string().into_bytes())?;
         Ok(sum)
+    }
+}
+
+/// The operations a bucket does, as metrics name them.
+pub const OPERATIONS: [&str; 6] = ["get", "set", "delete", "exists", "list_keys", "increment"];
+
+/// How a store's operations have gone since start, for metrics.
+#[derive(Debug)]
+pub struct StoreStats {
+    /// By operation (in [`OPERATIONS`] order), those that succeeded and
+    /// those that failed (an error the handler saw, whatever its cause).
+    counts: [[AtomicU64; 2]; OPERATIONS.len()],
+    /// How long each took, in seconds.
+    pub latency: Histogram,
+}
+
+impl Default for StoreStats {
+    fn default() -> Self {
+        StoreStats {
+            counts: Default::default(),
+            // 20 µs to about 5 s: a SQLite commit is a disk sync, a Redis
+            // call a network round trip, and every call is cut at 2 s.
+            latency: Histogram::new(exponential_buckets(20e-6, 2.0, 18)),
+        }
+    }
+}
+
+impl StoreStats {
+    /// `(operation, result, count)` for every operation and result.
+    pub fn counts(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut counts = Vec::new();
+        for (op, [ok, failed]) in OPERATIONS.iter().zip(&self.counts) {
+            counts.push((*op, "ok", ok.load(Ordering::Relaxed)));
+            counts.push((*op, "error", failed.load(Ordering::Relaxed)));
+        }
+        counts
+    }
+
+    fn record<T>(&self, op: usize, started: Instant, result: &Result<T, KvError>) {
+        let failed = usize::from(result.is_err());
+        self.counts[op][failed].fetch_add(1, Ordering::Relaxed);
+        self.latency.observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// A bucket whose every operation is counted and timed in [`StoreStats`].
+#[derive(Debug)]
+pub struct Measured {
+    /// The bucket itself.
+    pub inner: Arc<dyn Backend>,
+    /// Where its operations are counted.
+    pub stats: Arc<StoreStats>,
+}
+
+impl Measured {
+    fn time<T>(
+        &self,
+        op: usize,
+        call: impl FnOnce(&dyn Backend) -> Result<T, KvError>,
+    ) -> Result<T, KvError> {
+        let started = Instant::now();
+        let result = call(&*self.inner);
+        self.stats.record(op, started, &result);
+        result
+    }
+}
+
+impl Backend for Measured {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.time(0, |b| b.get(key))
+    }
+
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.time(1, |b| b.set(key, value))
+    }
+
+    fn delete(&self, key: &str) -> Result<(), KvError> {
+        self.time(2, |b| b.delete(key))
+    }
+
+    fn exists(&self, key: &str) -> Result<bool, KvError> {
+        self.time(3, |b| b.exists(key))
+    }
+
+    fn list_keys(&self, cursor: Option<u64>) -> Result<Keys, KvError> {
+        self.time(4, |b| b.list_keys(cursor))
+    }
+
+    fn increment(&self, key: &str, delta: u64) -> Result<u64, KvError> {
+        self.time(5, |b| b.increment(key, delta))
+    }
+}
+
+/// Whether a shared store answers, and its failures in the log at most once
+/// a second: a store that is down must not become a flood of log lines.
+#[derive(Debug)]
+pub struct Health {
+    /// What the log and metrics call the store.
+    name: String,
+    down: AtomicBool,
+    /// When a failure was last logged.
+    last_logged: Mutex<Option<Instant>>,
+    /// Failures since then, not logged.
+    unlogged: AtomicU64,
+}
+
+/// Least time between two log lines about a store's failures.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Health {
+    /// A store called `name`, up until a call fails.
+    pub fn new(name: String) -> Self {
+        Health {
+            name,
+            down: AtomicBool::new(false),
+            last_logged: Mutex::new(None),
+            unlogged: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the last call that reached for the store got an answer.
+    pub fn is_up(&self) -> bool {
+        !self.down.load(Ordering::Relaxed)
+    }
+
+    /// A call got an answer: logs that the store is back if it was down.
+    pub fn answered(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            info!("key-value store {}: answering again", self.name);
+        }
+    }
+
+    /// A call got no answer (`why`): logs it, at most once a second.
+    pub fn failed(&self, why: &str) {
+        self.down.store(true, Ordering::Relaxed);
+        let mut last = sys::lock(&self.last_logged);
+        if last.is_some_and(|at| at.elapsed() < FAILURE_LOG_INTERVAL) {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *last = Some(Instant::now());
+        drop(last);
+        let more = self.unlogged.swap(0, Ordering::Relaxed);
+        match more {
+            0 => warn!("key-value store {}: {why}", self.name),
+            n => warn!(
+                "key-value store {}: {why} ({n} more failure(s) since the last line)",
+                self.name
+            ),
+        }
     }
 }
 

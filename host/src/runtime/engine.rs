@@ -139,6 +139,11 @@ impl Runtime {
         })
     }
 
+    /// The process's key-value buckets.
+    pub fn buckets(&self) -> &Buckets {
+        &self.buckets
+    }
+
     /// The engine handlers are compiled for.
     pub fn engine(&self) -> &Engine {
         &self.engine

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use crate::runtime::bucket::{Backend, KvError, MemoryBucket};
+use crate::runtime::bucket::{Backend, KvError, Measured, MemoryBucket, StoreStats};
 use crate::runtime::redis_store::{RedisBucket, RedisStore};
 use crate::runtime::sqlite::{SqliteBucket, SqliteStore};
 use crate::sys;
@@ -106,6 +106,8 @@ pub struct Buckets {
     /// Redis.
     store: Mutex<Option<Opened>>,
     buckets: Mutex<HashMap<String, Arc<dyn Backend>>>,
+    /// How its operations have gone.
+    stats: Arc<StoreStats>,
     /// Names whose denial was logged already: a handler that tries an
     /// ungranted bucket on every connection is worth one warning, not one
     /// per connection.
@@ -119,6 +121,7 @@ impl Buckets {
             max_bytes,
             config: store,
             store: Mutex::new(None),
+            stats: Arc::default(),
             buckets: Mutex::new(HashMap::new()),
             denied: Mutex::new(HashSet::new()),
         }
@@ -129,6 +132,26 @@ impl Buckets {
     /// store that cannot be opened fails the start or the reload, with why.
     pub fn prepare(&self) -> Result<(), String> {
         self.opened().map(drop)
+    }
+
+    /// Where buckets live.
+    pub fn store(&self) -> &KeyValueStore {
+        &self.config
+    }
+
+    /// How the store's operations have gone.
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// Whether the store answered its last call: `None` until it is opened
+    /// (and always for memory, which cannot be down).
+    pub fn is_up(&self) -> Option<bool> {
+        match &*sys::lock(&self.store) {
+            None => None,
+            Some(Opened::Sqlite(store)) => Some(store.health().is_up()),
+            Some(Opened::Redis(store)) => Some(store.health().is_up()),
+        }
     }
 
     /// The store, opened on first use; `None` for memory.
@@ -161,11 +184,13 @@ impl Buckets {
             return Ok(Arc::clone(bucket));
         }
         let max = self.max_bytes;
-        let bucket: Arc<dyn Backend> = match self.opened().map_err(KvError)? {
+        let inner: Arc<dyn Backend> = match self.opened().map_err(KvError)? {
             None => Arc::new(MemoryBucket::new(name, max)),
             Some(Opened::Sqlite(store)) => Arc::new(SqliteBucket::new(store, name, max)),
             Some(Opened::Redis(store)) => Arc::new(RedisBucket::new(store, name, max)),
         };
+        let stats = Arc::clone(&self.stats);
+        let bucket: Arc<dyn Backend> = Arc::new(Measured { inner, stats });
         buckets.insert(name.to_string(), Arc::clone(&bucket));
         Ok(bucket)
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use log::warn;
 use redis::{Client, Connection, RedisError, Script};
 
-use crate::runtime::bucket::{Backend, Keys, KvError, check_key, check_value, quota_error};
+use crate::runtime::bucket::{Backend, Health, Keys, KvError, check_key, check_value, quota_error};
 use crate::sys;
 
 /// Longest a call to Redis may take, connecting included: a stopped or
@@ -95,6 +95,7 @@ pub struct RedisStore {
     set: Script,
     delete: Script,
     increment: Script,
+    health: Health,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -118,6 +119,7 @@ impl RedisStore {
             set: Script::new(SET),
             delete: Script::new(DELETE),
             increment: Script::new(INCREMENT),
+            health: Health::new(url.to_string()),
         };
         let settings = store
             .call(|conn| {
@@ -162,6 +164,11 @@ impl RedisStore {
         }
     }
 
+    /// Whether it answers.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
     /// Runs `call` on the connection, connecting first if there is none.
     /// A failure drops the connection, and is never retried.
     fn call<T>(
@@ -173,6 +180,7 @@ impl RedisStore {
             Some(conn) => conn,
             None => {
                 let conn = self.connect().map_err(|e| {
+                    self.health.failed(&format!("cannot connect: {e}"));
                     KvError(format!(
                         "cannot reach the key-value store {}: {e}",
                         self.url
@@ -181,13 +189,19 @@ impl RedisStore {
                 slot.insert(conn)
             }
         };
-        call(conn).map_err(|e| {
+        let answer = call(conn);
+        if answer.is_ok() {
+            self.health.answered();
+        }
+        answer.map_err(|e| {
             let lost = e.is_io_error()
                 || e.is_timeout()
                 || e.is_connection_dropped()
                 || e.is_unrecoverable_error();
             if lost {
                 *slot = None;
+                self.health
+                    .failed(&format!("no answer within {TIMEOUT:?}: {e}"));
             }
             match lost {
                 true => KvError(format!(
@@ -374,6 +388,7 @@ mod tests {
             set: Script::new(SET),
             delete: Script::new(DELETE),
             increment: Script::new(INCREMENT),
+            health: Health::new("test".into()),
         });
         // Bucket `a:b` with key `c`, and bucket `a` with key `b:c`: apart.
         let ab = RedisBucket::new(std::sync::Arc::clone(&store), "a:b", 1);

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
-use crate::runtime::bucket::{Backend, KEYS_PER_PAGE, Keys, KvError, check_key, check_value};
+use crate::runtime::bucket::{
+    Backend, Health, KEYS_PER_PAGE, Keys, KvError, check_key, check_value,
+};
 use crate::runtime::bucket::{counter_value, quota_error};
 use crate::sys;
 
@@ -28,6 +30,7 @@ pub struct SqliteStore {
     /// One connection, used one transaction at a time: SQLite takes one
     /// writer at a time anyway, and a connection is not `Sync`.
     conn: Mutex<Connection>,
+    health: Health,
 }
 
 impl SqliteStore {
@@ -79,7 +82,15 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            health: Health::new(format!("sqlite:{}", path.display())),
         })
+    }
+}
+
+impl SqliteStore {
+    /// Whether its last operation went through.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 }
 
@@ -130,6 +141,7 @@ impl SqliteBucket {
     }
 
     fn error(&self, e: rusqlite::Error) -> KvError {
+        self.store.health.failed(&e.to_string());
         let busy = matches!(
             e.sqlite_error_code(),
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
@@ -161,6 +173,7 @@ impl SqliteBucket {
         match write(&tx).map_err(|e| self.error(e))? {
             Ok(value) => {
                 tx.commit().map_err(|e| self.error(e))?;
+                self.store.health.answered();
                 Ok(value)
             }
             // Dropping the transaction rolls it back: nothing changed.
@@ -238,6 +251,7 @@ impl Backend for SqliteBucket {
         )
         .optional()
         .map_err(|e| self.error(e))
+        .inspect(|_| self.store.health.answered())
     }
 
     fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {

@@ -312,6 +312,44 @@ impl Collector for ProcessCollector {
                 .map(|(result, n)| (vec![("listener", listener.name()), ("result", result)], n))
             }),
         )?;
+        let buckets = self.runtime.buckets();
+        let store = buckets.store().to_string();
+        let stats = buckets.stats();
+        family(
+            &mut encoder,
+            "keyvalue_operations",
+            "Key-value operations, by store, operation and result: ok, or error (whatever the \
+             handler was told: over a quota, not a counter, or the store not answering).",
+            Counter,
+            stats.counts().into_iter().map(|(operation, result, n)| {
+                let labels = vec![
+                    ("store", store.as_str()),
+                    ("operation", operation),
+                    ("result", result),
+                ];
+                (labels, n)
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "keyvalue_store_up",
+            "1 while the key-value store answers its calls, 0 after one got no answer; absent \
+             until a listener is granted a bucket, and for memory:.",
+            Gauge,
+            buckets
+                .is_up()
+                .map(|up| (vec![("store", store.as_str())], u64::from(up))),
+        )?;
+        let unit = Unit::Seconds;
+        let mut metric = encoder.encode_descriptor(
+            "keyvalue_operation_seconds",
+            "How long key-value operations took, by store.",
+            Some(&unit),
+            MetricType::Histogram,
+        )?;
+        stats
+            .latency
+            .encode(metric.encode_family(&[("store", store.as_str())])?)?;
         let cache = self.runtime.cache_stats();
         family(
             &mut encoder,

@@ -181,6 +181,8 @@ fn a_stopped_redis_costs_an_error_within_the_timeout_and_a_restarted_one_is_used
     // Killed and started again: the next call connects afresh, and what
     // was acknowledged (appendonly) is there, the unknown one maybe too.
     redis.restart();
+    // For a second after a timeout, calls fail at once (FAIL_FAST).
+    thread::sleep(Duration::from_millis(1100));
     let answer = ask(&mut client, "incr visits n\n");
     assert!(answer == "value 3" || answer == "value 4", "{answer}");
     let up = format!("hotsock_keyvalue_store_up{{store=\"{}\"}} 1", redis.url());
@@ -232,4 +234,43 @@ fn a_bucket_moves_from_sqlite_to_redis_and_reads_back_the_same() {
     assert_eq!(ask(&mut server.connect(), "incr visits n\n"), "value 3");
     assert_eq!(keyvalue(&to, &["list", "visits"]), b"n\n");
     assert_eq!(keyvalue(&to, &["get", "visits", "n"]), b"3\n");
+}
+
+#[test]
+fn a_stopped_redis_holds_no_connection_longer_than_about_one_timeout_however_many_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(redis) = Redis::start(dir.path()) else {
+        return;
+    };
+    let server = counter(&redis);
+    let mut clients: Vec<_> = (0..8).map(|_| server.connect()).collect();
+    for client in &mut clients {
+        assert!(ask(client, "incr visits n\n").starts_with("value "));
+    }
+    redis.signal(libc::SIGSTOP);
+    let waits: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            thread::spawn(move || {
+                let started = Instant::now();
+                let answer = ask(&mut client, "incr visits n\n");
+                (answer, started.elapsed(), client)
+            })
+        })
+        .collect();
+    let answers: Vec<_> = waits.into_iter().map(|w| w.join().unwrap()).collect();
+    redis.signal(libc::SIGCONT);
+    // One call waits out the 2 s timeout; the ones queued behind it fail at
+    // once then, instead of 2 s each in turn (16 s for the last).
+    for (answer, took, _) in &answers {
+        assert!(answer.contains("key-value store"), "{answer}");
+        assert!(
+            *took < Duration::from_millis(4500),
+            "took {took:?}: {answer}"
+        );
+    }
+    thread::sleep(Duration::from_millis(1100));
+    let (_, _, mut client) = answers.into_iter().next().unwrap();
+    let answer = ask(&mut client, "incr visits n\n");
+    assert!(answer.starts_with("value "), "{answer}");
 }

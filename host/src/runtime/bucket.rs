@@ -286,11 +286,19 @@ pub struct Health {
     /// What the log and metrics call the store.
     name: String,
     down: AtomicBool,
+    /// When a call last waited out its whole timeout.
+    last_timeout: Mutex<Option<Instant>>,
     /// When a failure was last logged.
     last_logged: Mutex<Option<Instant>>,
     /// Failures since then, not logged.
     unlogged: AtomicU64,
 }
+
+/// After a call to a store got no answer, how long other calls fail at once
+/// rather than try: a store that is down costs each waiting connection one
+/// timeout at most, not one per connection queued before it. The first call
+/// after it tries again.
+pub const FAIL_FAST: Duration = Duration::from_secs(1);
 
 /// Least time between two log lines about a store's failures.
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -301,6 +309,7 @@ impl Health {
         Health {
             name,
             down: AtomicBool::new(false),
+            last_timeout: Mutex::new(None),
             last_logged: Mutex::new(None),
             unlogged: AtomicU64::new(0),
         }
@@ -316,6 +325,20 @@ impl Health {
         if self.down.swap(false, Ordering::Relaxed) {
             info!("key-value store {}: answering again", self.name);
         }
+    }
+
+    /// Whether a call waited out its whole timeout less than [`FAIL_FAST`]
+    /// ago, with no answer since: then the calls queued behind it fail at
+    /// once instead of each waiting out a timeout of its own, so that none
+    /// waits much longer than one timeout.
+    pub fn timed_out_recently(&self) -> bool {
+        !self.is_up() && sys::lock(&self.last_timeout).is_some_and(|at| at.elapsed() < FAIL_FAST)
+    }
+
+    /// A call waited out its whole timeout (`why`): logged as a failure.
+    pub fn timed_out(&self, why: &str) {
+        *sys::lock(&self.last_timeout) = Some(Instant::now());
+        self.failed(why);
     }
 
     /// A call got no answer (`why`): logs it, at most once a second.

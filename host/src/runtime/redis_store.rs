@@ -176,6 +176,12 @@ impl RedisStore {
         call: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
     ) -> Result<T, KvError> {
         let mut slot = sys::lock(&self.conn);
+        if self.health.timed_out_recently() {
+            return Err(KvError(format!(
+                "the key-value store {} did not answer a moment ago: not tried, nothing changed",
+                self.url
+            )));
+        }
         let conn = match slot.as_mut() {
             Some(conn) => conn,
             None => {
@@ -200,8 +206,11 @@ impl RedisStore {
                 || e.is_unrecoverable_error();
             if lost {
                 *slot = None;
-                self.health
-                    .failed(&format!("no answer within {TIMEOUT:?}: {e}"));
+                let why = format!("no answer within {TIMEOUT:?}: {e}");
+                match e.is_timeout() {
+                    true => self.health.timed_out(&why),
+                    false => self.health.failed(&why),
+                }
             }
             match lost {
                 true => KvError(format!(

@@ -141,11 +141,14 @@ impl SqliteBucket {
     }
 
     fn error(&self, e: rusqlite::Error) -> KvError {
-        self.store.health.failed(&e.to_string());
         let busy = matches!(
             e.sqlite_error_code(),
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
         );
+        match busy {
+            true => self.store.health.timed_out(&e.to_string()),
+            false => self.store.health.failed(&e.to_string()),
+        }
         match busy {
             true => KvError(format!(
                 "the key-value store {} stayed locked by another process for {BUSY_TIMEOUT:?}: \
@@ -167,6 +170,12 @@ impl SqliteBucket {
         write: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<Result<T, KvError>, rusqlite::Error>,
     ) -> Result<T, KvError> {
         let mut conn = sys::lock(&self.store.conn);
+        if self.store.health.timed_out_recently() {
+            return Err(KvError(format!(
+                "the key-value store {} failed a moment ago: not tried, nothing changed",
+                self.store.path.display()
+            )));
+        }
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.error(e))?;

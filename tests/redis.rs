@@ -274,3 +274,35 @@ fn a_stopped_redis_holds_no_connection_longer_than_about_one_timeout_however_man
     let answer = ask(&mut client, "incr visits n\n");
     assert!(answer.starts_with("value "), "{answer}");
 }
+
+#[test]
+fn the_quota_holds_in_redis_and_says_by_how_much() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(redis) = Redis::start(dir.path()) else {
+        return;
+    };
+    let url = redis.url();
+    let server = Server::start_with(
+        "kit",
+        &[
+            "--keyvalue",
+            "small",
+            "--keyvalue-max-bytes",
+            "1KiB",
+            "--keyvalue-store",
+            &url,
+        ],
+    );
+    let mut client = server.connect();
+    // `a` and its 1,021 bytes: 1,022 of the 1,024.
+    assert_eq!(ask(&mut client, "setsize small a 1021\n"), "ok");
+    let full = ask(&mut client, "setsize small b 200\n");
+    assert!(full.contains("would make it 1223 bytes"), "{full}");
+    assert_eq!(ask(&mut client, "incr small c\n"), "value 1");
+    let over = ask(&mut client, "incr small d\n");
+    assert!(over.contains("would make it 1026 bytes"), "{over}");
+    assert!(over.contains("--keyvalue-max-bytes"), "{over}");
+    assert_eq!(ask(&mut client, "keys small\n"), "keys a,c");
+    let not_a_counter = ask(&mut client, "incr small a\n");
+    assert!(not_a_counter.contains("something other than a number"), "{not_a_counter}");
+}

@@ -113,6 +113,14 @@ pub(crate) fn check_value(value: &[u8]) -> Result<(), KvError> {
     Ok(())
 }
 
+/// The refusal of an increment of `key`, which holds something else.
+pub(crate) fn not_a_counter(key: &str) -> KvError {
+    KvError(format!(
+        "`{key}` holds something other than a number in decimal text; increment only counts \
+         in keys it (or nothing) wrote"
+    ))
+}
+
 /// The counter in `key`, whose value is `current`, plus `delta`.
 pub(crate) fn counter_value(key: &str, current: Option<&[u8]>, delta: u64) -> Result<u64, KvError> {
     let current = match current {
@@ -120,12 +128,7 @@ pub(crate) fn counter_value(key: &str, current: Option<&[u8]>, delta: u64) -> Re
         Some(value) => std::str::from_utf8(value)
             .ok()
             .and_then(|text| text.parse::<u64>().ok())
-            .ok_or_else(|| {
-                KvError(format!(
-                    "`{key}` holds something other than a number in decimal text; \
-                     increment only counts in keys it (or nothing) wrote"
-                ))
-            })?,
+            .ok_or_else(|| not_a_counter(key))?,
     };
     current
         .checked_add(delta)

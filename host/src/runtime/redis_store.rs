@@ -20,7 +20,9 @@ use std::time::Duration;
 use log::warn;
 use redis::{Client, Connection, RedisError, Script};
 
-use crate::runtime::bucket::{Backend, Health, Keys, KvError, check_key, check_value, quota_error};
+use crate::runtime::bucket::{
+    Backend, Health, Keys, KvError, check_key, check_value, not_a_counter, quota_error,
+};
 use crate::sys;
 
 /// Longest a call to Redis may take, connecting included: a stopped or
@@ -31,7 +33,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 const SCAN_COUNT: usize = 1000;
 
 /// Sets a key within the bucket's quota. KEYS: the key, the bucket's size.
-/// ARGV: the value, the key's length, the quota. The new size, or -1.
+/// ARGV: the value, the key's length, the quota. `{OK, size}`, or
+/// `{OVER_QUOTA, the size it would have made}`.
 const SET: &str = r"
 local old = redis.call('STRLEN', KEYS[1])
 local had = redis.call('EXISTS', KEYS[1])
@@ -39,10 +42,10 @@ local size = tonumber(redis.call('GET', KEYS[2]) or '0')
 local klen = tonumber(ARGV[2])
 if had == 1 then size = size - klen - old end
 local new = size + klen + string.len(ARGV[1])
-if new > tonumber(ARGV[3]) then return -1 end
+if new > tonumber(ARGV[3]) then return {1, new} end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[2], new)
-return new
+return {0, new}
 ";
 
 /// Deletes a key and takes it off the bucket's size. KEYS: the key, the
@@ -59,15 +62,15 @@ return 0
 ";
 
 /// Adds to a counter within the quota. KEYS: the key, the size. ARGV: the
-/// delta, the key's length, the quota. `{size, sum}` with the sum as text
-/// (Lua numbers would round it), or `{-1, sum}` over the quota (undone), or
-/// `{-2, ''}` when the key holds something else than a counter.
+/// delta, the key's length, the quota. `{OK, size, sum}` with the sum as
+/// text (Lua numbers would round it), `{OVER_QUOTA, size, sum}` with the
+/// size it would have made (undone), or `{NOT_A_COUNTER, 0, ''}`.
 const INCREMENT: &str = r"
 local had = redis.call('EXISTS', KEYS[1])
 local old = 0
 if had == 1 then
   local current = redis.call('GET', KEYS[1])
-  if not string.match(current, '^%d+$') then return {-2, ''} end
+  if not string.match(current, '^%d+$') then return {2, 0, ''} end
   old = string.len(current)
 end
 redis.call('INCRBY', KEYS[1], ARGV[1])
@@ -78,11 +81,17 @@ if had == 1 then size = size - klen - old end
 local new = size + klen + string.len(sum)
 if new > tonumber(ARGV[3]) then
   if had == 1 then redis.call('DECRBY', KEYS[1], ARGV[1]) else redis.call('DEL', KEYS[1]) end
-  return {-1, sum}
+  return {1, new, sum}
 end
 redis.call('SET', KEYS[2], new)
-return {new, sum}
+return {0, new, sum}
 ";
+
+/// What the write scripts answer first (the Lua above writes them as
+/// numbers): the write was refused by the bucket's quota, or (`INCREMENT`)
+/// because the key holds something else than a counter; 0 is done.
+const OVER_QUOTA: i64 = 1;
+const NOT_A_COUNTER: i64 = 2;
 
 /// A Redis server holding every bucket of this process (and of every
 /// process that names it).
@@ -284,7 +293,7 @@ impl Backend for RedisBucket {
         check_key(key)?;
         check_value(value)?;
         let full = self.key(key);
-        let size: i64 = self.store.call(|conn| {
+        let (status, size): (i64, usize) = self.store.call(|conn| {
             self.store
                 .set
                 .key(&full)
@@ -294,8 +303,8 @@ impl Backend for RedisBucket {
                 .arg(self.max_bytes)
                 .invoke(conn)
         })?;
-        match size {
-            -1 => Err(quota_error(&self.name, self.max_bytes + 1, self.max_bytes)),
+        match status {
+            OVER_QUOTA => Err(quota_error(&self.name, size, self.max_bytes)),
             _ => Ok(()),
         }
     }
@@ -360,7 +369,7 @@ impl Backend for RedisBucket {
         let delta = i64::try_from(delta)
             .map_err(|_| KvError(format!("a Redis counter adds at most {} at once", i64::MAX)))?;
         let full = self.key(key);
-        let (size, sum): (i64, String) = self.store.call(|conn| {
+        let (status, size, sum): (i64, usize, String) = self.store.call(|conn| {
             self.store
                 .increment
                 .key(&full)
@@ -370,12 +379,9 @@ impl Backend for RedisBucket {
                 .arg(self.max_bytes)
                 .invoke(conn)
         })?;
-        match size {
-            -2 => Err(KvError(format!(
-                "`{key}` holds something other than a number in decimal text; increment only \
-                 counts in keys it (or nothing) wrote"
-            ))),
-            -1 => Err(quota_error(&self.name, self.max_bytes + 1, self.max_bytes)),
+        match status {
+            NOT_A_COUNTER => Err(not_a_counter(key)),
+            OVER_QUOTA => Err(quota_error(&self.name, size, self.max_bytes)),
             _ => sum
                 .parse()
                 .map_err(|_| KvError(format!("`{key}` went past what a u64 holds"))),

@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::{Server, TIMEOUT, ask, connect, hotsock, request, system_tool};
+use crate::state::{increment_from_both, keyvalue_ok};
+use crate::util::{Server, TIMEOUT, ask, request, system_tool};
 
 /// A redis-server of the test's own, on a Unix socket; killed when dropped.
 struct Redis {
@@ -100,22 +101,7 @@ fn a_counter_is_exact_across_two_processes_on_one_redis() {
         return;
     };
     let (a, b) = (counter(&redis), counter(&redis));
-    let addrs = [a.addr(), b.addr()];
-    let clients: Vec<_> = (0..40)
-        .map(|i| {
-            let addr = addrs[i % 2];
-            thread::spawn(move || {
-                let mut client = connect(addr);
-                for _ in 0..25 {
-                    let answer = ask(&mut client, "incr visits n\n");
-                    assert!(answer.starts_with("value "), "{answer}");
-                }
-            })
-        })
-        .collect();
-    for client in clients {
-        client.join().unwrap();
-    }
+    increment_from_both([a.addr(), b.addr()]);
     assert_eq!(ask(&mut a.connect(), "incr visits n\n"), "value 1001");
     assert_eq!(ask(&mut b.connect(), "get visits n\n"), "value 1001");
     a.wait_for_log(&[&format!("key-value store: {}", redis.url())]);
@@ -209,31 +195,16 @@ fn a_bucket_moves_from_sqlite_to_redis_and_reads_back_the_same() {
     assert_eq!(ask(&mut server.connect(), "incr visits n\n"), "value 1");
     assert_eq!(ask(&mut server.connect(), "incr visits n\n"), "value 2");
     drop(server);
-    let keyvalue = |store: &[&str], args: &[&str]| {
-        let output = hotsock()
-            .arg("keyvalue")
-            .args(store)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output.stdout
-    };
     let sqlite = ["--state-dir", state.to_str().unwrap()];
     let url = redis.url();
     let to = ["--keyvalue-store", url.as_str()];
-    let value = keyvalue(&sqlite, &["get", "visits", "n"]);
-    let text = String::from_utf8(value).unwrap();
-    keyvalue(&to, &["set", "visits", "n", text.trim_end()]);
+    let value = keyvalue_ok(&sqlite, &["get", "visits", "n"]);
+    keyvalue_ok(&to, &["set", "visits", "n", value.trim_end()]);
     // The counter goes on in Redis as it would have in SQLite.
     let server = counter(&redis);
     assert_eq!(ask(&mut server.connect(), "incr visits n\n"), "value 3");
-    assert_eq!(keyvalue(&to, &["list", "visits"]), b"n\n");
-    assert_eq!(keyvalue(&to, &["get", "visits", "n"]), b"3\n");
+    assert_eq!(keyvalue_ok(&to, &["list", "visits"]), "n\n");
+    assert_eq!(keyvalue_ok(&to, &["get", "visits", "n"]), "3\n");
 }
 
 #[test]
@@ -304,5 +275,8 @@ fn the_quota_holds_in_redis_and_says_by_how_much() {
     assert!(over.contains("--keyvalue-max-bytes"), "{over}");
     assert_eq!(ask(&mut client, "keys small\n"), "keys a,c");
     let not_a_counter = ask(&mut client, "incr small a\n");
-    assert!(not_a_counter.contains("something other than a number"), "{not_a_counter}");
+    assert!(
+        not_a_counter.contains("something other than a number"),
+        "{not_a_counter}"
+    );
 }

@@ -3,6 +3,7 @@
 //! two processes on one state directory; `--keyvalue-store memory:` as
 //! before; and a store that cannot change while serving.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::thread;
 
@@ -17,6 +18,48 @@ fn counter(state: &Path) -> Server {
 
 fn visit(server: &Server) -> String {
     ask(&mut server.connect(), "incr visits n\n")
+}
+
+/// 40 connections, half to each address, each incrementing `visits n` 25
+/// times at once: 1,000 increments, which two processes sharing a store
+/// must count exactly.
+pub fn increment_from_both(addrs: [SocketAddr; 2]) {
+    let clients: Vec<_> = (0..40)
+        .map(|i| {
+            let addr = addrs[i % 2];
+            thread::spawn(move || {
+                let mut client = connect(addr);
+                for _ in 0..25 {
+                    let answer = ask(&mut client, "incr visits n\n");
+                    assert!(answer.starts_with("value "), "{answer}");
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+}
+
+/// `hotsock keyvalue` on the store its flags `store` name, doing `args`:
+/// its exit status, stdout and stderr.
+pub fn keyvalue(store: &[&str], args: &[&str]) -> (Option<i32>, String, String) {
+    let output = hotsock()
+        .arg("keyvalue")
+        .args(store)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stdout, stderr)
+}
+
+/// Like [`keyvalue`], for a command that must succeed: its stdout.
+pub fn keyvalue_ok(store: &[&str], args: &[&str]) -> String {
+    let (code, stdout, stderr) = keyvalue(store, args);
+    assert_eq!(code, Some(0), "hotsock keyvalue {args:?}: {stderr}");
+    stdout
 }
 
 #[test]
@@ -47,22 +90,7 @@ fn a_counter_is_kept_across_a_restart_and_a_kill_9() {
 fn increments_are_exact_across_two_processes_on_one_state_directory() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (counter(dir.path()), counter(dir.path()));
-    let addrs = [a.addr(), b.addr()];
-    let clients: Vec<_> = (0..40)
-        .map(|i| {
-            let addr = addrs[i % 2];
-            thread::spawn(move || {
-                let mut client = connect(addr);
-                for _ in 0..25 {
-                    let answer = ask(&mut client, "incr visits n\n");
-                    assert!(answer.starts_with("value "), "{answer}");
-                }
-            })
-        })
-        .collect();
-    for client in clients {
-        client.join().unwrap();
-    }
+    increment_from_both([a.addr(), b.addr()]);
     assert_eq!(visit(&a), "value 1001");
     assert_eq!(visit(&b), "value 1002");
 }
@@ -145,27 +173,19 @@ fn hotsock_keyvalue_reads_and_mends_a_serving_servers_buckets() {
     let state = dir.path().join("state");
     let server = counter(&state);
     assert_eq!(visit(&server), "value 1");
-    let keyvalue = |args: &[&str]| {
-        let output = hotsock()
-            .arg("keyvalue")
-            .arg("--state-dir")
-            .arg(&state)
-            .args(args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        (output.status.code(), stdout, stderr)
-    };
-    assert_eq!(keyvalue(&["get", "visits", "n"]).1, "1\n");
+    let store = ["--state-dir", state.to_str().unwrap()];
+    assert_eq!(keyvalue_ok(&store, &["get", "visits", "n"]), "1\n");
     // Atomic with the server: both count on the same file.
-    assert_eq!(keyvalue(&["increment", "visits", "n", "5"]).1, "6\n");
+    assert_eq!(
+        keyvalue_ok(&store, &["increment", "visits", "n", "5"]),
+        "6\n"
+    );
     assert_eq!(visit(&server), "value 7");
-    assert_eq!(keyvalue(&["set", "visits", "greeting", "hello"]).0, Some(0));
-    assert_eq!(keyvalue(&["list", "visits"]).1, "greeting\nn\n");
-    assert_eq!(keyvalue(&["delete", "visits", "greeting"]).0, Some(0));
-    assert_eq!(keyvalue(&["list", "visits"]).1, "n\n");
-    let (code, _, error) = keyvalue(&["get", "visits", "nope"]);
+    keyvalue_ok(&store, &["set", "visits", "greeting", "hello"]);
+    assert_eq!(keyvalue_ok(&store, &["list", "visits"]), "greeting\nn\n");
+    keyvalue_ok(&store, &["delete", "visits", "greeting"]);
+    assert_eq!(keyvalue_ok(&store, &["list", "visits"]), "n\n");
+    let (code, _, error) = keyvalue(&store, &["get", "visits", "nope"]);
     assert_eq!(code, Some(1));
     assert!(
         error.contains("bucket `visits` has no key `nope`"),

@@ -4,7 +4,7 @@
 
 use std::thread;
 
-use hotsock::runtime::KeyValueStore;
+use hotsock::runtime::{KeyValueStore, RoomsStore};
 use hotsock::server::{Config, Drain, ListenerConfig, ListenerSettings, Server, Takeover};
 
 use crate::util::{ask, connect, echo_line, wasm};
@@ -29,6 +29,7 @@ fn config(handler: &str, greeting: &str) -> Config {
         cache_dir: None,
         keyvalue_max_bytes: 1 << 20,
         keyvalue_store: KeyValueStore::Memory,
+        rooms_store: RoomsStore::Local,
     }
 }
 

@@ -13,7 +13,7 @@ use crate::state::{increment_from_both, keyvalue_ok};
 use crate::util::{Server, TIMEOUT, ask, request, system_tool};
 
 /// A redis-server of the test's own, on a Unix socket; killed when dropped.
-struct Redis {
+pub struct Redis {
     child: Child,
     dir: PathBuf,
     binary: PathBuf,
@@ -22,7 +22,7 @@ struct Redis {
 impl Redis {
     /// Starts redis-server in `dir`, or `None` where it is not installed
     /// (a failure under CI).
-    fn start(dir: &Path) -> Option<Redis> {
+    pub fn start(dir: &Path) -> Option<Redis> {
         let binary = system_tool("redis-server", "redis-server")?;
         let mut redis = Redis {
             child: Self::spawn(&binary, dir),
@@ -59,11 +59,11 @@ impl Redis {
     }
 
     /// `unix:///…/redis.sock`, for `--keyvalue-store`.
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("unix://{}", self.dir.join("redis.sock").display())
     }
 
-    fn signal(&self, signal: i32) {
+    pub fn signal(&self, signal: i32) {
         // SAFETY: kill only sends a signal to the child this test started.
         let sent = unsafe { libc::kill(self.child.id() as i32, signal) };
         assert_eq!(sent, 0, "kill redis-server");
@@ -71,12 +71,52 @@ impl Redis {
 
     /// Kills it (`SIGKILL`) and starts it again on the same socket and
     /// directory: what it had appended is read back.
-    fn restart(&mut self) {
+    pub fn restart(&mut self) {
+        self.kill();
+        self.start_again();
+    }
+
+    /// Kills it (`SIGKILL`), leaving it down until [`Redis::start_again`].
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(self.dir.join("redis.sock"));
+    }
+
+    /// Starts it again after [`Redis::kill`], on the same socket.
+    pub fn start_again(&mut self) {
         self.child = Self::spawn(&self.binary, &self.dir);
         self.wait_ready();
+    }
+
+    /// Kills it and starts it again with nothing: no file kept.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        for entry in std::fs::read_dir(&self.dir).unwrap().flatten() {
+            let path = entry.path();
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("appendonly"))
+            {
+                let _ = std::fs::remove_dir_all(&path);
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        self.start_again();
+    }
+
+    /// Runs `redis-cli` on it with `args`; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let cli =
+            system_tool("redis-cli", "redis-tools").expect("redis-cli comes with redis-server");
+        let output = Command::new(cli)
+            .arg("-s")
+            .arg(self.dir.join("redis.sock"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "redis-cli {args:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 }
 

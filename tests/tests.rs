@@ -27,6 +27,7 @@ mod limits;
 mod operations;
 mod redis;
 mod replay;
+mod rooms_fleet;
 mod scaffold;
 mod scale;
 mod shutdown;

@@ -123,6 +123,7 @@ fn check_config(args: &CheckArgs, config: &std::path::Path) -> Result<()> {
         );
     }
     println!("ok: key-value store {}", served.keyvalue_store);
+    println!("ok: rooms store {}", served.rooms_store);
     println!(
         "ok: {} is a config this hotsock can serve",
         config.display()

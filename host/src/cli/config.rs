@@ -151,6 +151,7 @@ impl Plan {
                     process.keyvalue_store.clone(),
                     process.state_dir.clone(),
                 ),
+                rooms_store: set(process.rooms_store.clone(), "rooms-store")?,
             },
             log_format: set(process.log_format, "log-format")?,
         })

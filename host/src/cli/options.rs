@@ -17,6 +17,7 @@ use clap::{ArgAction, ArgMatches, Args, Command, FromArgMatches as _};
 use hotsock::runtime::{
     ConnectGrant, DEFAULT_CPU_BUDGET, DEFAULT_MAX_BUCKET_BYTES, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_MEMORY, DEFAULT_RECORD_MAX_BYTES, DEFAULT_ROOM_BACKLOG, KeyValueStore, Preopen,
+    RoomsStore,
 };
 use hotsock::server::admin::DEFAULT_MAX_UPLOAD;
 use hotsock::server::http::Endpoint;
@@ -129,6 +130,15 @@ pub struct ServeOptions {
     /// [default: sqlite:STATE_DIR/keyvalue.sqlite3]
     #[arg(long, value_name = "URL", help_heading = PROCESS)]
     pub keyvalue_store: Option<KeyValueStore>,
+
+    /// Where rooms live: `local`, this process alone; or
+    /// `redis://HOST:PORT[/DB]` or `unix:///PATH/TO/redis.sock`, a Redis 7
+    /// (or Valkey) server through which every process naming it serves
+    /// one set of rooms per listener name: messages reach members on every
+    /// process, `members` lists them all, connection ids are unique across
+    /// them. Redis must answer at start. Cannot change on SIGHUP.
+    #[arg(long, value_name = "URL", default_value = "local", help_heading = PROCESS)]
+    pub rooms_store: Option<RoomsStore>,
 
     /// Serve the admin API (status, swap, rollback over HTTP) on a Unix
     /// socket at this path (recommended: created private to this user,

@@ -286,7 +286,7 @@ impl Backend for Measured {
 /// a second: a store that is down must not become a flood of log lines.
 #[derive(Debug)]
 pub struct Health {
-    /// What the log and metrics call the store.
+    /// What the log calls the store: `key-value store redis://…`.
     name: String,
     down: AtomicBool,
     /// When a call last waited out its whole timeout.
@@ -307,7 +307,8 @@ pub const FAIL_FAST: Duration = Duration::from_secs(1);
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Health {
-    /// A store called `name`, up until a call fails.
+    /// A store the log calls `name` (`key-value store redis://…`), up until
+    /// a call fails.
     pub fn new(name: String) -> Self {
         Health {
             name,
@@ -326,7 +327,7 @@ impl Health {
     /// A call got an answer: logs that the store is back if it was down.
     pub fn answered(&self) {
         if self.down.swap(false, Ordering::Relaxed) {
-            info!("key-value store {}: answering again", self.name);
+            info!("{}: answering again", self.name);
         }
     }
 
@@ -356,9 +357,9 @@ impl Health {
         drop(last);
         let more = self.unlogged.swap(0, Ordering::Relaxed);
         match more {
-            0 => warn!("key-value store {}: {why}", self.name),
+            0 => warn!("{}: {why}", self.name),
             n => warn!(
-                "key-value store {}: {why} ({n} more failure(s) since the last line)",
+                "{}: {why} ({n} more failure(s) since the last line)",
                 self.name
             ),
         }

@@ -16,6 +16,7 @@ mod connection;
 mod console;
 mod contract;
 mod engine;
+mod fleet;
 mod handler;
 mod keyvalue;
 mod limits;
@@ -34,6 +35,7 @@ pub use command::run_command;
 pub use connection::{Connection, MAX_READ, Traffic};
 pub use console::Fields;
 pub use engine::{Profile, Runtime, RuntimeConfig, compile_in_background};
+pub use fleet::{Fleet, FleetStats, NODE_SHIFT, NODE_TTL, RoomsStore};
 pub use handler::{
     HANDLER_EXPORT, Handler, HandlerError, OLDER_HANDLER_EXPORTS, Problem, Served, read_component,
     sha256_hex,

@@ -128,7 +128,7 @@ impl RedisStore {
             set: Script::new(SET),
             delete: Script::new(DELETE),
             increment: Script::new(INCREMENT),
-            health: Health::new(url.to_string()),
+            health: Health::new(format!("key-value store {url}")),
         };
         let settings = store
             .call(|conn| {

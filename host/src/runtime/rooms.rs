@@ -16,6 +16,11 @@
 //! past the room backlog is disconnected instead. Whoever writes holds the
 //! mailbox's writer lock until a message is out whole, so a message never
 //! lands inside one of the handler's own writes, nor they inside it.
+//!
+//! With `--rooms-store redis://…` the listener's rooms span every process on
+//! that Redis ([`Fleet`]): joins, leaves and messages are also handed to the
+//! fleet, members on other processes count in `members`, and what they
+//! publish arrives through [`Rooms::deliver`].
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -26,6 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use log::warn;
 
+use crate::runtime::fleet::{self, Fleet};
 use crate::sys::{self, Wakeup};
 
 /// Longest room name, in bytes.
@@ -50,6 +56,16 @@ pub struct Rooms {
     backlog: AtomicUsize,
     /// Members disconnected for falling behind, for metrics.
     disconnected: AtomicU64,
+    /// The fleet they span, if any.
+    fleet: Option<InFleet>,
+}
+
+/// A listener's place in a [`Fleet`].
+#[derive(Debug)]
+struct InFleet {
+    fleet: Arc<Fleet>,
+    listener: String,
+    channel: Arc<str>,
 }
 
 impl Default for Rooms {
@@ -66,7 +82,24 @@ impl Rooms {
             rooms: Mutex::new(HashMap::new()),
             backlog: AtomicUsize::new(backlog),
             disconnected: AtomicU64::new(0),
+            fleet: None,
         }
+    }
+
+    /// The rooms of the listener called `listener`, shared with every
+    /// process in `fleet`: their members hear each other.
+    pub fn in_fleet(backlog: usize, fleet: &Arc<Fleet>, listener: &str) -> Arc<Self> {
+        let channel = fleet::channel(listener);
+        let rooms = Arc::new(Rooms {
+            fleet: Some(InFleet {
+                fleet: Arc::clone(fleet),
+                listener: listener.to_string(),
+                channel: Arc::from(channel.as_str()),
+            }),
+            ..Rooms::new(backlog)
+        });
+        fleet.attach(&channel, &rooms);
+        rooms
     }
 
     /// Changes the backlog limit, for messages published from now on.
@@ -90,33 +123,82 @@ impl Rooms {
         check_name(room)?;
         let mut rooms = sys::lock(&self.rooms);
         let members = rooms.entry(room.to_string()).or_default();
-        if !members.iter().any(|m| m.id == member.id) {
-            members.push(Arc::clone(member));
+        if members.iter().any(|m| m.id == member.id) {
+            return Ok(());
         }
+        members.push(Arc::clone(member));
+        drop(rooms);
+        self.tell_fleet(room, member.id, true);
         Ok(())
+    }
+
+    /// Hands a join or leave to the fleet, if any.
+    fn tell_fleet(&self, room: &str, id: u64, joined: bool) {
+        if let Some(f) = &self.fleet {
+            let room = fleet::room_key(&f.listener, room);
+            match joined {
+                true => f.fleet.add(room, id),
+                false => f.fleet.remove(room, id),
+            }
+        }
     }
 
     /// Takes the connection `id` out of `room`, if it is there.
     pub fn leave(&self, room: &str, id: u64) {
         let mut rooms = sys::lock(&self.rooms);
-        if let Some(members) = rooms.get_mut(room) {
-            members.retain(|m| m.id != id);
-            if members.is_empty() {
-                rooms.remove(room);
-            }
+        let Some(members) = rooms.get_mut(room) else {
+            return;
+        };
+        let before = members.len();
+        members.retain(|m| m.id != id);
+        let left = members.len() < before;
+        if members.is_empty() {
+            rooms.remove(room);
+        }
+        drop(rooms);
+        if left {
+            self.tell_fleet(room, id, false);
         }
     }
 
-    /// The ids of `room`'s members now.
+    /// The ids of `room`'s members now: this process's in the order they
+    /// joined, then (in a fleet) the other processes', by id. A fleet
+    /// store that does not answer within its timeout leaves only this
+    /// process's.
     pub fn members(&self, room: &str) -> Vec<u64> {
-        sys::lock(&self.rooms)
+        let mut ids: Vec<u64> = sys::lock(&self.rooms)
             .get(room)
             .map(|members| members.iter().map(|m| m.id).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(f) = &self.fleet
+            && check_name(room).is_ok()
+            && let Some(mut others) = f.fleet.members(fleet::room_key(&f.listener, room))
+        {
+            others.sort_unstable();
+            ids.extend(others);
+        }
+        ids
+    }
+
+    /// Every room with members here, as the fleet names it, and their ids:
+    /// what this process tells a fleet store that lost track of it.
+    pub(crate) fn memberships(&self) -> Vec<(String, Vec<u64>)> {
+        let Some(f) = &self.fleet else {
+            return Vec::new();
+        };
+        let rooms = sys::lock(&self.rooms);
+        rooms
+            .iter()
+            .map(|(room, members)| {
+                let ids = members.iter().map(|m| m.id).collect();
+                (fleet::room_key(&f.listener, room), ids)
+            })
+            .collect()
     }
 
     /// Queues `data` for every member of `room` but `from`, and returns for how
-    /// many. Never waits on a member: one that would have more than the
+    /// many on this process; in a fleet, hands it to the store for the
+    /// others. Never waits on a member: one that would have more than the
     /// backlog waiting is disconnected instead.
     pub fn publish(&self, from: u64, room: &str, data: &[u8]) -> Result<u32, Refused> {
         check_name(room)?;
@@ -127,14 +209,34 @@ impl Rooms {
                 data.len()
             )));
         }
+        let queued = self.post(from, room, data, backlog);
+        if let Some(f) = &self.fleet {
+            f.fleet.publish(&f.channel, from, room, data);
+        }
+        Ok(queued)
+    }
+
+    /// Queues for this process's members what another process in the fleet
+    /// published to `room`.
+    pub(crate) fn deliver(&self, room: &str, data: &[u8]) {
+        let backlog = self.backlog.load(Ordering::Relaxed);
+        // Its publisher's backlog may be larger: no member here may take it.
+        if check_name(room).is_ok() && data.len() <= backlog {
+            self.post(NO_ONE, room, data, backlog);
+        }
+    }
+
+    /// Queues `data` for every member of `room` here but `from`; returns
+    /// for how many.
+    fn post(&self, from: u64, room: &str, data: &[u8], backlog: usize) -> u32 {
         // The members are copied out so that no member's socket is ever
         // touched with the rooms locked.
         let members: Vec<Arc<Mailbox>> = match sys::lock(&self.rooms).get(room) {
             Some(members) => members.iter().filter(|m| m.id != from).cloned().collect(),
-            None => return Ok(0),
+            None => return 0,
         };
         if members.is_empty() {
-            return Ok(0);
+            return 0;
         }
         let message: Arc<[u8]> = Arc::from(data);
         let mut queued = 0;
@@ -145,7 +247,7 @@ impl Rooms {
                 Posted::OverBacklog(waiting) => self.cut_off(&member, room, waiting, backlog),
             }
         }
-        Ok(queued)
+        queued
     }
 
     /// Disconnects a member that fell too far behind, and takes it out of
@@ -154,11 +256,19 @@ impl Rooms {
         member.close();
         self.disconnected.fetch_add(1, Ordering::Relaxed);
         let mut rooms = sys::lock(&self.rooms);
-        rooms.retain(|_, members| {
+        let mut was_in = Vec::new();
+        rooms.retain(|name, members| {
+            let before = members.len();
             members.retain(|m| m.id != member.id);
+            if members.len() < before {
+                was_in.push(name.clone());
+            }
             !members.is_empty()
         });
         drop(rooms);
+        for name in was_in {
+            self.tell_fleet(&name, member.id, false);
+        }
         warn!(
             "conn {}: disconnected: {waiting} bytes of room `{room}` messages would be waiting for \
              it, more than --room-backlog ({backlog} bytes); its client reads too slowly",
@@ -166,6 +276,9 @@ impl Rooms {
         );
     }
 }
+
+/// The publisher of a message from another process: no connection here.
+const NO_ONE: u64 = 0;
 
 /// Checks a room name against the limits.
 fn check_name(room: &str) -> Result<(), Refused> {

@@ -82,7 +82,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
-            health: Health::new(format!("sqlite:{}", path.display())),
+            health: Health::new(format!("key-value store sqlite:{}", path.display())),
         })
     }
 }

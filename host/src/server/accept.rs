@@ -20,7 +20,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::runtime::GUEST_THREAD_STACK;
+use crate::runtime::{Fleet, GUEST_THREAD_STACK};
 use crate::server::admission::{Admission, Refusal, WhenFull};
 use crate::server::conn::Conn;
 use crate::server::listener::Listener;
@@ -209,7 +209,8 @@ enum Backlog {
 impl Acceptor {
     /// Prepares to serve every listener's current handler, and starts the
     /// watchdog; nothing is accepted until [`Acceptor::run`].
-    pub fn new(bound: Vec<Bound>, drain: Drain) -> Result<Self> {
+    /// In a `fleet`, connection ids carry its node number, and rooms span it.
+    pub fn new(bound: Vec<Bound>, drain: Drain, fleet: Option<&Arc<Fleet>>) -> Result<Self> {
         let poll = Poll::new().context("cannot create the accept poller")?;
         let waker =
             Arc::new(Waker::new(poll.registry(), WAKE).context("cannot create the accept waker")?);
@@ -260,6 +261,7 @@ impl Acceptor {
                 registry,
                 admission,
                 Arc::clone(&watchdog),
+                fleet,
             )));
         }
         Ok(Acceptor {
@@ -274,7 +276,7 @@ impl Acceptor {
                 handed_over: Arc::new(AtomicBool::new(false)),
             },
             workers: Workers::new(GUEST_THREAD_STACK),
-            next_id: 1,
+            next_id: fleet.map_or(1, |fleet| fleet.first_id()),
         })
     }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::runtime::Rooms;
+use crate::runtime::{Fleet, Rooms};
 use crate::server::admission::Admission;
 use crate::server::registry::Registry;
 use crate::server::settings::ListenerSettings;
@@ -23,16 +23,23 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// A listener serving `registry`'s snapshots.
+    /// A listener serving `registry`'s snapshots, its rooms spanning
+    /// `fleet` if any.
     pub(crate) fn new(
         registry: Arc<Registry>,
         admission: Arc<Admission>,
         watchdog: Arc<Watchdog>,
+        fleet: Option<&Arc<Fleet>>,
     ) -> Self {
         let settings = registry.settings();
+        let backlog = settings.rules.room_backlog;
+        let rooms = match fleet {
+            Some(fleet) => Rooms::in_fleet(backlog, fleet, registry.name()),
+            None => Arc::new(Rooms::new(backlog)),
+        };
         Listener {
             name: registry.name().to_string(),
-            rooms: Arc::new(Rooms::new(settings.rules.room_backlog)),
+            rooms,
             registry,
             admission,
             metrics: Arc::default(),

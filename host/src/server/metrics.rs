@@ -22,7 +22,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry as Prometheus, Unit};
 
-use crate::runtime::Runtime;
+use crate::runtime::{Fleet, Runtime};
 use crate::server::accept::Stopper;
 use crate::server::http::{Peer, Reply, Routes};
 use crate::server::listener::Listener;
@@ -39,11 +39,20 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The metrics of `runtime` and of every listener in `listeners`. Each
-    /// metric is one family, with a sample per listener (label `listener`).
-    pub fn new(runtime: Arc<Runtime>, listeners: Vec<Arc<Listener>>) -> Self {
+    /// The metrics of `runtime`, of every listener in `listeners`, and of
+    /// the `fleet` its rooms span, if any. Each listener's metric is one
+    /// family, with a sample per listener (label `listener`).
+    pub fn new(
+        runtime: Arc<Runtime>,
+        listeners: Vec<Arc<Listener>>,
+        fleet: Option<Arc<Fleet>>,
+    ) -> Self {
         let mut prometheus = Prometheus::with_prefix("hotsock");
-        prometheus.register_collector(Box::new(ProcessCollector { runtime, listeners }));
+        prometheus.register_collector(Box::new(ProcessCollector {
+            runtime,
+            listeners,
+            fleet,
+        }));
         Metrics { prometheus }
     }
 
@@ -138,6 +147,7 @@ fn histograms<'a>(
 struct ProcessCollector {
     runtime: Arc<Runtime>,
     listeners: Vec<Arc<Listener>>,
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl fmt::Debug for ProcessCollector {
@@ -350,6 +360,41 @@ impl Collector for ProcessCollector {
         stats
             .latency
             .encode(metric.encode_family(&[("store", store.as_str())])?)?;
+        if let Some(fleet) = &self.fleet {
+            let store = fleet.url();
+            let stats = fleet.stats();
+            family(
+                &mut encoder,
+                "rooms_store_up",
+                "1 while the rooms store (--rooms-store) answers both the link and the \
+                 subscription, 0 while either is lost; absent for local.",
+                Gauge,
+                [(vec![("store", store)], u64::from(fleet.is_up()))],
+            )?;
+            family(
+                &mut encoder,
+                "rooms_store_operations",
+                "Operations on the rooms store (publish, join, leave, members, heartbeat), by \
+                 result: ok, or error (not answered, or refused).",
+                Counter,
+                [("ok", &stats.ok), ("error", &stats.failed)]
+                    .map(|(result, n)| (vec![("store", store), ("result", result)], load(n))),
+            )?;
+            family(
+                &mut encoder,
+                "rooms_fleet_messages",
+                "Room messages through the rooms store: sent to the other processes, received \
+                 from them, or dropped (the store down or too slow: never queued without bound \
+                 nor sent twice).",
+                Counter,
+                [
+                    ("sent", &stats.sent),
+                    ("received", &stats.received),
+                    ("dropped", &stats.dropped),
+                ]
+                .map(|(direction, n)| (vec![("store", store), ("direction", direction)], load(n))),
+            )?;
+        }
         let cache = self.runtime.cache_stats();
         family(
             &mut encoder,

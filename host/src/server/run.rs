@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context as _, Result, anyhow, bail};
 use log::{info, warn};
 
-use crate::runtime::{self, KeyValueStore, Runtime, RuntimeConfig, read_component};
+use crate::runtime::{
+    self, Fleet, KeyValueStore, RoomsStore, Runtime, RuntimeConfig, read_component,
+};
 use crate::server::accept::{self, ADMIN_LISTENING, Acceptor, Bound, Drain, LISTENING, Stopper};
 use crate::server::admin;
 use crate::server::capacity::Capacity;
@@ -49,6 +51,9 @@ pub struct Config {
     /// Where key-value buckets live: for the whole process, fixed while it
     /// runs.
     pub keyvalue_store: KeyValueStore,
+    /// Where rooms live: this process only, or a fleet's Redis; fixed while
+    /// it runs.
+    pub rooms_store: RoomsStore,
 }
 
 /// One listener of a [`Config`].
@@ -167,6 +172,8 @@ pub struct Server {
     upgrading: Option<Upgrading>,
     /// The admin socket's file, removed when the server has drained.
     admin_socket: Option<SocketFile>,
+    /// The fleet its rooms span, left when it has drained.
+    fleet: Option<Arc<Fleet>>,
 }
 
 /// Reconfigures, reloads and upgrades a running [`Server`]; shared with the
@@ -244,6 +251,12 @@ impl Server {
         if config.listeners.iter().any(grants) {
             info!("key-value store: {}", config.keyvalue_store);
         }
+        // Before anything listens: a process that cannot take its part in
+        // the fleet's rooms must not take clients.
+        let fleet = match &config.rooms_store {
+            RoomsStore::Local => None,
+            RoomsStore::Redis(url) => Some(Fleet::join(url).map_err(anyhow::Error::msg)?),
+        };
 
         let mut announce = Vec::new();
         let mut bound = Vec::new();
@@ -315,8 +328,11 @@ impl Server {
             handover.push((METRICS_SOCKET.into(), fd));
         }
 
-        let acceptor = Acceptor::new(bound, config.drain.clone())?;
+        let acceptor = Acceptor::new(bound, config.drain.clone(), fleet.as_ref())?;
         let listeners = acceptor.listeners();
+        if let Some(fleet) = &fleet {
+            fleet.listen().map_err(anyhow::Error::msg)?;
+        }
         let mut closers = Vec::new();
         let mut admin_socket = None;
         if let Some(admin) = admin {
@@ -325,7 +341,7 @@ impl Server {
             admin_socket = running.file;
         }
         if let Some(listener) = metrics {
-            let metrics = Metrics::new(Arc::clone(&runtime), listeners.clone());
+            let metrics = Metrics::new(Arc::clone(&runtime), listeners.clone(), fleet.clone());
             let routes = HealthRoutes::new(metrics, acceptor.stopper());
             closers.push(http::serve(listener, "metrics", Arc::new(routes))?);
         }
@@ -361,6 +377,7 @@ impl Server {
             announce,
             upgrading,
             admin_socket,
+            fleet,
         })
     }
 
@@ -399,6 +416,11 @@ impl Server {
         }
         let stopper = self.acceptor.stopper();
         let served = self.acceptor.run();
+        // Every connection has left its rooms: the fleet hears of it at once,
+        // not when this node's claim expires.
+        if let Some(fleet) = self.fleet.take() {
+            fleet.close();
+        }
         if stopper.is_handed_over()
             && let Some(file) = self.admin_socket.take()
         {
@@ -461,6 +483,13 @@ impl Control {
                 "listeners cannot be added, removed, renamed, moved to other addresses or have \
                  reuse-port changed while serving: restart the server (or upgrade it, SIGUSR2) \
                  for that"
+            );
+        }
+        if next.rooms_store != current.rooms_store {
+            bail!(
+                "rooms-store cannot change from {} to {} while serving: restart to change it",
+                current.rooms_store,
+                next.rooms_store
             );
         }
         if next.keyvalue_store != current.keyvalue_store {

@@ -50,7 +50,6 @@ use redis::{Client, Connection, RedisError, Value};
 
 use crate::runtime::bucket::Health;
 use crate::runtime::redis_store::TIMEOUT;
-use crate::runtime::rooms::Rooms;
 use crate::sys;
 
 /// Where a listener's rooms live: `--rooms-store`.
@@ -98,6 +97,16 @@ impl<'de> serde::Deserialize<'de> for RoomsStore {
     }
 }
 
+/// What a listener's rooms do for the fleet: implemented by
+/// [`crate::runtime::Rooms`], named here so that the fleet needs nothing
+/// else of them.
+pub(crate) trait Local: Send + Sync {
+    /// Queues for the members here what another process published to `room`.
+    fn deliver(&self, room: &str, data: &[u8]);
+    /// Every room with members here, as the fleet names it (`S`), and their ids.
+    fn memberships(&self) -> Vec<(String, Vec<u64>)>;
+}
+
 /// Bits of a connection id below the node number.
 pub const NODE_SHIFT: u32 = 48;
 
@@ -105,7 +114,7 @@ pub const NODE_SHIFT: u32 = 48;
 const MAX_NODES: u64 = (1 << (64 - NODE_SHIFT)) - 1;
 
 /// How long a node's claim outlives its last heartbeat: a process killed
-/// with `-9` leaves `members` within this plus [`HEARTBEAT`].
+/// with `-9` leaves `members` within this plus one heartbeat (5 s).
 pub const NODE_TTL: Duration = Duration::from_secs(15);
 
 /// How often the link renews this node's claim.
@@ -297,7 +306,7 @@ struct Shared {
     /// renews or releases another's.
     token: String,
     /// Each listener's rooms, by channel.
-    listeners: Mutex<HashMap<String, Weak<Rooms>>>,
+    listeners: Mutex<HashMap<String, Weak<dyn Local>>>,
     queue: Mutex<Queue>,
     /// Woken when something is queued, or the process stops.
     queued: Condvar,
@@ -384,12 +393,12 @@ impl Fleet {
     }
 
     /// Delivers what other processes publish on `channel` to `rooms`.
-    pub(crate) fn attach(&self, channel: &str, rooms: &Arc<Rooms>) {
-        sys::lock(&self.shared.listeners).insert(channel.to_string(), Arc::downgrade(rooms));
+    pub(crate) fn attach(&self, channel: &str, rooms: Weak<dyn Local>) {
+        sys::lock(&self.shared.listeners).insert(channel.to_string(), rooms);
     }
 
     /// Subscribes to every attached listener's channel, waiting up to
-    /// [`TIMEOUT`] for Redis to confirm, so that a process that says it
+    /// 2 s for Redis to confirm, so that a process that says it
     /// listens hears the fleet; after that, it goes on trying by itself.
     pub fn listen(&self) -> Result<(), String> {
         let channels: Vec<String> = sys::lock(&self.shared.listeners).keys().cloned().collect();
@@ -626,7 +635,7 @@ impl Shared {
         if !resync {
             return Ok(());
         }
-        let rooms: Vec<Arc<Rooms>> = sys::lock(&self.listeners)
+        let rooms: Vec<Arc<dyn Local>> = sys::lock(&self.listeners)
             .values()
             .filter_map(Weak::upgrade)
             .collect();

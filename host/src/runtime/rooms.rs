@@ -20,7 +20,7 @@
 //! With `--rooms-store redis://…` the listener's rooms span every process on
 //! that Redis ([`Fleet`]): joins, leaves and messages are also handed to the
 //! fleet, members on other processes count in `members`, and what they
-//! publish arrives through [`Rooms::deliver`].
+//! publish arrives through [`Local::deliver`].
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use log::warn;
 
-use crate::runtime::fleet::{self, Fleet};
+use crate::runtime::fleet::{self, Fleet, Local};
 use crate::sys::{self, Wakeup};
 
 /// Longest room name, in bytes.
@@ -98,7 +98,8 @@ impl Rooms {
             }),
             ..Rooms::new(backlog)
         });
-        fleet.attach(&channel, &rooms);
+        let local: Arc<dyn Local> = rooms.clone();
+        fleet.attach(&channel, Arc::downgrade(&local));
         rooms
     }
 
@@ -180,22 +181,6 @@ impl Rooms {
         ids
     }
 
-    /// Every room with members here, as the fleet names it, and their ids:
-    /// what this process tells a fleet store that lost track of it.
-    pub(crate) fn memberships(&self) -> Vec<(String, Vec<u64>)> {
-        let Some(f) = &self.fleet else {
-            return Vec::new();
-        };
-        let rooms = sys::lock(&self.rooms);
-        rooms
-            .iter()
-            .map(|(room, members)| {
-                let ids = members.iter().map(|m| m.id).collect();
-                (fleet::room_key(&f.listener, room), ids)
-            })
-            .collect()
-    }
-
     /// Queues `data` for every member of `room` but `from`, and returns for how
     /// many on this process; in a fleet, hands it to the store for the
     /// others. Never waits on a member: one that would have more than the
@@ -214,16 +199,6 @@ impl Rooms {
             f.fleet.publish(&f.channel, from, room, data);
         }
         Ok(queued)
-    }
-
-    /// Queues for this process's members what another process in the fleet
-    /// published to `room`.
-    pub(crate) fn deliver(&self, room: &str, data: &[u8]) {
-        let backlog = self.backlog.load(Ordering::Relaxed);
-        // Its publisher's backlog may be larger: no member here may take it.
-        if check_name(room).is_ok() && data.len() <= backlog {
-            self.post(NO_ONE, room, data, backlog);
-        }
     }
 
     /// Queues `data` for every member of `room` here but `from`; returns
@@ -274,6 +249,34 @@ impl Rooms {
              it, more than --room-backlog ({backlog} bytes); its client reads too slowly",
             member.id
         );
+    }
+}
+
+impl Local for Rooms {
+    /// Queues for this process's members what another process in the fleet
+    /// published to `room`.
+    fn deliver(&self, room: &str, data: &[u8]) {
+        let backlog = self.backlog.load(Ordering::Relaxed);
+        // Its publisher's backlog may be larger: no member here may take it.
+        if check_name(room).is_ok() && data.len() <= backlog {
+            self.post(NO_ONE, room, data, backlog);
+        }
+    }
+
+    /// Every room with members here, as the fleet names it, and their ids:
+    /// what this process tells a fleet store that lost track of it.
+    fn memberships(&self) -> Vec<(String, Vec<u64>)> {
+        let Some(f) = &self.fleet else {
+            return Vec::new();
+        };
+        let rooms = sys::lock(&self.rooms);
+        rooms
+            .iter()
+            .map(|(room, members)| {
+                let ids = members.iter().map(|m| m.id).collect();
+                (fleet::room_key(&f.listener, room), ids)
+            })
+            .collect()
     }
 }
 

@@ -32,7 +32,7 @@ fn wait_listening(addr: SocketAddr) {
 
 /// A process this test started indirectly (an upgrade's new hotsock),
 /// killed when dropped, so that no test leaves one behind.
-struct Reap(u32);
+pub struct Reap(pub u32);
 
 impl Drop for Reap {
     fn drop(&mut self) {
@@ -51,7 +51,7 @@ fn alive(pid: u32) -> bool {
 }
 
 /// The process that took over from `server` on SIGUSR2, once it has.
-fn taken_over_by(server: &Server) -> u32 {
+pub fn taken_over_by(server: &Server) -> u32 {
     let line = server.wait_for_log(&["upgrade: process", "serves now"]);
     line.split("upgrade: process ")
         .nth(1)

@@ -9,6 +9,7 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::fleet::{Reap, taken_over_by};
 use crate::redis::Redis;
 use crate::util::{Server, ask, hotsock, request, wasm};
 
@@ -369,5 +370,51 @@ fn the_rooms_store_is_named_fixed_while_serving_and_must_answer_at_start() {
         String::from_utf8_lossy(&check.stdout).contains("ok: rooms store local"),
         "{}",
         String::from_utf8_lossy(&check.stdout)
+    );
+}
+
+#[test]
+fn a_binary_upgrade_joins_the_same_fleet_rooms_and_its_old_clients_stay_in_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(redis) = Redis::start(dir.path()) else {
+        return;
+    };
+    let a = member(&redis, &[]);
+    let b = member(&redis, &[]);
+    let (mut la, mut la_lines) = joined(&a, "lobby");
+    // A long-lived client of the old process.
+    let (mut old, mut old_lines) = joined(&b, "lobby");
+    let old_id = id(&mut old);
+    b.signal(libc::SIGUSR2);
+    let _reap = Reap(taken_over_by(&b));
+    // The new process is a node of its own, in the same rooms.
+    let (mut new, mut new_lines) = joined(&b, "lobby");
+    let new_id = id(&mut new);
+    assert_ne!(new_id >> 48, old_id >> 48);
+    let mut now = members(&mut la, "lobby");
+    now.sort_unstable();
+    let mut want = vec![id(&mut la), old_id, new_id];
+    want.sort_unstable();
+    assert_eq!(now, want);
+    assert_eq!(
+        ask(&mut la, "publish lobby after the upgrade\n"),
+        "published 0"
+    );
+    for lines in [&mut old_lines, &mut new_lines] {
+        let got = heard(lines, Duration::from_secs(5));
+        assert_eq!(got.as_deref(), Some("after the upgrade"));
+    }
+    // `old` is the old process's: no member of the new one hears it.
+    assert_eq!(
+        ask(&mut new, "publish lobby from the new one\n"),
+        "published 0"
+    );
+    assert_eq!(
+        heard(&mut old_lines, Duration::from_secs(5)).as_deref(),
+        Some("from the new one")
+    );
+    assert_eq!(
+        heard(&mut la_lines, Duration::from_secs(5)).as_deref(),
+        Some("from the new one")
     );
 }

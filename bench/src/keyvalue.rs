@@ -159,8 +159,11 @@ pub struct Run {
     /// redis-server's where it is the store; redis-server's alone under
     /// redis-benchmark.
     pub server_cpu_us_per_op: Option<f64>,
-    /// Whether other processes took a real share of the CPU meanwhile
-    /// (hotsock rows only: redis-benchmark is such a process itself).
+    /// The share of the machine's CPU other processes took meanwhile
+    /// (hotsock rows only: redis-benchmark is such a process itself). The
+    /// kernel's threads that write a synced file's blocks count as others.
+    pub other_share: Option<f64>,
+    /// Whether that share was over [`crate::cpu::DISTURBED_SHARE`].
     pub disturbed: bool,
     /// Operations that failed (hotsock rows; redis-benchmark stops instead).
     pub failed: u64,
@@ -168,6 +171,8 @@ pub struct Run {
     pub acknowledged: u64,
     /// The counter read back afterwards (hotsock rows), if it could be.
     pub counter: Option<u64>,
+    /// Why the counter could not be read back, if it could not.
+    pub counter_error: Option<String>,
 }
 
 impl Run {
@@ -212,6 +217,8 @@ pub struct Summary {
     pub counter_mismatches: usize,
     /// Rounds whose counter was read back.
     pub counters_checked: usize,
+    /// Rounds whose counter could not be read back (hotsock rows).
+    pub counters_unread: usize,
 }
 
 /// What the scenario found: every round, the summary, what was skipped.
@@ -580,10 +587,12 @@ impl Setup<'_> {
             p50_us: Some(run.p50_us),
             p99_us: Some(run.p99_us),
             server_cpu_us_per_op: run.server_cpu_us_per_op,
+            other_share: run.cpu.map(|c| c.other_share),
             disturbed: run.cpu.is_some_and(|c| c.disturbed()),
             failed: run.failed,
             acknowledged: run.completed_total,
-            counter: counter.ok(),
+            counter: counter.as_ref().ok().copied(),
+            counter_error: counter.err().map(|e| e.to_string()),
         })
     }
 
@@ -610,10 +619,12 @@ impl Setup<'_> {
             p50_us,
             p99_us,
             server_cpu_us_per_op: cpu.map(|c| c.server_s * 1e6 / n as f64),
+            other_share: None,
             disturbed: false,
             failed: 0,
             acknowledged: n,
             counter: None,
+            counter_error: None,
         })
     }
 }
@@ -776,10 +787,12 @@ fn progress(subject: Subject, run: &Run) {
     let cpu = run
         .server_cpu_us_per_op
         .map_or_else(String::new, |us| format!(", server CPU {us:.1} µs/op"));
-    let disturbed = if run.disturbed {
-        "  [disturbed: other processes used the machine]"
-    } else {
-        ""
+    let disturbed = match run.other_share {
+        Some(share) if run.disturbed => format!(
+            "  [disturbed: other processes used {:.0}% of the machine]",
+            share * 100.0
+        ),
+        _ => String::new(),
     };
     eprintln!(
         "  {}: {:.0}/s, p50 {} µs, p99 {} µs, {} failed{cpu}{disturbed}",
@@ -796,9 +809,9 @@ fn progress(subject: Subject, run: &Run) {
             run.counter.unwrap_or(0),
             run.acknowledged
         );
-    } else if run.counter.is_none() && !subject.is_benchmark() {
+    } else if let Some(error) = &run.counter_error {
         eprintln!(
-            "  !!! {}: the counter could not be read back",
+            "  !!! {}: the counter could not be read back: {error}",
             subject.label()
         );
     }
@@ -829,6 +842,7 @@ fn summarise(subjects: &[Subject], rounds: &[Round]) -> Vec<Summary> {
                     .filter(|r| r.counter_mismatch() == Some(true))
                     .count(),
                 counters_checked: runs().filter(|r| r.counter.is_some()).count(),
+                counters_unread: runs().filter(|r| r.counter_error.is_some()).count(),
             }
         })
         .collect()
@@ -864,6 +878,12 @@ fn summary_notes(summary: &[Summary], rounds: &[Round]) -> Vec<String> {
                 s.label, s.counter_mismatches, s.counters_checked
             ));
         }
+        if s.counters_unread > 0 {
+            notes.push(format!(
+                "!!! {}: in {} round(s) the counter could not be read back (counter_error in the JSON's rounds)",
+                s.label, s.counters_unread
+            ));
+        }
         if s.failed > 0 {
             notes.push(format!("{}: {} increment(s) failed", s.label, s.failed));
         }
@@ -874,7 +894,10 @@ fn summary_notes(summary: &[Summary], rounds: &[Round]) -> Vec<String> {
             r.runs
                 .iter()
                 .filter(|(_, run)| run.disturbed)
-                .map(move |(s, _)| format!("round {} {}", r.round, s.label()))
+                .map(move |(s, run)| {
+                    let share = run.other_share.unwrap_or(f64::NAN) * 100.0;
+                    format!("round {} {} ({share:.0}%)", r.round, s.label())
+                })
         })
         .collect();
     if !disturbed.is_empty() {

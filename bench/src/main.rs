@@ -396,7 +396,8 @@ fn run(options: &Options) -> Result<()> {
 
 /// `--keyvalue`: the key-value scenario alone.
 fn run_keyvalue(options: &Options) -> Result<()> {
-    let machine = Machine::detect(0);
+    let open_files = raise_open_files_limit(keyvalue::CLIENTS as u64 + 200)?;
+    let machine = Machine::detect(open_files);
     eprintln!(
         "hotsock-bench --keyvalue: {} round(s), {:?} per hotsock run; about {} minute(s)",
         options.rounds,

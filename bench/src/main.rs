@@ -1,6 +1,8 @@
 //! hotsock-bench, run by `make bench`: hotsock against the same
 //! thread-per-connection echo server in plain Rust (`native-echo`) and in
-//! Python (`socketserver.ThreadingTCPServer`), on loopback, in one run.
+//! Python (`socketserver.ThreadingTCPServer`), on loopback, in one run; then
+//! increments per second through each key-value store, against
+//! `redis-benchmark` on the same machine.
 //!
 //! # Layout
 //!
@@ -97,11 +99,12 @@ and once:
   hot swap           hotsock only: the new-connection loop for 6 s, swapping
                      to slow-echo at 2 s and back at 4 s via the admin API;
                      every connection goes to OUT/swap.csv
+then, in --rounds rounds of its own:
   key-value          hotsock serving the kit fixture with each store (memory:,
                      the default SQLite, Redis with appendfsync always and
                      everysec), 16 connections each sending `incr bench KEY`;
                      then `redis-benchmark -t incr -c 16` on each Redis, the
-                     anchor; in rotating order, each round; the counter read
+                     anchor; in an order that rotates; the counter read
                      back is checked against the increments acknowledged.
                      Needs redis-server and redis-benchmark (skipped without,
                      unless CI=true)

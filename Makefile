@@ -2,7 +2,8 @@
 #   make run    install what is needed, build, serve the default echo handler on $(ADDR)
 #   make test   install what is needed, build every handler, run every test
 #   make lint   rustfmt check, clippy (warnings are errors) on every crate, and the host's layers
-#   make bench  hotsock against native Rust and Python echo servers, on loopback
+#   make bench  hotsock against native Rust and Python echo servers, and its
+#               key-value stores against redis-benchmark, on loopback
 #   make soak   10,000 idle connections on each of the three, with memory and mappings
 #   make fleet  three hotsock processes behind HAProxy (deploy/fleet.sh)
 #   make bench-fleet  one hotsock process, two sharing a port, three behind HAProxy;
@@ -114,8 +115,11 @@ handler-cost: build
 
 ## hotsock against the same echo server in plain Rust and in Python, on loopback:
 ## round trips, new connections, memory per idle connection, instantiate time,
-## a hot swap under load. Writes $(BENCH_OUT)/bench.json, swap.csv, swap-latency.png.
+## a hot swap under load; increments/s through each key-value store against
+## redis-benchmark (the kit fixture, Debian's redis-server and redis-tools).
+## Writes $(BENCH_OUT)/bench.json, swap.csv, swap-latency.png.
 bench: build $(MATPLOTLIB_STAMP)
+	$(CARGO) build --release --target $(WASM_TARGET) -p kit
 	$(CARGO) build --release -p hotsock-bench
 	target/release/hotsock-bench --out $(BENCH_OUT)
 	$(VENV)/bin/python bench/plot_swap.py $(BENCH_OUT)

@@ -193,12 +193,24 @@ fn nanos(duration: Duration) -> u64 {
 /// Round trips over `clients` persistent connections, each on its own
 /// thread, one message in flight per connection.
 pub fn persistent(addr: SocketAddr, clients: usize, duration: Duration) -> Result<Throughput> {
+    persistent_with(addr, clients, duration, round_trip)
+}
+
+/// Like [`persistent`], with `operation` as the round trip: it sends one
+/// request on the stream, reads its whole answer and checks it. An error
+/// counts as a failure and ends that connection's loop.
+pub fn persistent_with(
+    addr: SocketAddr,
+    clients: usize,
+    duration: Duration,
+    operation: impl Fn(&mut TcpStream) -> io::Result<()> + Send + Sync + 'static,
+) -> Result<Throughput> {
     let tallies = run_clients(
         clients,
         WARMUP,
         duration,
         move || connect(addr),
-        |stream, window| {
+        move |stream, window| {
             let mut tally = Tally::default();
             let Ok(mut stream) = stream else {
                 tally.failed += 1;
@@ -206,7 +218,7 @@ pub fn persistent(addr: SocketAddr, clients: usize, duration: Duration) -> Resul
             };
             while Instant::now() < window.until {
                 let began = Instant::now();
-                match round_trip(&mut stream) {
+                match operation(&mut stream) {
                     Ok(()) => tally.record(&window, began),
                     // This connection is broken: count it and stop using it.
                     Err(_) => {

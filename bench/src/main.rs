@@ -1,6 +1,8 @@
 //! hotsock-bench, run by `make bench`: hotsock against the same
 //! thread-per-connection echo server in plain Rust (`native-echo`) and in
-//! Python (`socketserver.ThreadingTCPServer`), on loopback, in one run.
+//! Python (`socketserver.ThreadingTCPServer`), on loopback, in one run; then
+//! increments per second through each key-value store, against
+//! `redis-benchmark` on the same machine.
 //!
 //! # Layout
 //!
@@ -12,6 +14,8 @@
 //! - [`memory`]: resident memory per idle connection.
 //! - [`instantiate`]: the in-process per-connection instantiate micro-benchmark.
 //! - [`swap`]: the hot swap under load, hotsock only.
+//! - [`keyvalue`]: increments per second through each key-value store,
+//!   against `redis-benchmark -t incr` on the same machine.
 //! - [`report`]: statistics, the summary rows and their targets, the table.
 //! - [`soak`]: `--soak`: many idle connections held at once.
 //! - [`fleet`]: `--fleet`: one hotsock process, two sharing a port, three
@@ -25,6 +29,7 @@
 mod cpu;
 mod fleet;
 mod instantiate;
+mod keyvalue;
 mod load;
 mod memory;
 mod report;
@@ -94,6 +99,15 @@ and once:
   hot swap           hotsock only: the new-connection loop for 6 s, swapping
                      to slow-echo at 2 s and back at 4 s via the admin API;
                      every connection goes to OUT/swap.csv
+then, in --rounds rounds of its own:
+  key-value          hotsock serving the kit fixture with each store (memory:,
+                     the default SQLite, Redis with appendfsync always and
+                     everysec), 16 connections each sending `incr bench KEY`;
+                     then `redis-benchmark -t incr -c 16` on each Redis, the
+                     anchor; in an order that rotates; the counter read
+                     back is checked against the increments acknowledged.
+                     Needs redis-server and redis-benchmark (skipped without,
+                     unless CI=true)
 
 With --soak, per server: open N connections one after the other, each with a
 round trip; once all are open, a round trip on every one again; report the
@@ -106,6 +120,9 @@ order that rotates; CPU per operation is that of every hotsock process and
 HAProxy. Then once, behind HAProxy: SIGUSR2 to each process in turn under
 load, counting failed operations. HAProxy runs deploy/haproxy.cfg with its
 ports replaced. Writes OUT/fleet.json.
+
+With --keyvalue, only the key-value scenario: 5 rounds unless --rounds says
+otherwise. Writes OUT/keyvalue.json.
 
 Targets are reported with ✓ or ✗; a miss does not fail the run.";
 
@@ -139,6 +156,10 @@ struct Options {
     /// --rounds to 5
     #[arg(long, conflicts_with = "soak")]
     fleet: bool,
+    /// run only the key-value scenario instead: increments/s through each
+    /// store against redis-benchmark. --rounds defaults to 5
+    #[arg(long, conflicts_with_all = ["soak", "fleet"])]
+    keyvalue: bool,
 }
 
 impl Options {
@@ -151,14 +172,17 @@ impl Options {
     {
         let matches = Options::command().try_get_matches_from(args)?;
         let mut options = Options::from_arg_matches(&matches)?;
+        let defaulted = |id| matches.value_source(id) == Some(ValueSource::DefaultValue);
         if options.fleet {
-            let defaulted = |id| matches.value_source(id) == Some(ValueSource::DefaultValue);
             if defaulted("out") {
                 options.out = fleet::DEFAULT_OUT.into();
             }
             if defaulted("rounds") {
                 options.rounds = fleet::DEFAULT_ROUNDS;
             }
+        }
+        if options.keyvalue && defaulted("rounds") {
+            options.rounds = keyvalue::DEFAULT_ROUNDS;
         }
         Ok(options)
     }
@@ -290,8 +314,12 @@ fn run(options: &Options) -> Result<()> {
     if options.fleet {
         return fleet::run(options);
     }
+    if options.keyvalue {
+        return run_keyvalue(options);
+    }
     let programs = &options.programs;
     programs.check()?;
+    programs.check_kit()?;
     let logs = options.out.join("logs");
     servers::reset_logs(&logs)?;
     let open_files = raise_open_files_limit(OPEN_FILES_NEEDED)?;
@@ -319,6 +347,8 @@ fn run(options: &Options) -> Result<()> {
         &logs.join("hotsock-swap.stderr"),
         &options.out.join("swap.csv"),
     )?;
+    eprintln!("key-value increments, {} round(s)", options.rounds);
+    let keyvalue = keyvalue::run(programs, options.rounds, options.duration, &options.out)?;
 
     let rows = summary(&rounds, &swap);
     let (met, targets) = rows
@@ -338,6 +368,7 @@ fn run(options: &Options) -> Result<()> {
         &stderr_lines,
         options,
     );
+    print_keyvalue(&keyvalue);
 
     let json = json!({
         "machine": machine,
@@ -358,11 +389,70 @@ fn run(options: &Options) -> Result<()> {
         "targets": targets,
         "rounds": rounds,
         "swap": swap,
+        "keyvalue": keyvalue,
         "server_stderr_lines": stderr_lines.into_iter().collect::<BTreeMap<_, _>>(),
     });
     let path = report::write_json(&options.out, "bench.json", &json)?;
     println!("\nwrote {} and {}", path.display(), swap.timeline_csv);
     Ok(())
+}
+
+/// `--keyvalue`: the key-value scenario alone.
+fn run_keyvalue(options: &Options) -> Result<()> {
+    let open_files = raise_open_files_limit(keyvalue::CLIENTS as u64 + 200)?;
+    let machine = Machine::detect(open_files);
+    eprintln!(
+        "hotsock-bench --keyvalue: {} round(s), {:?} per hotsock run; about {} minute(s)",
+        options.rounds,
+        options.duration,
+        (keyvalue_seconds(options) / 60.0).ceil()
+    );
+    let keyvalue = keyvalue::run(
+        &options.programs,
+        options.rounds,
+        options.duration,
+        &options.out,
+    )?;
+    println!();
+    println!(
+        "hotsock key-value bench, {}: {} cores ({}), Linux {}, git {}",
+        machine.date,
+        machine.nproc,
+        machine.cpu,
+        machine.kernel,
+        machine.git.as_deref().unwrap_or("unknown")
+    );
+    print_keyvalue(&keyvalue);
+    for (path, lines) in stderr_lines(&options.out.join("logs"), [keyvalue::LOG]) {
+        println!("note: {path} has {lines} line(s) of server stderr");
+    }
+    let json = json!({ "machine": machine, "keyvalue": keyvalue });
+    let path = report::write_json(&options.out, "keyvalue.json", &json)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// The key-value table and its notes, after the main report.
+fn print_keyvalue(keyvalue: &keyvalue::KeyValue) {
+    println!();
+    print!("{}", keyvalue::table(keyvalue));
+    println!();
+    println!(
+        "note: key-value: medians over {} round(s); ÷ redis-benchmark is the median of each round's ratio to `redis-benchmark -t incr -c {}` on the Redis with appendfsync always",
+        keyvalue.rounds.len(),
+        keyvalue.clients
+    );
+    for note in &keyvalue.notes {
+        println!("note: key-value: {note}");
+    }
+}
+
+/// A rough time for the key-value scenario: four hotsock runs (with a
+/// start each) and two redis-benchmark runs a round.
+fn keyvalue_seconds(options: &Options) -> f64 {
+    let hotsock = 4.0 * ((options.duration + load::WARMUP).as_secs_f64() + 0.5);
+    let benchmark = 2.0 * (options.duration + load::WARMUP).as_secs_f64();
+    (hotsock + benchmark) * options.rounds as f64
 }
 
 /// A rough run time, so whoever started it knows what to expect.
@@ -371,7 +461,7 @@ fn estimate_minutes(options: &Options) -> u64 {
     let per_round = throughput_runs * (options.duration + load::WARMUP).as_secs_f64()
         + 3.0 * 3.0 * memory::SETTLE.as_secs_f64()
         + 5.0;
-    ((per_round * options.rounds as f64 + 10.0) / 60.0).ceil() as u64
+    ((per_round * options.rounds as f64 + 10.0 + keyvalue_seconds(options)) / 60.0).ceil() as u64
 }
 
 /// One round: start the servers, run each scenario on each in turn, stop them.
@@ -886,6 +976,24 @@ mod tests {
         assert!(!parse(&["--rounds", "2"]).unwrap().fleet);
         assert!(parse(&["--fleet", "--soak", "10"]).is_err());
         assert!(parse(&["--fleet=1"]).is_err());
+    }
+
+    #[test]
+    fn keyvalue_options() {
+        let options = parse(&["--keyvalue"]).unwrap();
+        assert!(options.keyvalue);
+        assert_eq!(options.rounds, super::keyvalue::DEFAULT_ROUNDS);
+        assert_eq!(options.out, PathBuf::from("target/bench"));
+        assert_eq!(
+            options.programs.kit,
+            PathBuf::from("target/wasm32-wasip2/release/kit.wasm")
+        );
+        let options = parse(&["--rounds", "2", "--keyvalue", "--kit", "k.wasm"]).unwrap();
+        assert_eq!(options.rounds, 2);
+        assert_eq!(options.programs.kit, PathBuf::from("k.wasm"));
+        assert!(!parse(&[]).unwrap().keyvalue);
+        assert!(parse(&["--keyvalue", "--fleet"]).is_err());
+        assert!(parse(&["--keyvalue", "--soak", "10"]).is_err());
     }
 
     #[test]

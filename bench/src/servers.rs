@@ -73,6 +73,14 @@ pub struct Programs {
         default_value = "target/wasm32-wasip2/release/slow_echo.wasm"
     )]
     pub swap_handler: PathBuf,
+    /// the test fixture that answers `incr NAME KEY` (`make guests` builds
+    /// it), served for the key-value scenario
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "target/wasm32-wasip2/release/kit.wasm"
+    )]
+    pub kit: PathBuf,
     /// Python 3 interpreter
     #[arg(long, value_name = "PATH", default_value = "python3")]
     pub python: PathBuf,
@@ -128,6 +136,18 @@ impl Programs {
         let build = "run `make build`";
         require_file(&self.hotsock, "the hotsock binary (--hotsock)", build)?;
         require_file(&self.handler, "the echo handler (--handler)", build)
+    }
+
+    /// Checks that hotsock and the kit fixture are there: what the
+    /// key-value scenario serves.
+    pub fn check_kit(&self) -> Result<()> {
+        let build = "run `make build`";
+        require_file(&self.hotsock, "the hotsock binary (--hotsock)", build)?;
+        require_file(
+            &self.kit,
+            "the kit fixture (--kit)",
+            "run `make guests` (`make bench` builds it)",
+        )
     }
 
     /// hotsock as the bench runs it, listening on `addr`, with its admin
@@ -293,13 +313,15 @@ pub fn reset_logs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The log file of each server, and of the hot swap's hotsock.
-pub fn log_names() -> [&'static str; 4] {
+/// The log file of each server, of the hot swap's hotsock and of the
+/// key-value scenario's.
+pub fn log_names() -> [&'static str; 5] {
     [
         "hotsock.stderr",
         "native.stderr",
         "python.stderr",
         "hotsock-swap.stderr",
+        crate::keyvalue::LOG,
     ]
 }
 

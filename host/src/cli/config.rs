@@ -142,6 +142,7 @@ impl Plan {
                 drain: Drain {
                     stop_delay: set(process.stop_delay, "stop-delay")?.into(),
                     drain_timeout: set(process.drain_timeout, "drain-timeout")?.into(),
+                    upgrade_drain_timeout: process.upgrade_drain_timeout.map(Into::into),
                 },
                 admin: admin.transpose()?,
                 metrics: process.metrics,

@@ -90,6 +90,15 @@ pub struct ServeOptions {
     #[arg(long, value_name = "DURATION", default_value = Span::from(DEFAULT_DRAIN_TIMEOUT).to_string(), help_heading = PROCESS)]
     pub drain_timeout: Option<Span>,
 
+    /// After a binary upgrade (SIGUSR2) handed the sockets to the new
+    /// process, how long the old one may serve its open connections before
+    /// it exits anyway, closing them (e.g. 1h). Unset, it serves them until
+    /// they end, so that an upgrade disconnects no long-lived client; a
+    /// SIGTERM then drains them for --drain-timeout. [default: until they
+    /// end]
+    #[arg(long, value_name = "DURATION", help_heading = PROCESS)]
+    pub upgrade_drain_timeout: Option<Span>,
+
     /// After SIGINT or SIGTERM, keep accepting this long while /readyz
     /// answers 503, so that load balancers stop sending before the
     /// listeners close (e.g. 5s; longer than their health-check interval).

@@ -47,6 +47,9 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// closing connections to free some, short enough that clients barely notice.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How often a drain looks whether a stop was asked for meanwhile.
+const DRAIN_SLICE: Duration = Duration::from_millis(200);
+
 /// The poll token of the waker, which wakes the accept loop to stop, or to
 /// accept again once a connection slot is free. Listeners use their index in
 /// the listener list.
@@ -60,6 +63,10 @@ pub struct Drain {
     pub stop_delay: Duration,
     /// How long open connections may run on after a stop is requested.
     pub drain_timeout: Duration,
+    /// How long open connections may run on after a binary upgrade handed
+    /// the sockets over: `None`, until they end (a stop asked for then
+    /// caps it at `drain_timeout` from then).
+    pub upgrade_drain_timeout: Option<Duration>,
 }
 
 impl Default for Drain {
@@ -68,6 +75,7 @@ impl Default for Drain {
         Drain {
             stop_delay: Duration::ZERO,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            upgrade_drain_timeout: None,
         }
     }
 }
@@ -147,6 +155,8 @@ pub struct Stopper {
     /// Stop accepting at once, without `--stop-delay`: another process
     /// serves the same sockets now.
     handed_over: Arc<AtomicBool>,
+    /// A stop was asked for after the first: after a hand-over, a SIGTERM.
+    again: Arc<AtomicBool>,
 }
 
 impl Stopper {
@@ -157,7 +167,9 @@ impl Stopper {
 
     /// Requests the stop; the server's [`Acceptor::run`] then drains and returns.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
+        if self.stop.swap(true, Ordering::SeqCst) {
+            self.again.store(true, Ordering::SeqCst);
+        }
         self.wake();
     }
 
@@ -188,8 +200,7 @@ pub struct Acceptor {
     /// Every bound socket, with the index of its listener in `listeners`.
     sockets: Vec<(TcpListener, usize)>,
     listeners: Vec<Arc<Listener>>,
-    stop_delay: Duration,
-    drain_timeout: Duration,
+    drain: Drain,
     poll: Poll,
     stopper: Stopper,
     workers: Workers,
@@ -267,13 +278,13 @@ impl Acceptor {
         Ok(Acceptor {
             sockets,
             listeners,
-            stop_delay: drain.stop_delay,
-            drain_timeout: drain.drain_timeout,
+            drain,
             poll,
             stopper: Stopper {
                 waker,
                 stop: Arc::new(AtomicBool::new(false)),
                 handed_over: Arc::new(AtomicBool::new(false)),
+                again: Arc::new(AtomicBool::new(false)),
             },
             workers: Workers::new(GUEST_THREAD_STACK),
             next_id: fleet.map_or(1, |fleet| fleet.first_id()),
@@ -321,14 +332,14 @@ impl Acceptor {
                 result => result.context("waiting for connections failed")?,
             }
             if stop_at.is_none() && self.stopper.is_stopping() {
-                if self.stop_delay.is_zero() || self.stopper.is_handed_over() {
+                if self.drain.stop_delay.is_zero() || self.stopper.is_handed_over() {
                     return Ok(());
                 }
                 info!(
                     "/readyz now fails; still accepting for {:?} so load balancers stop sending first (--stop-delay)",
-                    self.stop_delay
+                    self.drain.stop_delay
                 );
-                stop_at = Some(Instant::now() + self.stop_delay);
+                stop_at = Some(Instant::now() + self.drain.stop_delay);
             }
             if stop_at.is_some_and(|at| Instant::now() >= at) {
                 return Ok(());
@@ -424,28 +435,70 @@ impl Acceptor {
         }
     }
 
+    /// Waits for open connections to finish: up to `--drain-timeout` after
+    /// a stop; after an upgrade handed the sockets over, until they end or
+    /// `--upgrade-drain-timeout`, whichever is first, so that an upgrade
+    /// disconnects no long-lived client. A stop asked for during that caps
+    /// what is left at `--drain-timeout` from then.
     fn drain(&self) {
-        let open: usize = self.listeners.iter().map(|l| l.admission().open()).sum();
-        if open == 0 {
+        let open = || -> usize { self.listeners.iter().map(|l| l.admission().open()).sum() };
+        let started = open();
+        if started == 0 {
             info!("stopped; no open connections");
             return;
         }
-        let timeout = self.drain_timeout;
-        info!(
-            "stopped accepting; waiting up to {timeout:?} for {open} open connection(s) to finish"
-        );
-        let deadline = Instant::now() + timeout;
-        let left: usize = self
-            .listeners
-            .iter()
-            .map(|l| {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                l.admission().wait_idle(remaining)
-            })
-            .sum();
-        match left {
-            0 => info!("all connections finished"),
-            left => warn!("drain timeout: exiting with {left} connection(s) still open"),
+        let upgraded = self.stopper.is_handed_over();
+        let (mut deadline, why) = match upgraded {
+            true => (
+                self.drain.upgrade_drain_timeout.map(|t| Instant::now() + t),
+                "upgrade drain timeout",
+            ),
+            false => (
+                Some(Instant::now() + self.drain.drain_timeout),
+                "drain timeout",
+            ),
+        };
+        match (upgraded, self.drain.upgrade_drain_timeout) {
+            (true, None) => info!(
+                "handed over: serving {started} open connection(s) until they end \
+                 (--upgrade-drain-timeout caps it; SIGTERM drains for --drain-timeout)"
+            ),
+            (true, Some(timeout)) => info!(
+                "handed over: waiting up to {timeout:?} for {started} open connection(s) to \
+                 finish (--upgrade-drain-timeout)"
+            ),
+            (false, _) => info!(
+                "stopped accepting; waiting up to {:?} for {started} open connection(s) to finish",
+                self.drain.drain_timeout
+            ),
+        }
+        let mut capped = !upgraded;
+        loop {
+            // In slices, so that a stop asked for meanwhile is seen.
+            let slice = deadline.map_or(DRAIN_SLICE, |at| {
+                at.saturating_duration_since(Instant::now())
+                    .min(DRAIN_SLICE)
+            });
+            let left: usize = self
+                .listeners
+                .iter()
+                .map(|l| l.admission().wait_idle(slice))
+                .sum();
+            if left == 0 {
+                return info!("all connections finished");
+            }
+            if deadline.is_some_and(|at| Instant::now() >= at) {
+                return warn!("{why}: exiting with {left} connection(s) still open");
+            }
+            if !capped && self.stopper.again.load(Ordering::SeqCst) {
+                capped = true;
+                let cap = Instant::now() + self.drain.drain_timeout;
+                deadline = Some(deadline.map_or(cap, |at| at.min(cap)));
+                info!(
+                    "stopping: waiting up to {:?} more for {left} open connection(s) (--drain-timeout)",
+                    self.drain.drain_timeout
+                );
+            }
         }
     }
 }

@@ -50,6 +50,7 @@ use redis::{Client, Connection, RedisError, Value};
 
 use crate::runtime::bucket::Health;
 use crate::runtime::redis_store::TIMEOUT;
+use crate::runtime::rooms::{Elsewhere, Local};
 use crate::sys;
 
 /// Where a listener's rooms live: `--rooms-store`.
@@ -95,16 +96,6 @@ impl<'de> serde::Deserialize<'de> for RoomsStore {
         let text = String::deserialize(deserializer)?;
         text.parse().map_err(serde::de::Error::custom)
     }
-}
-
-/// What a listener's rooms do for the fleet: implemented by
-/// [`crate::runtime::Rooms`], named here so that the fleet needs nothing
-/// else of them.
-pub(crate) trait Local: Send + Sync {
-    /// Queues for the members here what another process published to `room`.
-    fn deliver(&self, room: &str, data: &[u8]);
-    /// Every room with members here, as the fleet names it (`S`), and their ids.
-    fn memberships(&self) -> Vec<(String, Vec<u64>)>;
 }
 
 /// Bits of a connection id below the node number.
@@ -236,7 +227,7 @@ return out
 /// One operation waiting for the link.
 enum Op {
     /// `PUBLISH` a message (encoded by [`encode`]) on a listener's channel.
-    Publish { channel: Arc<str>, payload: Vec<u8> },
+    Publish { channel: String, payload: Vec<u8> },
     /// A connection joined a room (`S`); `done` hears when Redis has it.
     Join {
         room: String,
@@ -305,8 +296,8 @@ struct Shared {
     /// What this process's claim on its node number holds, so that it never
     /// renews or releases another's.
     token: String,
-    /// Each listener's rooms, by channel.
-    listeners: Mutex<HashMap<String, Weak<dyn Local>>>,
+    /// Each listener's name and rooms, by channel.
+    listeners: Mutex<HashMap<String, (String, Weak<dyn Local>)>>,
     queue: Mutex<Queue>,
     /// Woken when something is queued, or the process stops.
     queued: Condvar,
@@ -392,9 +383,10 @@ impl Fleet {
         &self.shared.stats
     }
 
-    /// Delivers what other processes publish on `channel` to `rooms`.
-    pub(crate) fn attach(&self, channel: &str, rooms: Weak<dyn Local>) {
-        sys::lock(&self.shared.listeners).insert(channel.to_string(), rooms);
+    /// Delivers what other processes publish to `listener`'s rooms to `rooms`.
+    pub(crate) fn attach(&self, listener: &str, rooms: Weak<dyn Local>) {
+        let entry = (listener.to_string(), rooms);
+        sys::lock(&self.shared.listeners).insert(channel(listener), entry);
     }
 
     /// Subscribes to every attached listener's channel, waiting up to
@@ -418,9 +410,9 @@ impl Fleet {
         Ok(())
     }
 
-    /// Queues `data`, published by the connection `from` to `room` (`S`) of
-    /// the listener whose channel is `channel`, for the other processes.
-    pub(crate) fn publish(&self, channel: &Arc<str>, from: u64, room: &str, data: &[u8]) {
+    /// Queues `data`, published by the connection `from` to `room` of the
+    /// listener whose channel is `channel`, for the other processes.
+    fn queue_publish(&self, channel: String, from: u64, room: &str, data: &[u8]) {
         let payload = encode(self.shared.node, from, room, data);
         let mut queue = sys::lock(&self.shared.queue);
         let stats = &self.shared.stats;
@@ -430,10 +422,7 @@ impl Fleet {
             return;
         }
         queue.bytes += payload.len();
-        queue.ops.push_back(Op::Publish {
-            channel: Arc::clone(channel),
-            payload,
-        });
+        queue.ops.push_back(Op::Publish { channel, payload });
         drop(queue);
         self.shared.queued.notify_one();
     }
@@ -442,7 +431,7 @@ impl Fleet {
     /// [`TIMEOUT`] for Redis to have it, so that a join a client was told
     /// of counts in `members` on every process; a store that is down is
     /// not waited for (the presence is rebuilt when it is back).
-    pub(crate) fn add(&self, room: String, id: u64) {
+    fn add(&self, room: String, id: u64) {
         let (done, applied) = mpsc::sync_channel(1);
         if self.queue_presence(Op::Join { room, id, done }) && self.shared.link.is_up() {
             let _ = applied.recv_timeout(TIMEOUT);
@@ -450,7 +439,7 @@ impl Fleet {
     }
 
     /// Takes `id` out of `room` (`S`) for the whole fleet, without waiting.
-    pub(crate) fn remove(&self, room: String, id: u64) {
+    fn remove(&self, room: String, id: u64) {
         self.queue_presence(Op::Leave { room, id });
     }
 
@@ -472,7 +461,7 @@ impl Fleet {
     /// The members of `room` (`S`) on other processes, or `None` when the
     /// store does not answer within [`TIMEOUT`]. Answered after every join
     /// and leave queued before it.
-    pub(crate) fn members(&self, room: String) -> Option<Vec<u64>> {
+    fn members_of(&self, room: String) -> Option<Vec<u64>> {
         if !self.shared.link.is_up() {
             return None;
         }
@@ -500,6 +489,23 @@ impl Fleet {
         if let Some(link) = sys::lock(&self.link).take() {
             let _ = link.join();
         }
+    }
+}
+
+impl Elsewhere for Fleet {
+    fn publish(&self, listener: &str, from: u64, room: &str, data: &[u8]) {
+        self.queue_publish(channel(listener), from, room, data);
+    }
+
+    fn presence(&self, listener: &str, room: &str, id: u64, joined: bool) {
+        match joined {
+            true => self.add(room_key(listener, room), id),
+            false => self.remove(room_key(listener, room), id),
+        }
+    }
+
+    fn members(&self, listener: &str, room: &str) -> Option<Vec<u64>> {
+        self.members_of(room_key(listener, room))
     }
 }
 
@@ -635,16 +641,17 @@ impl Shared {
         if !resync {
             return Ok(());
         }
-        let rooms: Vec<Arc<dyn Local>> = sys::lock(&self.listeners)
+        let rooms: Vec<(String, Arc<dyn Local>)> = sys::lock(&self.listeners)
             .values()
-            .filter_map(Weak::upgrade)
+            .filter_map(|(name, rooms)| Some((name.clone(), rooms.upgrade()?)))
             .collect();
         let mut pipe = redis::pipe();
         pipe.add_command(script(RESET, true).arg(self.node).clone())
             .ignore();
         let mut memberships = 0;
-        for listener in rooms {
-            for (room, ids) in listener.memberships() {
+        for (listener, rooms) in rooms {
+            for (room, ids) in rooms.memberships() {
+                let room = room_key(&listener, &room);
                 memberships += ids.len();
                 for chunk in ids.chunks(BATCH) {
                     pipe.add_command(
@@ -675,7 +682,7 @@ impl Shared {
         for op in &batch {
             match op {
                 Op::Publish { channel, payload } => {
-                    pipe.cmd("PUBLISH").arg(&**channel).arg(payload.as_slice());
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload.as_slice());
                 }
                 Op::Join { room, id, .. } => {
                     pipe.add_command(
@@ -823,7 +830,7 @@ impl Shared {
         }
         let rooms = sys::lock(&self.listeners)
             .get(channel)
-            .and_then(Weak::upgrade);
+            .and_then(|(_, rooms)| rooms.upgrade());
         if let Some(rooms) = rooms {
             self.stats.received.fetch_add(1, Ordering::Relaxed);
             rooms.deliver(room, data);
@@ -890,12 +897,12 @@ fn decode(payload: &[u8]) -> Option<(u64, u64, &str, &[u8])> {
 
 /// A room's `S`: the listener name's length, the name and the room, so that
 /// no listener's room reads as another's.
-pub(crate) fn room_key(listener: &str, room: &str) -> String {
+fn room_key(listener: &str, room: &str) -> String {
     format!("{}:{listener}:{room}", listener.len())
 }
 
 /// The channel a listener's messages go out on.
-pub(crate) fn channel(listener: &str) -> String {
+fn channel(listener: &str) -> String {
     format!("hotsock:rooms:{}:{listener}", listener.len())
 }
 

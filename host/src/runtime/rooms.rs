@@ -17,21 +17,21 @@
 //! mailbox's writer lock until a message is out whole, so a message never
 //! lands inside one of the handler's own writes, nor they inside it.
 //!
-//! With `--rooms-store redis://…` the listener's rooms span every process on
-//! that Redis ([`Fleet`]): joins, leaves and messages are also handed to the
-//! fleet, members on other processes count in `members`, and what they
-//! publish arrives through [`Local::deliver`].
+//! A listener's rooms may span other processes ([`Elsewhere`]): every process
+//! on one Redis (`--rooms-store`, `fleet`), or the old and new processes of
+//! a binary upgrade while both serve (`bridge`). Joins, leaves and messages
+//! are then also handed over there, members there count in `members`, and
+//! what they publish arrives through [`Local::deliver`].
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 
 use log::warn;
 
-use crate::runtime::fleet::{self, Fleet, Local};
 use crate::sys::{self, Wakeup};
 
 /// Longest room name, in bytes.
@@ -56,16 +56,27 @@ pub struct Rooms {
     backlog: AtomicUsize,
     /// Members disconnected for falling behind, for metrics.
     disconnected: AtomicU64,
-    /// The fleet they span, if any.
-    fleet: Option<InFleet>,
+    /// The other processes they span, if any, and the listener's name there.
+    elsewhere: Option<(Arc<dyn Elsewhere>, String)>,
 }
 
-/// A listener's place in a [`Fleet`].
-#[derive(Debug)]
-struct InFleet {
-    fleet: Arc<Fleet>,
-    listener: String,
-    channel: Arc<str>,
+/// Other processes a listener's rooms span: what this process tells them.
+pub(crate) trait Elsewhere: Send + Sync + std::fmt::Debug {
+    /// `data`, published by `from` to `room` of `listener`, for their members.
+    fn publish(&self, listener: &str, from: u64, room: &str, data: &[u8]);
+    /// `id` joined (`joined`) or left `room` of `listener`.
+    fn presence(&self, listener: &str, room: &str, id: u64, joined: bool);
+    /// Their members of `room` of `listener`, or `None` if they cannot say
+    /// in time.
+    fn members(&self, listener: &str, room: &str) -> Option<Vec<u64>>;
+}
+
+/// What a listener's rooms do for other processes.
+pub(crate) trait Local: Send + Sync {
+    /// Queues for the members here what another process published to `room`.
+    fn deliver(&self, room: &str, data: &[u8]);
+    /// Every room with members here, and their ids.
+    fn memberships(&self) -> Vec<(String, Vec<u64>)>;
 }
 
 impl Default for Rooms {
@@ -82,25 +93,22 @@ impl Rooms {
             rooms: Mutex::new(HashMap::new()),
             backlog: AtomicUsize::new(backlog),
             disconnected: AtomicU64::new(0),
-            fleet: None,
+            elsewhere: None,
         }
     }
 
-    /// The rooms of the listener called `listener`, shared with every
-    /// process in `fleet`: their members hear each other.
-    pub fn in_fleet(backlog: usize, fleet: &Arc<Fleet>, listener: &str) -> Arc<Self> {
-        let channel = fleet::channel(listener);
-        let rooms = Arc::new(Rooms {
-            fleet: Some(InFleet {
-                fleet: Arc::clone(fleet),
-                listener: listener.to_string(),
-                channel: Arc::from(channel.as_str()),
-            }),
+    /// The rooms of the listener called `listener`, spanning `elsewhere`:
+    /// their members hear each other. `elsewhere` is to deliver what is
+    /// published there through [`Local`].
+    pub(crate) fn spanning(
+        backlog: usize,
+        elsewhere: Arc<dyn Elsewhere>,
+        listener: &str,
+    ) -> Arc<Self> {
+        Arc::new(Rooms {
+            elsewhere: Some((elsewhere, listener.to_string())),
             ..Rooms::new(backlog)
-        });
-        let local: Arc<dyn Local> = rooms.clone();
-        fleet.attach(&channel, Arc::downgrade(&local));
-        rooms
+        })
     }
 
     /// Changes the backlog limit, for messages published from now on.
@@ -133,14 +141,16 @@ impl Rooms {
         Ok(())
     }
 
-    /// Hands a join or leave to the fleet, if any.
+    /// What other processes deliver to, through [`Local`].
+    pub(crate) fn local(self: &Arc<Self>) -> Weak<dyn Local> {
+        let local: Arc<dyn Local> = self.clone();
+        Arc::downgrade(&local)
+    }
+
+    /// Hands a join or leave to the other processes, if any.
     fn tell_fleet(&self, room: &str, id: u64, joined: bool) {
-        if let Some(f) = &self.fleet {
-            let room = fleet::room_key(&f.listener, room);
-            match joined {
-                true => f.fleet.add(room, id),
-                false => f.fleet.remove(room, id),
-            }
+        if let Some((elsewhere, listener)) = &self.elsewhere {
+            elsewhere.presence(listener, room, id, joined);
         }
     }
 
@@ -171,9 +181,9 @@ impl Rooms {
             .get(room)
             .map(|members| members.iter().map(|m| m.id).collect())
             .unwrap_or_default();
-        if let Some(f) = &self.fleet
+        if let Some((elsewhere, listener)) = &self.elsewhere
             && check_name(room).is_ok()
-            && let Some(mut others) = f.fleet.members(fleet::room_key(&f.listener, room))
+            && let Some(mut others) = elsewhere.members(listener, room)
         {
             others.sort_unstable();
             ids.extend(others);
@@ -195,8 +205,8 @@ impl Rooms {
             )));
         }
         let queued = self.post(from, room, data, backlog);
-        if let Some(f) = &self.fleet {
-            f.fleet.publish(&f.channel, from, room, data);
+        if let Some((elsewhere, listener)) = &self.elsewhere {
+            elsewhere.publish(listener, from, room, data);
         }
         Ok(queued)
     }
@@ -263,19 +273,13 @@ impl Local for Rooms {
         }
     }
 
-    /// Every room with members here, as the fleet names it, and their ids:
-    /// what this process tells a fleet store that lost track of it.
+    /// Every room with members here, and their ids: what this process
+    /// tells another that lost track of it, or has just started.
     fn memberships(&self) -> Vec<(String, Vec<u64>)> {
-        let Some(f) = &self.fleet else {
-            return Vec::new();
-        };
         let rooms = sys::lock(&self.rooms);
         rooms
             .iter()
-            .map(|(room, members)| {
-                let ids = members.iter().map(|m| m.id).collect();
-                (fleet::room_key(&f.listener, room), ids)
-            })
+            .map(|(room, members)| (room.clone(), members.iter().map(|m| m.id).collect()))
             .collect()
     }
 }

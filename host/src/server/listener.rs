@@ -34,7 +34,11 @@ impl Listener {
         let settings = registry.settings();
         let backlog = settings.rules.room_backlog;
         let rooms = match fleet {
-            Some(fleet) => Rooms::in_fleet(backlog, fleet, registry.name()),
+            Some(fleet) => {
+                let rooms = Rooms::spanning(backlog, fleet.clone(), registry.name());
+                fleet.attach(registry.name(), rooms.local());
+                rooms
+            }
             None => Arc::new(Rooms::new(backlog)),
         };
         Listener {

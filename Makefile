@@ -140,7 +140,8 @@ soak: build
 	$(CARGO) build --release -p hotsock-bench
 	target/release/hotsock-bench --soak $(SOAK_CONNECTIONS) --out $(SOAK_OUT)
 
-## Three hotsock processes behind HAProxy on 127.0.0.1:50007 (deploy/fleet.sh):
+## Three hotsock processes behind HAProxy on 127.0.0.1:50007, sharing rooms and
+## buckets through a Redis of their own (deploy/fleet.sh):
 ## `deploy/fleet.sh status|swap FILE|upgrade|stop` from there.
 fleet: build
 	deploy/fleet.sh start

@@ -633,7 +633,17 @@ fn the_deploy_files_are_valid() {
         .iter()
         .filter_map(|d| d["kind"].as_str())
         .collect();
-    assert_eq!(kinds, ["Deployment", "Service", "PodDisruptionBudget"]);
+    assert_eq!(
+        kinds,
+        [
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget",
+            "StatefulSet",
+            "Service",
+            "NetworkPolicy"
+        ]
+    );
     let container = &documents[0]["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert!(container["lifecycle"]["preStop"].is_object());
@@ -644,6 +654,19 @@ fn the_deploy_files_are_valid() {
         .filter_map(Value::as_str)
         .collect();
     assert!(args.contains(&"--watch") && args.contains(&"/handlers/handler.wasm"));
+    // One fleet through the Redis of the same file, which keeps what it
+    // acknowledged and every key.
+    for store in ["--rooms-store", "--keyvalue-store"] {
+        let at = args.iter().position(|a| *a == store).unwrap();
+        assert_eq!(args[at + 1], "redis://redis:6379");
+    }
+    assert_eq!(documents[4]["metadata"]["name"], "redis");
+    let redis = documents[3]["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        redis.contains(r#""--appendonly","yes""#)
+            && redis.contains(r#""--maxmemory-policy","noeviction""#),
+        "{redis}"
+    );
     // Every option the manifest passes is one `hotsock serve` has.
     let help = hotsock().args(["serve", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);

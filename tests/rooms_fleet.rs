@@ -418,3 +418,30 @@ fn a_binary_upgrade_joins_the_same_fleet_rooms_and_its_old_clients_stay_in_them(
         Some("from the new one")
     );
 }
+
+#[test]
+fn fleets_on_two_databases_of_one_redis_never_hear_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(redis) = Redis::start(dir.path()) else {
+        return;
+    };
+    let on = |db: u32| {
+        let url = format!("{}?db={db}", redis.url());
+        Server::start_with("kit", &["--rooms-store", &url])
+    };
+    let (one, two, two_again) = (on(1), on(2), on(2));
+    let (mut l1, mut l1_lines) = joined(&one, "lobby");
+    let (mut l2, mut l2_lines) = joined(&two, "lobby");
+    let (_l2b, mut l2b_lines) = joined(&two_again, "lobby");
+    assert_eq!(members(&mut l1, "lobby").len(), 1);
+    assert_eq!(members(&mut l2, "lobby").len(), 2);
+    assert!(ask(&mut l2, "publish lobby for db 2\n").starts_with("published"));
+    assert_eq!(
+        heard(&mut l2b_lines, Duration::from_secs(5)).as_deref(),
+        Some("for db 2")
+    );
+    assert!(ask(&mut l1, "publish lobby for db 1\n").starts_with("published"));
+    assert_eq!(heard(&mut l2_lines, Duration::from_millis(500)), None);
+    assert_eq!(heard(&mut l2b_lines, Duration::from_millis(100)), None);
+    assert_eq!(heard(&mut l1_lines, Duration::from_millis(100)), None);
+}

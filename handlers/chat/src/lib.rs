@@ -196,7 +196,8 @@ fn say(conn: &Connection, text: &str) -> Result<(), ErrorCode> {
 }
 
 /// The nicknames of everyone online, in the `chat` bucket under their
-/// connection ids (unique in the server process), when the operator granted it.
+/// connection ids (unique in the server process, or across a fleet sharing a
+/// rooms store), when the operator granted it.
 struct Names {
     bucket: Option<Bucket>,
     id: u64,

@@ -17,8 +17,8 @@
 //! heartbeat. Its connection ids carry it in their top 16 bits, so `id()` is
 //! unique across the fleet. Which of its connections are in which room is
 //! kept per node and room; `members` lists only the live nodes' members,
-//! so a process killed with `-9` drops out within [`NODE_TTL`] plus a
-//! heartbeat, and one that exits takes its members out at once.
+//! so a process killed with `-9` drops out within [`NODE_TTL`], and one that
+//! exits takes its members out at once.
 //!
 //! Faults: a Redis that stops answering costs at most [`TIMEOUT`] (a
 //! `members` call then answers with this process's members only); messages
@@ -33,7 +33,8 @@
 //! `node:N` (the holder's token, expiring), `nodes` (the counter numbers
 //! are drawn from), `rnodes:S` (the nodes with members in a room),
 //! `rmembers:N:S` (node N's members of a room), `nrooms:N` (the rooms node
-//! N has members in), and the channel `rooms:LEN:LISTENER`. The scripts
+//! N has members in), and the channel `rooms:DB:LEN:LISTENER` (pub/sub
+//! ignores the database, so the channel names it). The scripts
 //! name keys they compute, so Redis Cluster is not supported.
 
 use std::collections::{HashMap, VecDeque};
@@ -105,7 +106,7 @@ pub const NODE_SHIFT: u32 = 48;
 const MAX_NODES: u64 = (1 << (64 - NODE_SHIFT)) - 1;
 
 /// How long a node's claim outlives its last heartbeat: a process killed
-/// with `-9` leaves `members` within this plus one heartbeat (5 s).
+/// with `-9` leaves `members` within this.
 pub const NODE_TTL: Duration = Duration::from_secs(15);
 
 /// How often the link renews this node's claim.
@@ -292,6 +293,8 @@ impl fmt::Debug for Fleet {
 struct Shared {
     url: String,
     client: Client,
+    /// The database the URL selects, which pub/sub would otherwise ignore.
+    db: i64,
     node: u64,
     /// What this process's claim on its node number holds, so that it never
     /// renews or releases another's.
@@ -333,6 +336,7 @@ impl Fleet {
         info!("rooms store {url}: this process is node {node}");
         let shared = Arc::new(Shared {
             url: url.to_string(),
+            db: client.get_connection_info().redis_settings().db(),
             client,
             node,
             token,
@@ -386,7 +390,8 @@ impl Fleet {
     /// Delivers what other processes publish to `listener`'s rooms to `rooms`.
     pub(crate) fn attach(&self, listener: &str, rooms: Weak<dyn Local>) {
         let entry = (listener.to_string(), rooms);
-        sys::lock(&self.shared.listeners).insert(channel(listener), entry);
+        let channel = channel(self.shared.db, listener);
+        sys::lock(&self.shared.listeners).insert(channel, entry);
     }
 
     /// Subscribes to every attached listener's channel, waiting up to
@@ -494,7 +499,7 @@ impl Fleet {
 
 impl Elsewhere for Fleet {
     fn publish(&self, listener: &str, from: u64, room: &str, data: &[u8]) {
-        self.queue_publish(channel(listener), from, room, data);
+        self.queue_publish(channel(self.shared.db, listener), from, room, data);
     }
 
     fn presence(&self, listener: &str, room: &str, id: u64, joined: bool) {
@@ -901,9 +906,11 @@ fn room_key(listener: &str, room: &str) -> String {
     format!("{}:{listener}:{room}", listener.len())
 }
 
-/// The channel a listener's messages go out on.
-fn channel(listener: &str) -> String {
-    format!("hotsock:rooms:{}:{listener}", listener.len())
+/// The channel a listener's messages go out on. Pub/sub ignores the
+/// database a connection selected, so the channel names it: fleets on two
+/// databases of one server stay apart, as their keys do.
+fn channel(db: i64, listener: &str) -> String {
+    format!("hotsock:rooms:{db}:{}:{listener}", listener.len())
 }
 
 #[cfg(test)]
@@ -937,6 +944,7 @@ mod tests {
     #[test]
     fn room_keys_keep_listeners_apart() {
         assert_ne!(room_key("a:b", "c"), room_key("a", "b:c"));
-        assert_eq!(channel("default"), "hotsock:rooms:7:default");
+        assert_eq!(channel(0, "default"), "hotsock:rooms:0:7:default");
+        assert_ne!(channel(1, "x"), channel(2, "x"));
     }
 }

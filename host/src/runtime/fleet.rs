@@ -225,6 +225,9 @@ end
 return out
 ";
 
+/// A listener's name, and its rooms.
+type Attached = (String, Weak<dyn Local>);
+
 /// One operation waiting for the link.
 enum Op {
     /// `PUBLISH` a message (encoded by [`encode`]) on a listener's channel.
@@ -300,7 +303,7 @@ struct Shared {
     /// renews or releases another's.
     token: String,
     /// Each listener's name and rooms, by channel.
-    listeners: Mutex<HashMap<String, (String, Weak<dyn Local>)>>,
+    listeners: Mutex<HashMap<String, Attached>>,
     queue: Mutex<Queue>,
     /// Woken when something is queued, or the process stops.
     queued: Condvar,

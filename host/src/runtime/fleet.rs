@@ -51,7 +51,7 @@ use redis::{Client, Connection, RedisError, Value};
 
 use crate::runtime::bucket::Health;
 use crate::runtime::redis_store::TIMEOUT;
-use crate::runtime::rooms::{Elsewhere, Local};
+use crate::runtime::rooms::{Elsewhere, Local, Rooms};
 use crate::sys;
 
 /// Where a listener's rooms live: `--rooms-store`.
@@ -390,11 +390,14 @@ impl Fleet {
         &self.shared.stats
     }
 
-    /// Delivers what other processes publish to `listener`'s rooms to `rooms`.
-    pub(crate) fn attach(&self, listener: &str, rooms: Weak<dyn Local>) {
-        let entry = (listener.to_string(), rooms);
+    /// The rooms of the listener called `listener`, spanning the fleet; a
+    /// member may have `backlog` bytes waiting.
+    pub fn rooms_for(self: &Arc<Self>, listener: &str, backlog: usize) -> Arc<Rooms> {
+        let rooms = Rooms::spanning(backlog, self.clone(), listener);
+        let entry = (listener.to_string(), rooms.local());
         let channel = channel(self.shared.db, listener);
         sys::lock(&self.shared.listeners).insert(channel, entry);
+        rooms
     }
 
     /// Subscribes to every attached listener's channel, waiting up to

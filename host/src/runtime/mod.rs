@@ -9,6 +9,7 @@
 
 mod backtrace;
 mod bindings;
+mod bridge;
 mod bucket;
 mod cache;
 mod command;
@@ -29,6 +30,7 @@ mod sqlite;
 mod store;
 mod transcript;
 
+pub use bridge::{Bridge, Side};
 pub use bucket::{Backend, Keys, KvError, MAX_KEY, MAX_VALUE};
 pub use cache::{CACHE_DIR_ENV, CacheStats, default_dir as default_cache_dir};
 pub use command::run_command;

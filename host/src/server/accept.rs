@@ -11,7 +11,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -20,10 +20,10 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::runtime::{Fleet, GUEST_THREAD_STACK};
+use crate::runtime::{Bridge, GUEST_THREAD_STACK};
 use crate::server::admission::{Admission, Refusal, WhenFull};
 use crate::server::conn::Conn;
-use crate::server::listener::Listener;
+use crate::server::listener::{Listener, Reach};
 use crate::server::registry::{Pinned, Registry};
 use crate::server::settings::DEFAULT_IDLE_TIMEOUT;
 use crate::server::workers::Workers;
@@ -204,7 +204,11 @@ pub struct Acceptor {
     poll: Poll,
     stopper: Stopper,
     workers: Workers,
-    next_id: u64,
+    /// The next connection's id: shared with an upgrade, which starts the
+    /// new process's ids past it.
+    next_id: Arc<AtomicU64>,
+    /// The bridge an upgrade's processes share rooms over, if rooms are local.
+    bridge: Option<Arc<Bridge>>,
 }
 
 /// How accepting from one listener's backlog ended.
@@ -220,8 +224,8 @@ enum Backlog {
 impl Acceptor {
     /// Prepares to serve every listener's current handler, and starts the
     /// watchdog; nothing is accepted until [`Acceptor::run`].
-    /// In a `fleet`, connection ids carry its node number, and rooms span it.
-    pub fn new(bound: Vec<Bound>, drain: Drain, fleet: Option<&Arc<Fleet>>) -> Result<Self> {
+    /// Rooms span `reach`; connection ids start at `first_id`.
+    pub fn new(bound: Vec<Bound>, drain: Drain, reach: &Reach, first_id: u64) -> Result<Self> {
         let poll = Poll::new().context("cannot create the accept poller")?;
         let waker =
             Arc::new(Waker::new(poll.registry(), WAKE).context("cannot create the accept waker")?);
@@ -272,7 +276,7 @@ impl Acceptor {
                 registry,
                 admission,
                 Arc::clone(&watchdog),
-                fleet,
+                reach,
             )));
         }
         Ok(Acceptor {
@@ -287,13 +291,22 @@ impl Acceptor {
                 again: Arc::new(AtomicBool::new(false)),
             },
             workers: Workers::new(GUEST_THREAD_STACK),
-            next_id: fleet.map_or(1, |fleet| fleet.first_id()),
+            next_id: Arc::new(AtomicU64::new(first_id)),
+            bridge: match reach {
+                Reach::Bridge(bridge) => Some(Arc::clone(bridge)),
+                Reach::Fleet(_) => None,
+            },
         })
     }
 
     /// Every listener, as it serves: for the admin API, metrics and reloads.
     pub fn listeners(&self) -> Vec<Arc<Listener>> {
         self.listeners.clone()
+    }
+
+    /// The next connection id, as it moves: for an upgrade.
+    pub fn ids(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.next_id)
     }
 
     /// A handle that makes [`Acceptor::run`] stop accepting and drain.
@@ -417,8 +430,8 @@ impl Acceptor {
                 return admission.refuse(why, peer, &per_ip.unwrap_or_default().to_string());
             }
         };
-        let id = self.next_id;
-        self.next_id += 1;
+        // Only this thread takes ids; an upgrade only reads them.
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Conn {
             id,
             peer,
@@ -473,6 +486,7 @@ impl Acceptor {
             ),
         }
         let mut capped = !upgraded;
+        let mut told_relaying = false;
         loop {
             // In slices, so that a stop asked for meanwhile is seen.
             let slice = deadline.map_or(DRAIN_SLICE, |at| {
@@ -484,8 +498,22 @@ impl Acceptor {
                 .iter()
                 .map(|l| l.admission().wait_idle(slice))
                 .sum();
-            if left == 0 {
+            // A process between an older one still serving and a newer one
+            // carries their rooms to each other: it stays until the older
+            // one is gone.
+            let relaying = upgraded && self.bridge.as_ref().is_some_and(|b| b.has_older());
+            if left == 0 && !relaying {
                 return info!("all connections finished");
+            }
+            if left == 0 {
+                if !told_relaying {
+                    told_relaying = true;
+                    info!(
+                        "all connections finished; staying while the process this one \
+                         replaced still serves, to pass its rooms on"
+                    );
+                }
+                std::thread::sleep(slice);
             }
             if deadline.is_some_and(|at| Instant::now() >= at) {
                 return warn!("{why}: exiting with {left} connection(s) still open");

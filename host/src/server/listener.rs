@@ -4,12 +4,21 @@
 
 use std::sync::Arc;
 
-use crate::runtime::{Fleet, Rooms};
+use crate::runtime::{Bridge, Fleet, Rooms};
 use crate::server::admission::Admission;
 use crate::server::registry::Registry;
 use crate::server::settings::ListenerSettings;
 use crate::server::stats::ListenerMetrics;
 use crate::watchdog::{Expiry, Watchdog};
+
+/// Where the listeners' rooms reach beyond this process.
+#[derive(Debug, Clone)]
+pub enum Reach {
+    /// Every process on one Redis (`--rooms-store redis://…`).
+    Fleet(Arc<Fleet>),
+    /// The processes of a binary upgrade that overlap this one.
+    Bridge(Arc<Bridge>),
+}
 
 /// One listener, as it serves.
 pub struct Listener {
@@ -24,22 +33,18 @@ pub struct Listener {
 
 impl Listener {
     /// A listener serving `registry`'s snapshots, its rooms spanning
-    /// `fleet` if any.
+    /// `reach`.
     pub(crate) fn new(
         registry: Arc<Registry>,
         admission: Arc<Admission>,
         watchdog: Arc<Watchdog>,
-        fleet: Option<&Arc<Fleet>>,
+        reach: &Reach,
     ) -> Self {
         let settings = registry.settings();
         let backlog = settings.rules.room_backlog;
-        let rooms = match fleet {
-            Some(fleet) => {
-                let rooms = Rooms::spanning(backlog, fleet.clone(), registry.name());
-                fleet.attach(registry.name(), rooms.local());
-                rooms
-            }
-            None => Arc::new(Rooms::new(backlog)),
+        let rooms = match reach {
+            Reach::Fleet(fleet) => fleet.rooms_for(registry.name(), backlog),
+            Reach::Bridge(bridge) => bridge.rooms_for(registry.name(), backlog),
         };
         Listener {
             name: registry.name().to_string(),

@@ -13,14 +13,14 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use log::{info, warn};
 
 use crate::runtime::{
-    self, Fleet, KeyValueStore, RoomsStore, Runtime, RuntimeConfig, read_component,
+    self, Bridge, Fleet, KeyValueStore, RoomsStore, Runtime, RuntimeConfig, Side, read_component,
 };
 use crate::server::accept::{self, ADMIN_LISTENING, Acceptor, Bound, Drain, LISTENING, Stopper};
 use crate::server::admin;
 use crate::server::capacity::Capacity;
 use crate::server::http::{self, Endpoint, SocketFile};
 use crate::server::inherited::{ADMIN_SOCKET, Inherited, METRICS_SOCKET, Source};
-use crate::server::listener::Listener;
+use crate::server::listener::{Listener, Reach};
 use crate::server::metrics::{HealthRoutes, METRICS_LISTENING, Metrics};
 use crate::server::notify::notify;
 use crate::server::registry::{Component, Registry, Setup, Swapped};
@@ -252,10 +252,21 @@ impl Server {
             info!("key-value store: {}", config.keyvalue_store);
         }
         // Before anything listens: a process that cannot take its part in
-        // the fleet's rooms must not take clients.
-        let fleet = match &config.rooms_store {
-            RoomsStore::Local => None,
-            RoomsStore::Redis(url) => Some(Fleet::join(url).map_err(anyhow::Error::msg)?),
+        // the fleet's rooms must not take clients. Local rooms span the
+        // processes of an upgrade, over a bridge.
+        let reach = match &config.rooms_store {
+            RoomsStore::Local => Reach::Bridge(Bridge::new()),
+            RoomsStore::Redis(url) => Reach::Fleet(Fleet::join(url).map_err(anyhow::Error::msg)?),
+        };
+        let fleet = match &reach {
+            Reach::Fleet(fleet) => Some(Arc::clone(fleet)),
+            Reach::Bridge(_) => None,
+        };
+        // Ids go on from the old process's; a fleet's carry the node.
+        let first_id = match (&fleet, &upgrading) {
+            (Some(fleet), _) => fleet.first_id(),
+            (None, Some(upgrading)) => upgrading.first_id().unwrap_or(1),
+            (None, None) => 1,
         };
 
         let mut announce = Vec::new();
@@ -328,10 +339,14 @@ impl Server {
             handover.push((METRICS_SOCKET.into(), fd));
         }
 
-        let acceptor = Acceptor::new(bound, config.drain.clone(), fleet.as_ref())?;
+        let acceptor = Acceptor::new(bound, config.drain.clone(), &reach, first_id)?;
         let listeners = acceptor.listeners();
-        if let Some(fleet) = &fleet {
-            fleet.listen().map_err(anyhow::Error::msg)?;
+        match (&reach, upgrading.as_mut().and_then(Upgrading::take_rooms)) {
+            (Reach::Fleet(fleet), _) => fleet.listen().map_err(anyhow::Error::msg)?,
+            (Reach::Bridge(bridge), Some(socket)) => bridge
+                .connect(Side::Older, socket)
+                .context("cannot open the rooms bridge to the process this one replaces")?,
+            (Reach::Bridge(_), None) => {}
         }
         let mut closers = Vec::new();
         let mut admin_socket = None;
@@ -345,12 +360,18 @@ impl Server {
             let routes = HealthRoutes::new(metrics, acceptor.stopper());
             closers.push(http::serve(listener, "metrics", Arc::new(routes))?);
         }
+        let bridge = match reach {
+            Reach::Bridge(bridge) => Some(bridge),
+            Reach::Fleet(_) => None,
+        };
         let upgrader = Arc::new(Upgrader::new(
             invocation,
             handover,
             listeners.clone(),
             acceptor.stopper(),
             closers,
+            bridge,
+            acceptor.ids(),
         ));
         for listener in &listeners {
             let on = match config.named {

@@ -9,16 +9,20 @@
 //!
 //! The sockets travel as descriptors 3, 4, ... with systemd's `LISTEN_FDS`
 //! and `LISTEN_FDNAMES` (see `inherited`); the rest in [`UPGRADE_ENV`]: the
-//! parent's process id, a pipe to report readiness on, and each handler as
-//! an in-memory file.
+//! parent's process id, a pipe to report readiness on, each handler as an
+//! in-memory file, the first connection id the new process may use, and
+//! (with local rooms) one end of the bridge that keeps each room one room
+//! while both processes serve.
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io::{self, Read as _, Write as _};
-use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -28,6 +32,7 @@ use anyhow::{Context as _, Result, bail};
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
+use crate::runtime::{Bridge, Side};
 use crate::server::accept::Stopper;
 use crate::server::http::Closer;
 use crate::server::listener::Listener;
@@ -52,6 +57,14 @@ struct Handed {
     ready_fd: RawFd,
     /// Each listener's current handler.
     handlers: Vec<HandedHandler>,
+    /// The first connection id the new process may use: past every id the
+    /// old one can give before it stops accepting. Absent from an older
+    /// hotsock's hand-over.
+    #[serde(default)]
+    first_id: Option<u64>,
+    /// The new process's end of the rooms bridge (a Unix stream socket).
+    #[serde(default)]
+    rooms_fd: Option<RawFd>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -74,6 +87,21 @@ pub struct CurrentHandler {
     /// The component's bytes.
     pub component: Arc<[u8]>,
 }
+
+/// What else an upgrade carries over, besides the sockets and handlers.
+#[derive(Debug)]
+pub struct Carried<'a> {
+    /// The first connection id the new process may use.
+    pub first_id: u64,
+    /// The new process's end of the rooms bridge, if rooms are local.
+    pub rooms: Option<BorrowedFd<'a>>,
+}
+
+/// How far past the old process's next connection id the new one starts:
+/// more connections than the old one can accept before the new one is
+/// ready (at most [`READY_TIMEOUT`]; 16.7 million is 140,000 a second for
+/// all of it), so that ids never repeat across the two and keep increasing.
+pub const ID_RESERVE: u64 = 1 << 24;
 
 /// A new process that was started and has not yet said it is ready.
 pub struct Starting {
@@ -110,13 +138,15 @@ impl std::fmt::Display for Failed {
     }
 }
 
-/// Starts `exe` with `args`, handing it `sockets` (by name) and `handlers`.
-/// It shares this process's stdout and stderr, so its log continues this one.
+/// Starts `exe` with `args`, handing it `sockets` (by name), `handlers` and
+/// what is `carried`. It shares this process's stdout and stderr, so its
+/// log continues this one.
 pub fn start(
     exe: &Path,
     args: &[OsString],
     sockets: &[(String, BorrowedFd<'_>)],
     handlers: &[CurrentHandler],
+    carried: &Carried<'_>,
 ) -> Result<Starting, Failed> {
     let other = |e: io::Error| Failed::Other(e.to_string());
     let (ready_read, ready_write) = io::pipe().map_err(other)?;
@@ -127,8 +157,9 @@ pub fn start(
         files.push(sys::memory_file(&name, &handler.component).map_err(other)?);
     }
     // Descriptors in the child: the sockets first, as LISTEN_FDS counts
-    // them; then the pipe; then the handlers.
+    // them; then the pipe; then the handlers; then the rooms bridge.
     let first_after_sockets = sys::FIRST_INHERITED_FD + sockets.len() as RawFd;
+    let after_handlers = first_after_sockets + 1 + handlers.len() as RawFd;
     let handed = Handed {
         from: std::process::id(),
         ready_fd: first_after_sockets,
@@ -141,10 +172,13 @@ pub fn start(
                 fd: first_after_sockets + 1 + i as RawFd,
             })
             .collect(),
+        first_id: Some(carried.first_id),
+        rooms_fd: carried.rooms.map(|_| after_handlers),
     };
     let mut fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(_, fd)| *fd).collect();
     fds.push(ready_write.as_fd());
     fds.extend(files.iter().map(|f| f.as_fd()));
+    fds.extend(carried.rooms);
     let names: Vec<&str> = sockets.iter().map(|(name, _)| name.as_str()).collect();
 
     let mut command = Command::new(exe);
@@ -216,6 +250,8 @@ pub struct Upgrading {
     parent: u32,
     ready: Option<File>,
     handlers: BTreeMap<String, (String, Vec<u8>)>,
+    first_id: Option<u64>,
+    rooms: Option<UnixStream>,
 }
 
 impl Upgrading {
@@ -246,10 +282,16 @@ impl Upgrading {
                 .with_context(|| format!("cannot read listener {}'s handler", handler.listener))?;
             handlers.insert(handler.listener, (handler.source, component));
         }
+        let rooms = handed
+            .rooms_fd
+            .map(|fd| adopt(fd, "rooms bridge").map(UnixStream::from))
+            .transpose()?;
         Ok(Some(Upgrading {
             parent: handed.from,
             ready: Some(ready),
             handlers,
+            first_id: handed.first_id,
+            rooms,
         }))
     }
 
@@ -262,6 +304,16 @@ impl Upgrading {
     /// source, to start on instead of its file.
     pub fn take_handler(&mut self, name: &str) -> Option<(String, Vec<u8>)> {
         self.handlers.remove(name)
+    }
+
+    /// The first connection id this process may use, past the old one's.
+    pub fn first_id(&self) -> Option<u64> {
+        self.first_id
+    }
+
+    /// This process's end of the bridge to the old one's rooms, if any.
+    pub fn take_rooms(&mut self) -> Option<UnixStream> {
+        self.rooms.take()
     }
 
     /// Tells the old process that this one serves now; it then stops
@@ -310,6 +362,10 @@ pub struct Upgrader {
     stopper: Stopper,
     /// The control-plane APIs to close once the new process serves.
     closers: Vec<Closer>,
+    /// The bridge the new process's rooms join this one's over, if local.
+    bridge: Option<Arc<Bridge>>,
+    /// The next connection id here.
+    ids: Arc<AtomicU64>,
     state: Mutex<State>,
 }
 
@@ -324,13 +380,17 @@ enum State {
 }
 
 impl Upgrader {
-    /// An upgrader for a server whose listening sockets are `sockets`.
+    /// An upgrader for a server whose listening sockets are `sockets`,
+    /// whose next connection id is `ids`, and whose rooms a new process
+    /// joins over `bridge` (local rooms) or shares already (a Redis).
     pub fn new(
         invocation: Result<Invocation>,
         sockets: Vec<(String, OwnedFd)>,
         listeners: Vec<Arc<Listener>>,
         stopper: Stopper,
         closers: Vec<Closer>,
+        bridge: Option<Arc<Bridge>>,
+        ids: Arc<AtomicU64>,
     ) -> Self {
         Upgrader {
             invocation: invocation.map_err(|e| format!("{e:#}")),
@@ -338,6 +398,8 @@ impl Upgrader {
             listeners,
             stopper,
             closers,
+            bridge,
+            ids,
             state: Mutex::new(State::Idle),
         }
     }
@@ -416,7 +478,37 @@ impl Upgrader {
                  it is ready",
                 borrowed.len()
             );
-            start(&invocation.exe, &invocation.args, &borrowed, &handlers)
+            // Rooms stay one across the two processes: the bridge is open
+            // before the new one starts, so it hears every join and message
+            // from now on. If it fails to start, its end closes, and so
+            // does this one.
+            let bridge = match &self.bridge {
+                Some(bridge) => match UnixStream::pair() {
+                    Ok((ours, theirs)) => match bridge.connect(Side::Newer, ours) {
+                        Ok(()) => Some(theirs),
+                        Err(e) => {
+                            warn!("SIGUSR2: cannot open the rooms bridge ({e}); still serving");
+                            return None;
+                        }
+                    },
+                    Err(e) => {
+                        warn!("SIGUSR2: cannot open the rooms bridge ({e}); still serving");
+                        return None;
+                    }
+                },
+                None => None,
+            };
+            let carried = Carried {
+                first_id: self.ids.load(Ordering::Relaxed) + ID_RESERVE,
+                rooms: bridge.as_ref().map(AsFd::as_fd),
+            };
+            start(
+                &invocation.exe,
+                &invocation.args,
+                &borrowed,
+                &handlers,
+                &carried,
+            )
         };
         let pid = match starting.and_then(|s| s.wait_ready(READY_TIMEOUT)) {
             Ok(pid) => pid,

@@ -33,3 +33,4 @@ mod scale;
 mod shutdown;
 mod state;
 mod swap;
+mod upgrades;

@@ -9,6 +9,7 @@
 //! `listener` it belongs to (`default` for a server without a config file),
 //! so that dashboards keep working when a second listener is added.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,10 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// Every metric of the process, encoded on each scrape.
 pub struct Metrics {
     prometheus: Prometheus,
+    /// What the processes this one replaced counted, by sample (name and
+    /// labels), added to this one's counters and histograms so that none
+    /// goes backwards across a binary upgrade.
+    base: HashMap<String, f64>,
 }
 
 impl Metrics {
@@ -53,26 +58,87 @@ impl Metrics {
             listeners,
             fleet,
         }));
-        Metrics { prometheus }
+        Metrics {
+            prometheus,
+            base: HashMap::new(),
+        }
+    }
+
+    /// Goes on from `text`, the metrics of the process this one replaced
+    /// (a binary upgrade): its counters and histograms are added to this
+    /// one's, so that what Prometheus reads never goes backwards.
+    pub fn carry_on(&mut self, text: &str) {
+        self.base = cumulative(text).collect();
     }
 
     /// The OpenMetrics text of every metric now.
     pub fn encode(&self) -> Result<String, fmt::Error> {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.prometheus)?;
-        Ok(text)
+        if self.base.is_empty() {
+            return Ok(text);
+        }
+        let mut kind = "";
+        let mut carried = String::with_capacity(text.len());
+        for line in text.lines() {
+            kind = family_kind(line).unwrap_or(kind);
+            let sample = sample(line).filter(|_| kind == "counter" || kind == "histogram");
+            match sample.and_then(|(key, value)| Some((key, value + self.base.get(key)?))) {
+                Some((key, sum)) => carried.push_str(&format!("{key} {}", number(sum))),
+                None => carried.push_str(line),
+            }
+            carried.push('\n');
+        }
+        Ok(carried)
+    }
+}
+
+/// `counter` of `# TYPE name counter`.
+fn family_kind(line: &str) -> Option<&str> {
+    line.strip_prefix("# TYPE ")?.split(' ').nth(1)
+}
+
+/// The name and labels of a sample line, and its value; not `_created`
+/// samples, which are times.
+fn sample(line: &str) -> Option<(&str, f64)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (key, value) = line.rsplit_once(' ')?;
+    let name = key.split('{').next()?;
+    if name.ends_with("_created") {
+        return None;
+    }
+    Some((key, value.parse().ok()?))
+}
+
+/// Every counter and histogram sample in the OpenMetrics `text`.
+fn cumulative(text: &str) -> impl Iterator<Item = (String, f64)> + '_ {
+    let mut kind = "";
+    text.lines().filter_map(move |line| {
+        kind = family_kind(line).unwrap_or(kind);
+        let (key, value) = sample(line)?;
+        (kind == "counter" || kind == "histogram").then(|| (key.to_string(), value))
+    })
+}
+
+/// A sum as OpenMetrics writes it: whole numbers without a fraction.
+fn number(value: f64) -> String {
+    match value.fract() == 0.0 && value.abs() < 9e15 {
+        true => format!("{}", value as i64),
+        false => format!("{value}"),
     }
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz`.
 pub struct HealthRoutes {
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     stopper: Stopper,
 }
 
 impl HealthRoutes {
     /// Routes for `metrics`; `/readyz` fails once `stopper` has been used.
-    pub fn new(metrics: Metrics, stopper: Stopper) -> Self {
+    pub fn new(metrics: Arc<Metrics>, stopper: Stopper) -> Self {
         HealthRoutes { metrics, stopper }
     }
 }

@@ -40,6 +40,7 @@ pub const PROBATION_CONNECTIONS: u64 = 100;
 
 /// One loaded handler component and what it has served.
 pub struct Version {
+    number: u64,
     id: String,
     sha256: String,
     source: String,
@@ -72,6 +73,7 @@ impl Version {
     ) -> Self {
         let sha256 = handler.sha256().to_string();
         Version {
+            number,
             id: format!("v{number}-{}", &sha256[..8]),
             sha256,
             source,
@@ -298,6 +300,22 @@ impl Registry {
     /// Starts with the component `bytes`, from `source`, as version 1. With
     /// a capacity, this and every later version must fit it.
     pub fn new(setup: Setup, source: String, bytes: &[u8]) -> anyhow::Result<Self> {
+        let lineage = Lineage {
+            current: Kept {
+                number: 1,
+                source,
+                component: bytes.into(),
+            },
+            previous: None,
+            next_number: 2,
+            rollbacks: Vec::new(),
+        };
+        Registry::resume(setup, lineage)
+    }
+
+    /// Goes on from `lineage`, another process's versions (a binary
+    /// upgrade): the same numbers, the same rollback target and history.
+    pub fn resume(setup: Setup, lineage: Lineage) -> anyhow::Result<Self> {
         let Setup {
             name,
             runtime,
@@ -305,8 +323,38 @@ impl Registry {
             capacity,
         } = setup;
         runtime.admits(&settings.profile)?;
-        let handler = compile(&runtime, &capacity, &name, &settings, source.clone(), bytes)?;
-        let version = Version::new(1, source, handler, bytes.into(), false);
+        let load = |kept: Kept| -> anyhow::Result<Version> {
+            let Kept {
+                number,
+                source,
+                component,
+            } = kept;
+            let handler = compile(
+                &runtime,
+                &capacity,
+                &name,
+                &settings,
+                source.clone(),
+                &component,
+            )?;
+            Ok(Version::new(number, source, handler, component, false))
+        };
+        // The rollback target compiles as it did there; if it no longer
+        // does (a hotsock that refuses what an older one took), serving
+        // goes on without it. First, so that the capacity reserved is the
+        // current version's, as after a swap.
+        let previous = lineage.previous.and_then(|kept| {
+            let number = kept.number;
+            load(kept)
+                .map_err(|e| {
+                    warn!(
+                        "listener {name}: version {number} can no longer be rolled back to: {e:#}"
+                    )
+                })
+                .ok()
+                .map(Arc::new)
+        });
+        let version = load(lineage.current)?;
         Ok(Registry {
             name,
             runtime,
@@ -317,10 +365,10 @@ impl Registry {
             }),
             writer: Mutex::new(()),
             history: Mutex::new(History {
-                next_number: 2,
-                previous: None,
+                next_number: lineage.next_number,
+                previous,
                 retired: Vec::new(),
-                rollbacks: Vec::new(),
+                rollbacks: lineage.rollbacks,
             }),
             swaps: SwapCounts::default(),
         })
@@ -577,6 +625,24 @@ impl Registry {
         history.retired.retain(|v| v.strong_count() > 0);
     }
 
+    /// What a binary upgrade carries to the new process: the current
+    /// version, the rollback target, the next number, the rollbacks.
+    pub fn lineage(&self) -> Lineage {
+        let kept = |v: &Version| Kept {
+            number: v.number,
+            source: v.source.clone(),
+            component: Arc::clone(&v.component),
+        };
+        let current = self.current();
+        let history = sys::lock(&self.history);
+        Lineage {
+            current: kept(&current),
+            previous: history.previous.as_deref().map(kept),
+            next_number: history.next_number,
+            rollbacks: history.rollbacks.clone(),
+        }
+    }
+
     /// Every live version, with its state (`current`, `previous`, `retired`).
     pub fn versions(&self) -> Vec<(Arc<Version>, &'static str)> {
         let current = self.current();
@@ -714,6 +780,31 @@ pub struct VersionStatus {
     /// a memory, CPU or stack limit, a non-zero exit); never those the
     /// operator's limits for clients stopped.
     pub traps: u64,
+}
+
+/// A listener's versions as a binary upgrade carries them to the new
+/// process, so that numbers go on and a rollback still works there.
+#[derive(Debug, Clone)]
+pub struct Lineage {
+    /// The version serving now.
+    pub current: Kept,
+    /// The version a rollback goes back to, if any.
+    pub previous: Option<Kept>,
+    /// The number the next version gets.
+    pub next_number: u64,
+    /// The rollbacks so far.
+    pub rollbacks: Vec<RollbackRecord>,
+}
+
+/// One version as a [`Lineage`] carries it.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    /// Its number (`3` of `v3-1a2b3c4d`).
+    pub number: u64,
+    /// Where the component came from.
+    pub source: String,
+    /// The component's bytes.
+    pub component: Arc<[u8]>,
 }
 
 /// One rollback, manual or automatic.

@@ -26,7 +26,7 @@ use crate::server::notify::notify;
 use crate::server::registry::{Component, Registry, Setup, Swapped};
 use crate::server::reload::reload_handler;
 use crate::server::settings::ListenerSettings;
-use crate::server::upgrade::{Invocation, Upgrader, Upgrading};
+use crate::server::upgrade::{Continuity, Invocation, Upgrader, Upgrading};
 use crate::sys;
 
 /// Everything one server serves: what `hotsock serve` makes of its options
@@ -229,22 +229,21 @@ impl Server {
             let handed = upgrading
                 .as_mut()
                 .and_then(|u| u.take_handler(&listener.name));
-            let (source, bytes) = match handed {
-                Some(handed) => handed,
-                None => (
-                    listener.handler.display().to_string(),
-                    read_component(&listener.handler).map_err(|e| named(e.into()))?,
-                ),
-            };
             let setup = Setup {
                 name: listener.name.clone(),
                 runtime: Arc::clone(&runtime),
                 settings: listener.settings.clone(),
                 capacity: Some(Arc::clone(&capacity)),
             };
-            registries.push(Arc::new(
-                Registry::new(setup, source, &bytes).map_err(named)?,
-            ));
+            let registry = match handed {
+                Some(lineage) => Registry::resume(setup, lineage),
+                None => {
+                    let source = listener.handler.display().to_string();
+                    let bytes = read_component(&listener.handler).map_err(|e| named(e.into()))?;
+                    Registry::new(setup, source, &bytes)
+                }
+            };
+            registries.push(Arc::new(registry.map_err(named)?));
         }
 
         let grants = |l: &ListenerConfig| !l.settings.profile.capabilities.keyvalue.is_empty();
@@ -355,8 +354,15 @@ impl Server {
             closers.push(running.closer);
             admin_socket = running.file;
         }
+        let mut served_metrics = None;
         if let Some(listener) = metrics {
-            let metrics = Metrics::new(Arc::clone(&runtime), listeners.clone(), fleet.clone());
+            let mut metrics = Metrics::new(Arc::clone(&runtime), listeners.clone(), fleet.clone());
+            // Counters go on from the old process's, never backwards.
+            if let Some(text) = upgrading.as_mut().and_then(Upgrading::take_metrics) {
+                metrics.carry_on(&text);
+            }
+            let metrics = Arc::new(metrics);
+            served_metrics = Some(Arc::clone(&metrics));
             let routes = HealthRoutes::new(metrics, acceptor.stopper());
             closers.push(http::serve(listener, "metrics", Arc::new(routes))?);
         }
@@ -370,8 +376,11 @@ impl Server {
             listeners.clone(),
             acceptor.stopper(),
             closers,
-            bridge,
-            acceptor.ids(),
+            Continuity {
+                bridge,
+                ids: acceptor.ids(),
+                metrics: served_metrics,
+            },
         ));
         for listener in &listeners {
             let on = match config.named {

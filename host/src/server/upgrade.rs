@@ -36,7 +36,9 @@ use crate::runtime::{Bridge, Side};
 use crate::server::accept::Stopper;
 use crate::server::http::Closer;
 use crate::server::listener::Listener;
+use crate::server::metrics::Metrics;
 use crate::server::notify::{is_supervised, notify};
+use crate::server::registry::{Kept, Lineage, RollbackRecord};
 use crate::sys;
 
 /// The variable that tells a new process it replaces its parent, and what
@@ -65,8 +67,16 @@ struct Handed {
     /// The new process's end of the rooms bridge (a Unix stream socket).
     #[serde(default)]
     rooms_fd: Option<RawFd>,
+    /// An in-memory file holding the old process's metrics (OpenMetrics
+    /// text), which the new one's counters go on from.
+    #[serde(default)]
+    metrics_fd: Option<RawFd>,
 }
 
+/// A listener's versions: the current one (what the new process starts on,
+/// so that a swap made through the admin API survives the upgrade), and,
+/// from a hotsock that carries them, its number, the rollback target, the
+/// next number and the rollbacks so far.
 #[derive(Debug, Serialize, Deserialize)]
 struct HandedHandler {
     listener: String,
@@ -74,18 +84,23 @@ struct HandedHandler {
     source: String,
     /// An in-memory file holding the component.
     fd: RawFd,
+    #[serde(default)]
+    number: Option<u64>,
+    #[serde(default)]
+    next_number: Option<u64>,
+    #[serde(default)]
+    previous: Option<HandedVersion>,
+    #[serde(default)]
+    rollbacks: Vec<RollbackRecord>,
 }
 
-/// A listener's handler as it serves now: what the new process starts on,
-/// so that a swap made through the admin API survives the upgrade.
-#[derive(Debug, Clone)]
-pub struct CurrentHandler {
-    /// The listener's name.
-    pub listener: String,
-    /// Where the component came from.
-    pub source: String,
-    /// The component's bytes.
-    pub component: Arc<[u8]>,
+/// A rollback target, handed over.
+#[derive(Debug, Serialize, Deserialize)]
+struct HandedVersion {
+    number: u64,
+    source: String,
+    /// An in-memory file holding the component.
+    fd: RawFd,
 }
 
 /// What else an upgrade carries over, besides the sockets and handlers.
@@ -95,6 +110,8 @@ pub struct Carried<'a> {
     pub first_id: u64,
     /// The new process's end of the rooms bridge, if rooms are local.
     pub rooms: Option<BorrowedFd<'a>>,
+    /// This process's metrics now, if it serves them.
+    pub metrics: Option<String>,
 }
 
 /// How far past the old process's next connection id the new one starts:
@@ -138,47 +155,71 @@ impl std::fmt::Display for Failed {
     }
 }
 
-/// Starts `exe` with `args`, handing it `sockets` (by name), `handlers` and
-/// what is `carried`. It shares this process's stdout and stderr, so its
-/// log continues this one.
+/// Starts `exe` with `args`, handing it `sockets` (by name), each
+/// listener's versions (`handlers`, by listener name) and what is
+/// `carried`. It shares this process's stdout and stderr, so its log
+/// continues this one.
 pub fn start(
     exe: &Path,
     args: &[OsString],
     sockets: &[(String, BorrowedFd<'_>)],
-    handlers: &[CurrentHandler],
+    handlers: &[(String, Lineage)],
     carried: &Carried<'_>,
 ) -> Result<Starting, Failed> {
     let other = |e: io::Error| Failed::Other(e.to_string());
     let (ready_read, ready_write) = io::pipe().map_err(other)?;
-    let mut files = Vec::new();
-    for handler in handlers {
-        let name = CString::new(format!("hotsock-handler-{}", handler.listener))
-            .map_err(|e| Failed::Other(e.to_string()))?;
-        files.push(sys::memory_file(&name, &handler.component).map_err(other)?);
-    }
     // Descriptors in the child: the sockets first, as LISTEN_FDS counts
-    // them; then the pipe; then the handlers; then the rooms bridge.
+    // them; then the pipe; then the handlers' files; then the rooms bridge.
     let first_after_sockets = sys::FIRST_INHERITED_FD + sockets.len() as RawFd;
-    let after_handlers = first_after_sockets + 1 + handlers.len() as RawFd;
+    let mut files = Vec::new();
+    let mut file = |listener: &str, kept: &Kept| -> Result<RawFd, Failed> {
+        let name = CString::new(format!("hotsock-handler-{listener}-v{}", kept.number))
+            .map_err(|e| Failed::Other(e.to_string()))?;
+        files.push(sys::memory_file(&name, &kept.component).map_err(other)?);
+        Ok(first_after_sockets + files.len() as RawFd)
+    };
+    let mut handed_handlers = Vec::new();
+    for (listener, lineage) in handlers {
+        let previous = match &lineage.previous {
+            Some(kept) => Some(HandedVersion {
+                number: kept.number,
+                source: kept.source.clone(),
+                fd: file(listener, kept)?,
+            }),
+            None => None,
+        };
+        handed_handlers.push(HandedHandler {
+            listener: listener.clone(),
+            source: lineage.current.source.clone(),
+            fd: file(listener, &lineage.current)?,
+            number: Some(lineage.current.number),
+            next_number: Some(lineage.next_number),
+            previous,
+            rollbacks: lineage.rollbacks.clone(),
+        });
+    }
+    let after_handlers = first_after_sockets + 1 + files.len() as RawFd;
+    let rooms_fd = carried.rooms.map(|_| after_handlers);
+    let metrics = match &carried.metrics {
+        Some(text) => Some(sys::memory_file(c"hotsock-metrics", text.as_bytes()).map_err(other)?),
+        None => None,
+    };
+    let metrics_fd = metrics
+        .as_ref()
+        .map(|_| after_handlers + RawFd::from(rooms_fd.is_some()));
     let handed = Handed {
         from: std::process::id(),
         ready_fd: first_after_sockets,
-        handlers: handlers
-            .iter()
-            .enumerate()
-            .map(|(i, h)| HandedHandler {
-                listener: h.listener.clone(),
-                source: h.source.clone(),
-                fd: first_after_sockets + 1 + i as RawFd,
-            })
-            .collect(),
+        handlers: handed_handlers,
         first_id: Some(carried.first_id),
-        rooms_fd: carried.rooms.map(|_| after_handlers),
+        rooms_fd,
+        metrics_fd,
     };
     let mut fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(_, fd)| *fd).collect();
     fds.push(ready_write.as_fd());
     fds.extend(files.iter().map(|f| f.as_fd()));
     fds.extend(carried.rooms);
+    fds.extend(metrics.as_ref().map(AsFd::as_fd));
     let names: Vec<&str> = sockets.iter().map(|(name, _)| name.as_str()).collect();
 
     let mut command = Command::new(exe);
@@ -249,9 +290,10 @@ impl Starting {
 pub struct Upgrading {
     parent: u32,
     ready: Option<File>,
-    handlers: BTreeMap<String, (String, Vec<u8>)>,
+    handlers: BTreeMap<String, Lineage>,
     first_id: Option<u64>,
     rooms: Option<UnixStream>,
+    metrics: Option<String>,
 }
 
 impl Upgrading {
@@ -274,24 +316,58 @@ impl Upgrading {
                 .with_context(|| format!("the {what} handed over at descriptor {fd} is not open"))
         };
         let ready = File::from(adopt(handed.ready_fd, "readiness pipe")?);
-        let mut handlers = BTreeMap::new();
-        for handler in handed.handlers {
-            let mut file = File::from(adopt(handler.fd, "handler")?);
+        let read = |fd: RawFd, listener: &str| -> Result<Arc<[u8]>> {
+            let mut file = File::from(adopt(fd, "handler")?);
             let mut component = Vec::new();
             file.read_to_end(&mut component)
-                .with_context(|| format!("cannot read listener {}'s handler", handler.listener))?;
-            handlers.insert(handler.listener, (handler.source, component));
+                .with_context(|| format!("cannot read listener {listener}'s handler"))?;
+            Ok(component.into())
+        };
+        let mut handlers = BTreeMap::new();
+        for handler in handed.handlers {
+            let listener = handler.listener;
+            let previous = match handler.previous {
+                Some(v) => Some(Kept {
+                    number: v.number,
+                    source: v.source,
+                    component: read(v.fd, &listener)?,
+                }),
+                None => None,
+            };
+            let number = handler.number.unwrap_or(1);
+            let lineage = Lineage {
+                current: Kept {
+                    number,
+                    source: handler.source,
+                    component: read(handler.fd, &listener)?,
+                },
+                previous,
+                next_number: handler.next_number.unwrap_or(number + 1),
+                rollbacks: handler.rollbacks,
+            };
+            handlers.insert(listener, lineage);
         }
         let rooms = handed
             .rooms_fd
             .map(|fd| adopt(fd, "rooms bridge").map(UnixStream::from))
             .transpose()?;
+        let metrics = match handed.metrics_fd {
+            Some(fd) => {
+                let mut text = String::new();
+                File::from(adopt(fd, "metrics")?)
+                    .read_to_string(&mut text)
+                    .context("cannot read the old process's metrics")?;
+                Some(text)
+            }
+            None => None,
+        };
         Ok(Some(Upgrading {
             parent: handed.from,
             ready: Some(ready),
             handlers,
             first_id: handed.first_id,
             rooms,
+            metrics,
         }))
     }
 
@@ -300,15 +376,20 @@ impl Upgrading {
         self.parent
     }
 
-    /// The handler listener `name` served in the old process, with its
-    /// source, to start on instead of its file.
-    pub fn take_handler(&mut self, name: &str) -> Option<(String, Vec<u8>)> {
+    /// The versions of listener `name` in the old process, to start on
+    /// instead of its file.
+    pub fn take_handler(&mut self, name: &str) -> Option<Lineage> {
         self.handlers.remove(name)
     }
 
     /// The first connection id this process may use, past the old one's.
     pub fn first_id(&self) -> Option<u64> {
         self.first_id
+    }
+
+    /// The old process's metrics as it handed over, to go on from.
+    pub fn take_metrics(&mut self) -> Option<String> {
+        self.metrics.take()
     }
 
     /// This process's end of the bridge to the old one's rooms, if any.
@@ -362,11 +443,21 @@ pub struct Upgrader {
     stopper: Stopper,
     /// The control-plane APIs to close once the new process serves.
     closers: Vec<Closer>,
-    /// The bridge the new process's rooms join this one's over, if local.
-    bridge: Option<Arc<Bridge>>,
-    /// The next connection id here.
-    ids: Arc<AtomicU64>,
+    /// What the new process goes on from.
+    continuity: Continuity,
     state: Mutex<State>,
+}
+
+/// What a new process goes on from, so that clients and operators see one
+/// server across the upgrade.
+pub struct Continuity {
+    /// The bridge the new process's rooms join this one's over, if local.
+    pub bridge: Option<Arc<Bridge>>,
+    /// The next connection id here.
+    pub ids: Arc<AtomicU64>,
+    /// The metrics served here, if any, whose counters the new process's
+    /// go on from.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// How far an upgrade has got.
@@ -381,16 +472,14 @@ enum State {
 
 impl Upgrader {
     /// An upgrader for a server whose listening sockets are `sockets`,
-    /// whose next connection id is `ids`, and whose rooms a new process
-    /// joins over `bridge` (local rooms) or shares already (a Redis).
+    /// and whose new process goes on from `continuity`.
     pub fn new(
         invocation: Result<Invocation>,
         sockets: Vec<(String, OwnedFd)>,
         listeners: Vec<Arc<Listener>>,
         stopper: Stopper,
         closers: Vec<Closer>,
-        bridge: Option<Arc<Bridge>>,
-        ids: Arc<AtomicU64>,
+        continuity: Continuity,
     ) -> Self {
         Upgrader {
             invocation: invocation.map_err(|e| format!("{e:#}")),
@@ -398,8 +487,7 @@ impl Upgrader {
             listeners,
             stopper,
             closers,
-            bridge,
-            ids,
+            continuity,
             state: Mutex::new(State::Idle),
         }
     }
@@ -451,17 +539,10 @@ impl Upgrader {
 
     fn start_and_wait(&self, invocation: &Invocation) -> Option<u32> {
         let exe = invocation.exe.display();
-        let handlers: Vec<CurrentHandler> = self
+        let handlers: Vec<(String, Lineage)> = self
             .listeners
             .iter()
-            .map(|listener| {
-                let version = listener.registry().current();
-                CurrentHandler {
-                    listener: listener.name().to_string(),
-                    source: version.source().to_string(),
-                    component: Arc::clone(version.component()),
-                }
-            })
+            .map(|listener| (listener.name().to_string(), listener.registry().lineage()))
             .collect();
         let starting = {
             let sockets = sys::lock(&self.sockets);
@@ -482,7 +563,7 @@ impl Upgrader {
             // before the new one starts, so it hears every join and message
             // from now on. If it fails to start, its end closes, and so
             // does this one.
-            let bridge = match &self.bridge {
+            let bridge = match &self.continuity.bridge {
                 Some(bridge) => match UnixStream::pair() {
                     Ok((ours, theirs)) => match bridge.connect(Side::Newer, ours) {
                         Ok(()) => Some(theirs),
@@ -499,8 +580,9 @@ impl Upgrader {
                 None => None,
             };
             let carried = Carried {
-                first_id: self.ids.load(Ordering::Relaxed) + ID_RESERVE,
+                first_id: self.continuity.ids.load(Ordering::Relaxed) + ID_RESERVE,
                 rooms: bridge.as_ref().map(AsFd::as_fd),
+                metrics: (self.continuity.metrics.as_ref()).and_then(|m| m.encode().ok()),
             };
             start(
                 &invocation.exe,

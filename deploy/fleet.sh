@@ -137,7 +137,10 @@ upgrade)
             sleep 0.1
             new=$(pid_of "$DIR/hotsock$n.sock")
         done
-        echo "hotsock$n: process $old -> $new"
+        # The old process serves its open connections until they end:
+        # `stop` stops it too.
+        echo "$old" >>"$DIR/draining.pids"
+        echo "hotsock$n: process $old -> $new; $old serves its open connections until they end"
     done
     ;;
 stop)
@@ -150,6 +153,13 @@ stop)
         pid=$(pid_of "$DIR/hotsock$n.sock")
         [ -n "$pid" ] && kill -TERM "$pid" && pids="$pids $pid"
     done
+    # Processes an upgrade replaced, still serving their last connections.
+    if [ -f "$DIR/draining.pids" ]; then
+        for pid in $(cat "$DIR/draining.pids"); do
+            kill -TERM "$pid" 2>/dev/null && pids="$pids $pid"
+        done
+        rm -f "$DIR/draining.pids"
+    fi
     echo "stopping; each process drains its open connections (up to 3s + 30s)"
     for pid in $pids; do
         while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done

@@ -27,8 +27,10 @@ Log verbosity follows RUST_LOG (default: info), e.g. RUST_LOG=warn.
 SIGINT or SIGTERM stops accepting and lets open connections finish; a second one exits at once.
 SIGHUP reloads HANDLER from its path, or re-reads --config; open connections finish on the version they started with.
 SIGUSR2 upgrades the binary: the hotsock now at this one's path starts with the same options, the
-listening sockets and each listener's current handler; once it serves, this process stops accepting,
-lets its open connections finish and exits. If the new one fails to start, this one keeps serving.
+listening sockets, each listener's handler versions, the rooms (bridged while both serve), the next
+connection id and the counters; once it serves, this process stops accepting and serves its open
+connections until they end (--upgrade-drain-timeout caps it). If the new one fails to start, this
+one keeps serving.
 Sockets passed in by systemd (LISTEN_FDS, LISTEN_FDNAMES) replace --addr: matched to listeners by
 name, `admin` and `metrics` to those. With NOTIFY_SOCKET set, systemd hears READY=1 and STOPPING=1.")]
 pub struct ServeArgs {

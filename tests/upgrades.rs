@@ -131,8 +131,8 @@ fn an_upgrade_keeps_long_lived_clients_and_one_room_across_three_generations() {
     let (mut b, mut b_lines) = joined(&server);
     let idb = id(&mut b);
     assert!(idb > ida, "ids go on: {ida} then {idb}");
-    // Past --drain-timeout: the old process still serves a.
-    thread::sleep(Duration::from_secs(4));
+    // 5 s on, past --drain-timeout: the old process still serves a.
+    thread::sleep(Duration::from_secs(5));
     assert!(alive(old));
     assert_eq!(members(&mut a), vec![ida, idb]);
     // (`kit` sorts them.)
@@ -184,7 +184,15 @@ fn an_upgrade_keeps_long_lived_clients_and_one_room_across_three_generations() {
 
 #[test]
 fn upgrade_drain_timeout_closes_the_old_process_clients_after_it() {
-    let server = Server::start_with("kit", &["--upgrade-drain-timeout", "1s"]);
+    // The config key of the same name.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hotsock.toml");
+    let text = format!(
+        "handler = \"{}\"\naddr = \"127.0.0.1:0\"\nupgrade-drain-timeout = \"1s\"\n",
+        wasm("kit").display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let server = Server::start_config(&config, 1, &[]);
     let old = server.pid();
     let mut a = server.connect();
     assert!(ask(&mut a, "id\n").starts_with("id "));

@@ -80,6 +80,30 @@ pub struct Connection {
     /// nor zeroes a buffer of the guest's `max`; it grows to the largest
     /// `max` asked for, at most [`MAX_READ`].
     buf: Vec<u8>,
+    /// What TLS established for it, if it came over TLS: contract 0.3.0's
+    /// `tls()`.
+    tls: Option<TlsInfo>,
+}
+
+/// What a TLS handshake established for a connection, by this listener or
+/// by a trusted PROXY-protocol balancer that terminated TLS: contract
+/// 0.3.0's `tls-info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: String,
+    /// The cipher suite, e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub cipher: String,
+    /// The server name the client asked for (SNI), if any.
+    pub server_name: Option<String>,
+    /// The protocol agreed by ALPN, if any.
+    pub alpn: Option<String>,
+    /// The client's certificate chain, leaf first, DER; empty when it sent
+    /// none, or a balancer terminated TLS.
+    pub peer_certificates: Vec<Vec<u8>>,
+    /// The verified client certificate's subject, RFC 4514
+    /// (`CN=device-42,O=Acme`); `None` when no certificate was verified.
+    pub peer_subject: Option<String>,
 }
 
 impl Connection {
@@ -104,7 +128,19 @@ impl Connection {
             rooms,
             membership: None,
             buf: Vec::new(),
+            tls: None,
         }
+    }
+
+    /// The same connection, with what TLS established for it.
+    pub fn with_tls(mut self, tls: Option<TlsInfo>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// What TLS established for it, if it came over TLS.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
     }
 
     /// A connection whose client is a transcript being replayed: reads
@@ -121,6 +157,7 @@ impl Connection {
             rooms,
             membership: None,
             buf: Vec::new(),
+            tls: None,
         }
     }
 

@@ -34,7 +34,7 @@ pub use bridge::{Bridge, Side};
 pub use bucket::{Backend, Keys, KvError, MAX_KEY, MAX_VALUE};
 pub use cache::{CACHE_DIR_ENV, CacheStats, default_dir as default_cache_dir};
 pub use command::run_command;
-pub use connection::{Connection, MAX_READ, Traffic};
+pub use connection::{Connection, MAX_READ, TlsInfo, Traffic};
 pub use console::Fields;
 pub use engine::{Profile, Runtime, RuntimeConfig, compile_in_background};
 pub use fleet::{Fleet, FleetStats, NODE_SHIFT, NODE_TTL, RoomsStore};

@@ -50,7 +50,7 @@ use log::{error, info, warn};
 use redis::{Client, Connection, RedisError, Value};
 
 use crate::runtime::bucket::Health;
-use crate::runtime::redis_store::TIMEOUT;
+use crate::runtime::redis_store::{TIMEOUT, lost};
 use crate::runtime::rooms::{Elsewhere, Local, Rooms};
 use crate::sys;
 
@@ -866,11 +866,6 @@ fn script(body: &str, clears: bool) -> redis::Cmd {
     };
     cmd.arg(0);
     cmd
-}
-
-/// Whether `e` lost the connection (rather than being refused on it).
-fn lost(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
 /// A number no other process is likely to draw, for claim tokens.

@@ -9,13 +9,19 @@
 //! every process on the server; `increment` is Redis's own `INCRBY`, so a
 //! counter is decimal text as in every other store.
 //!
-//! Every call has [`TIMEOUT`] to connect, send and answer. A call that fails
-//! is never retried: one that failed after it was sent may or may not have
-//! been applied, and its error says so rather than apply it twice. The next
-//! call connects afresh.
+//! Calls share a small pool of connections ([`MAX_CONNECTIONS`]), so that
+//! connections' writes reach Redis side by side and share its syncs
+//! (`appendfsync always` syncs once per pass of its event loop for every
+//! client in it), where one connection made them wait in turn.
+//!
+//! Every call has [`TIMEOUT`] to connect, send and answer, waiting for a
+//! free connection included. A call that fails is never retried: one that
+//! failed after it was sent may or may not have been applied, and its error
+//! says so rather than apply it twice. A lost connection empties the pool:
+//! the next calls connect afresh.
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use log::warn;
 use redis::{Client, Connection, RedisError, Script};
@@ -28,6 +34,9 @@ use crate::sys;
 /// Longest a call to Redis may take, connecting included: a stopped or
 /// unreachable Redis costs a handler an error, never a hung connection.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most connections one process holds to the store at once.
+pub const MAX_CONNECTIONS: usize = 8;
 
 /// Most keys `SCAN` is asked to look at per call when listing.
 const SCAN_COUNT: usize = 1000;
@@ -93,14 +102,21 @@ return {0, new, sum}
 const OVER_QUOTA: i64 = 1;
 const NOT_A_COUNTER: i64 = 2;
 
+/// The connections not in use, and how many there are in all.
+#[derive(Default)]
+struct Pool {
+    idle: Vec<Connection>,
+    open: usize,
+}
+
 /// A Redis server holding every bucket of this process (and of every
 /// process that names it).
 pub struct RedisStore {
     url: String,
     client: Client,
-    /// One connection, used one call at a time; `None` after a failure, so
-    /// that the next call connects afresh.
-    conn: Mutex<Option<Connection>>,
+    pool: Mutex<Pool>,
+    /// Woken when a connection is put back or given up.
+    freed: Condvar,
     set: Script,
     delete: Script,
     increment: Script,
@@ -124,7 +140,8 @@ impl RedisStore {
         let store = RedisStore {
             url: url.to_string(),
             client,
-            conn: Mutex::new(None),
+            pool: Mutex::new(Pool::default()),
+            freed: Condvar::new(),
             set: Script::new(SET),
             delete: Script::new(DELETE),
             increment: Script::new(INCREMENT),
@@ -178,58 +195,93 @@ impl RedisStore {
         &self.health
     }
 
-    /// Runs `call` on the connection, connecting first if there is none.
-    /// A failure drops the connection, and is never retried.
+    /// Runs `call` on a connection of the pool, connecting one if none is
+    /// free and fewer than [`MAX_CONNECTIONS`] are open. A failure drops the
+    /// connection (and the idle ones, likely lost too), and is never retried.
     fn call<T>(
         &self,
         call: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
     ) -> Result<T, KvError> {
-        let mut slot = sys::lock(&self.conn);
-        if self.health.timed_out_recently() {
-            return Err(KvError(format!(
-                "the key-value store {} did not answer a moment ago: not tried, nothing changed",
+        let not_tried = |why: &str| {
+            KvError(format!(
+                "the key-value store {} {why}: not tried, nothing changed",
                 self.url
-            )));
-        }
-        let conn = match slot.as_mut() {
-            Some(conn) => conn,
-            None => {
-                let conn = self.connect().map_err(|e| {
-                    self.health.failed(&format!("cannot connect: {e}"));
-                    KvError(format!(
-                        "cannot reach the key-value store {}: {e}",
-                        self.url
-                    ))
-                })?;
-                slot.insert(conn)
-            }
+            ))
         };
-        let answer = call(conn);
-        if answer.is_ok() {
-            self.health.answered();
+        if self.health.timed_out_recently() {
+            return Err(not_tried("did not answer a moment ago"));
         }
-        answer.map_err(|e| {
-            let lost = e.is_io_error()
-                || e.is_timeout()
-                || e.is_connection_dropped()
-                || e.is_unrecoverable_error();
-            if lost {
-                *slot = None;
+        let deadline = Instant::now() + TIMEOUT;
+        let mut pool = sys::lock(&self.pool);
+        let idle = loop {
+            if let Some(conn) = pool.idle.pop() {
+                break Some(conn);
+            }
+            if pool.open < MAX_CONNECTIONS {
+                pool.open += 1;
+                break None;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(not_tried(&format!(
+                    "had no free connection within {TIMEOUT:?}"
+                )));
+            }
+            pool = match self.freed.wait_timeout(pool, left) {
+                Ok((pool, _)) => pool,
+                Err(e) => e.into_inner().0,
+            };
+        };
+        drop(pool);
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => self.connect().map_err(|e| {
+                self.give_up(None);
+                self.health.failed(&format!("cannot connect: {e}"));
+                KvError(format!(
+                    "cannot reach the key-value store {}: {e}",
+                    self.url
+                ))
+            })?,
+        };
+        let answer = call(&mut conn);
+        match answer.as_ref().err().filter(|e| lost(e)) {
+            None => {
+                if answer.is_ok() {
+                    self.health.answered();
+                }
+                sys::lock(&self.pool).idle.push(conn);
+                self.freed.notify_one();
+            }
+            Some(e) => {
                 let why = format!("no answer within {TIMEOUT:?}: {e}");
                 match e.is_timeout() {
                     true => self.health.timed_out(&why),
                     false => self.health.failed(&why),
                 }
+                self.give_up(Some(conn));
             }
-            match lost {
-                true => KvError(format!(
-                    "the key-value store {} did not answer within {TIMEOUT:?} ({e}): a write may \
+        }
+        answer.map_err(|e| match lost(&e) {
+            true => KvError(format!(
+                "the key-value store {} did not answer within {TIMEOUT:?} ({e}): a write may \
                      or may not have been applied, and was not retried",
-                    self.url
-                )),
-                false => KvError(format!("the key-value store {} refused: {e}", self.url)),
-            }
+                self.url
+            )),
+            false => KvError(format!("the key-value store {} refused: {e}", self.url)),
         })
+    }
+
+    /// Gives up `conn` (or a connection that never opened), and the idle
+    /// ones with it: what lost one connection has likely lost them all.
+    fn give_up(&self, conn: Option<Connection>) {
+        let mut pool = sys::lock(&self.pool);
+        let dropped = pool.idle.len() + 1;
+        pool.idle.clear();
+        pool.open = pool.open.saturating_sub(dropped);
+        drop(pool);
+        drop(conn);
+        self.freed.notify_all();
     }
 
     fn connect(&self) -> Result<Connection, RedisError> {
@@ -268,6 +320,12 @@ impl RedisBucket {
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
+}
+
+/// Whether `e` lost the connection (rather than being refused on it): the
+/// call may or may not have been applied.
+pub(crate) fn lost(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
 /// `text` with the characters `SCAN MATCH` reads as a pattern escaped.
@@ -399,7 +457,8 @@ mod tests {
         let store = std::sync::Arc::new(RedisStore {
             url: "unix:///nowhere".into(),
             client: Client::open("unix:///nowhere").unwrap(),
-            conn: Mutex::new(None),
+            pool: Mutex::new(Pool::default()),
+            freed: Condvar::new(),
             set: Script::new(SET),
             delete: Script::new(DELETE),
             increment: Script::new(INCREMENT),

@@ -33,6 +33,11 @@ use crate::sys;
 /// are dropped rather than held without bound.
 const MAX_QUEUED_BYTES: usize = 64 << 20;
 
+/// Most frames queued for the other process: joins and leaves are never
+/// dropped alone (members would be wrong), so a process that stopped
+/// reading this many is taken for gone, and its bridge closed.
+const MAX_QUEUED_FRAMES: usize = 1 << 20;
+
 /// Largest frame read: a message is at most the room backlog, far less.
 const MAX_FRAME: usize = 256 << 20;
 
@@ -191,6 +196,15 @@ impl Peer {
             }
             counted = bytes.len();
             out.bytes += counted;
+        }
+        if out.frames.len() >= MAX_QUEUED_FRAMES {
+            drop(out);
+            warn!(
+                "rooms bridge to the {} process: it has not read {MAX_QUEUED_FRAMES} frames; \
+                 closing the bridge",
+                side.name()
+            );
+            return self.close();
         }
         out.frames.push_back((bytes, counted));
         drop(out);

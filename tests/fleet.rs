@@ -297,11 +297,10 @@ fn whoami_over_tls(
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let line = rx
-        .recv_timeout(TIMEOUT)
-        .expect("s_client answers or closes");
+    let line = rx.recv_timeout(TIMEOUT);
     let _ = client.kill();
     let _ = client.wait();
+    let line = line.expect("s_client answers or closes");
     Some(line.trim_end().to_string()).filter(|line| !line.is_empty())
 }
 

@@ -38,9 +38,10 @@ PYYAML_VERSION            := 6.0.3
 PYYAML_STAMP              := $(VENV)/.pyyaml-$(PYYAML_VERSION)
 
 # Debian packages the tests run as real components, as COMMAND:PACKAGE:
-# HAProxy in front of a fleet, systemd's socket activator and unit checker,
+# HAProxy in front of a fleet, openssl to make the certificates of HAProxy
+# terminating TLS, systemd's socket activator and unit checker,
 # and curl, which the docs' admin API and metrics examples use (tests/docs.rs).
-SYSTEM_PACKAGES := haproxy:haproxy systemd-socket-activate:systemd systemd-analyze:systemd redis-server:redis-server curl:curl
+SYSTEM_PACKAGES := haproxy:haproxy openssl:openssl systemd-socket-activate:systemd systemd-analyze:systemd redis-server:redis-server curl:curl
 
 # `make bench` plots the hot swap with matplotlib, in the same .venv.
 MATPLOTLIB_VERSION := 3.11.2

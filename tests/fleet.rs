@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testkit::haproxy::Haproxy;
+use testkit::haproxy::{self, Haproxy};
 
 use crate::util::{
     Server, TIMEOUT, ask, connect, free_port, hotsock, is_closed, reply, repo_root, system_tool,
@@ -167,6 +167,231 @@ fn a_client_behind_haproxy_is_seen_with_its_own_address() {
         // The log names the client, and the balancer it came through.
         server.wait_for_log(&["127.0.0.9:", " via 127.0.0.1:", "connected"]);
     }
+}
+
+/// Runs `openssl ARGS` in `dir`; fails the test if it fails.
+fn openssl(openssl: &Path, dir: &Path, args: &[&str]) {
+    let out = Command::new(openssl)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Certificates for deploy/haproxy-tls.cfg, made in `dir` with the openssl
+/// CLI (ECDSA P-256, quick to make): a CA (`ca.pem`, also `clients-ca.pem`),
+/// HAProxy's `server.pem` (certificate and key, for localhost and
+/// 127.0.0.1, issued by the CA), a client `device` (`CN=device-42`, issued
+/// by the CA) and a client `stranger` (`CN=device-42` too, issued by
+/// another CA).
+fn certificates(tool: &Path, dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    for (name, cn) in [("ca", "hotsock test CA"), ("other-ca", "another CA")] {
+        let subject = format!("/CN={cn}");
+        let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+        let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subject];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &pem]);
+        openssl(tool, dir, &args);
+    }
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    for (name, cn, ca) in [
+        ("server", "localhost", "ca"),
+        ("device", "device-42", "ca"),
+        ("stranger", "device-42", "other-ca"),
+    ] {
+        let subject = format!("/CN={cn}");
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let mut args = vec!["req", "-new", "-subj", &subject];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr]);
+        openssl(tool, dir, &args);
+        let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+        ];
+        if name == "server" {
+            args.extend(["-extfile", "server.ext"]);
+        }
+        openssl(tool, dir, &args);
+    }
+    // HAProxy takes the certificate and its key in one file.
+    let bundle = [dir.join("server.pem"), dir.join("server.key")]
+        .map(|path| std::fs::read_to_string(path).unwrap())
+        .concat();
+    std::fs::write(dir.join("server.pem"), bundle).unwrap();
+    std::fs::copy(dir.join("ca.pem"), dir.join("clients-ca.pem")).unwrap();
+}
+
+/// What the probe answers `whoami` with (`ID ADDR`), asked over TLS
+/// through `frontend` by `openssl s_client`, with the client certificate
+/// `NAME.pem` in `dir` if `cert` names one; `None` if the connection closes
+/// first.
+fn whoami_over_tls(
+    tool: &Path,
+    frontend: SocketAddr,
+    dir: &Path,
+    cert: Option<&str>,
+) -> Option<String> {
+    let mut command = Command::new(tool);
+    command
+        .args(["s_client", "-quiet", "-verify_return_error", "-CAfile"])
+        .arg(dir.join("ca.pem"))
+        .args(["-servername", "localhost", "-alpn", "hotsock/1", "-connect"])
+        .arg(frontend.to_string());
+    if let Some(name) = cert {
+        command
+            .arg("-cert")
+            .arg(dir.join(format!("{name}.pem")))
+            .arg("-key")
+            .arg(dir.join(format!("{name}.key")));
+    }
+    let mut client = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    client
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"whoami\n")
+        .unwrap();
+    let stdout = client.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(TIMEOUT);
+    let _ = client.kill();
+    let _ = client.wait();
+    let line = line.expect("s_client answers or closes");
+    Some(line.trim_end().to_string()).filter(|line| !line.is_empty())
+}
+
+/// The message of connection `id`'s "connected" line, in a JSON log.
+fn connected_message(server: &Server, id: &str) -> String {
+    let line = server.wait_for_log(&[&format!("\"conn\":{id},"), "\"connected"]);
+    let line: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    line["message"].as_str().expect("a message").to_string()
+}
+
+#[test]
+fn haproxy_terminating_tls_passes_on_only_a_verified_client_certificate() {
+    let Some(binary) = system_tool("haproxy", "haproxy") else {
+        return;
+    };
+    let Some(tool) = system_tool("openssl", "openssl") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    certificates(&tool, dir);
+    let server = Server::start_with(
+        "probe",
+        &[
+            "--proxy-protocol",
+            "--metrics",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+    );
+    let backends = [(server.addr(), server.metrics()); 3];
+    let start = |name: &str, shipped: &str| {
+        Haproxy::start_with(
+            &binary,
+            |frontend| haproxy::tls_config(shipped, frontend, &backends, dir),
+            &dir.join(format!("{name}.cfg")),
+            &dir.join(format!("{name}.log")),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let proxy = start("haproxy", haproxy::TLS_SHIPPED);
+    let id = |answer: Option<String>| {
+        let answer = answer.unwrap_or_else(|| panic!("no answer; haproxy:\n{}", proxy.log()));
+        answer.split(' ').next().unwrap().to_string()
+    };
+
+    // A certificate HAProxy verified: its CN is the subject.
+    let device = id(whoami_over_tls(
+        &tool,
+        proxy.frontend(),
+        dir,
+        Some("device"),
+    ));
+    assert_eq!(
+        connected_message(&server, &device),
+        "connected, tls TLSv1.3 CN=device-42"
+    );
+    // None (`verify optional`): TLS, no subject.
+    let anonymous = id(whoami_over_tls(&tool, proxy.frontend(), dir, None));
+    assert_eq!(
+        connected_message(&server, &anonymous),
+        "connected, tls TLSv1.3"
+    );
+    // Another CA's: HAProxy 2.6 refuses it in the handshake, even with
+    // `verify optional`, before connecting to hotsock, which never hears of
+    // the client.
+    assert_eq!(
+        whoami_over_tls(&tool, proxy.frontend(), dir, Some("stranger")),
+        None
+    );
+    let connected = server.log().matches("\"message\":\"connected").count();
+    assert_eq!(connected, 2, "{}", server.log());
+
+    // Told to let it in all the same, HAProxy says it did not verify it
+    // (verify != 0): the CN is not taken as the client's subject.
+    let lenient = haproxy::TLS_SHIPPED.replace(
+        "verify optional",
+        "verify optional ca-ignore-err all crt-ignore-err all",
+    );
+    let lenient = start("lenient", &lenient);
+    let stranger = id(whoami_over_tls(
+        &tool,
+        lenient.frontend(),
+        dir,
+        Some("stranger"),
+    ));
+    assert_eq!(
+        connected_message(&server, &stranger),
+        "connected, tls TLSv1.3"
+    );
 }
 
 #[test]
@@ -576,7 +801,7 @@ fn sockets_passed_in_must_match_a_listener() {
 fn the_deploy_files_are_valid() {
     let deploy = repo_root().join("deploy");
     if let Some(haproxy) = system_tool("haproxy", "haproxy") {
-        let checked = Command::new(haproxy)
+        let checked = Command::new(&haproxy)
             .arg("-c")
             .arg("-f")
             .arg(deploy.join("haproxy.cfg"))
@@ -587,6 +812,27 @@ fn the_deploy_files_are_valid() {
             "{}",
             String::from_utf8_lossy(&checked.stderr)
         );
+        // The TLS one needs its certificates: made here, as in
+        // haproxy_terminating_tls_passes_on_only_a_verified_client_certificate.
+        if let Some(tool) = system_tool("openssl", "openssl") {
+            let dir = tempfile::tempdir().unwrap();
+            certificates(&tool, dir.path());
+            let shipped = std::fs::read_to_string(deploy.join("haproxy-tls.cfg")).unwrap();
+            let config = shipped.replace(haproxy::TLS_DIR, &format!("{}/", dir.path().display()));
+            let file = dir.path().join("haproxy-tls.cfg");
+            std::fs::write(&file, config).unwrap();
+            let checked = Command::new(&haproxy)
+                .arg("-c")
+                .arg("-f")
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                checked.status.success(),
+                "{}",
+                String::from_utf8_lossy(&checked.stderr)
+            );
+        }
     }
     if let Some(analyze) = system_tool("systemd-analyze", "systemd") {
         // Verified as installed, with ExecStart= pointing at this build.

@@ -21,6 +21,13 @@ pub const PATH: &str = "deploy/haproxy.cfg";
 /// wherever they are started from.
 pub const SHIPPED: &str = include_str!("../../deploy/haproxy.cfg");
 
+/// deploy/haproxy-tls.cfg, HAProxy terminating TLS in front of the same
+/// servers: where it is, its text as built, and the directory its
+/// certificates are in (replaced by [`tls_config`]).
+pub const TLS_PATH: &str = "deploy/haproxy-tls.cfg";
+pub const TLS_SHIPPED: &str = include_str!("../../deploy/haproxy-tls.cfg");
+pub const TLS_DIR: &str = "/etc/hotsock/tls/";
+
 /// Where HAProxy is when it is not on PATH: Debian installs it there, and
 /// /usr/sbin is not on every user's PATH.
 const FALLBACK: &str = "/usr/sbin/haproxy";
@@ -41,14 +48,51 @@ pub fn config(
     frontend: SocketAddr,
     backends: &[(SocketAddr, SocketAddr)],
 ) -> Result<String> {
+    ports(PATH, shipped, "bind 127.0.0.1:50007", frontend, backends)
+}
+
+/// `shipped` (deploy/haproxy-tls.cfg's text, [`TLS_SHIPPED`]) with its
+/// frontend on `frontend`, its three servers at `backends` (as for
+/// [`config`]) and its certificates in the directory `certificates`
+/// (`server.pem`, `clients-ca.pem`).
+pub fn tls_config(
+    shipped: &str,
+    frontend: SocketAddr,
+    backends: &[(SocketAddr, SocketAddr)],
+    certificates: &Path,
+) -> Result<String> {
+    let config = ports(
+        TLS_PATH,
+        shipped,
+        "bind 127.0.0.1:50443",
+        frontend,
+        backends,
+    )?;
+    ensure!(
+        config.contains(TLS_DIR),
+        "{TLS_PATH} should name {TLS_DIR}: the tests replace it (testkit/src/haproxy.rs)"
+    );
+    Ok(config.replace(TLS_DIR, &format!("{}/", certificates.display())))
+}
+
+/// `shipped`, the file at `path`, with the line `bind` on `frontend` and
+/// its three servers at `backends`.
+fn ports(
+    path: &str,
+    shipped: &str,
+    bind: &str,
+    frontend: SocketAddr,
+    backends: &[(SocketAddr, SocketAddr)],
+) -> Result<String> {
     ensure!(
         backends.len() == 3,
-        "{PATH} has three servers, not {}",
+        "{path} has three servers, not {}",
         backends.len()
     );
-    let mut config = replace_once(shipped, "bind 127.0.0.1:50007", &format!("bind {frontend}"))?;
+    let mut config = replace_once(path, shipped, bind, &format!("bind {frontend}"))?;
     for (n, (addr, metrics)) in (1..).zip(backends) {
         config = replace_once(
+            path,
             &config,
             &format!("127.0.0.1:5010{n} check port 910{n}"),
             &format!("{addr} check port {}", metrics.port()),
@@ -57,11 +101,11 @@ pub fn config(
     Ok(config)
 }
 
-fn replace_once(text: &str, from: &str, to: &str) -> Result<String> {
+fn replace_once(path: &str, text: &str, from: &str, to: &str) -> Result<String> {
     let found = text.matches(from).count();
     ensure!(
         found == 1,
-        "{PATH} should have `{from}` once, and has it {found} times: the fleet tests and \
+        "{path} should have `{from}` once, and has it {found} times: the fleet tests and \
          bench replace its ports (testkit/src/haproxy.rs)"
     );
     Ok(text.replace(from, to))
@@ -134,8 +178,25 @@ impl Haproxy {
         config: &Path,
         log: &Path,
     ) -> Result<Haproxy> {
+        Self::start_with(
+            binary,
+            |frontend| self::config(SHIPPED, frontend, backends),
+            config,
+            log,
+        )
+    }
+
+    /// Starts `binary` as [`Haproxy::start`] does, on the configuration
+    /// `text` makes for a frontend on a free port of 127.0.0.1 (as
+    /// [`tls_config`] does).
+    pub fn start_with(
+        binary: &Path,
+        text: impl FnOnce(SocketAddr) -> Result<String>,
+        config: &Path,
+        log: &Path,
+    ) -> Result<Haproxy> {
         let frontend: SocketAddr = (Ipv4Addr::LOCALHOST, crate::free_port()?).into();
-        let text = self::config(SHIPPED, frontend, backends)?;
+        let text = text(frontend)?;
         std::fs::write(config, text).with_context(|| {
             format!("cannot write HAProxy's configuration {}", config.display())
         })?;
@@ -239,6 +300,25 @@ mod tests {
         }
         // Only those lines changed.
         assert_eq!(config.lines().count(), SHIPPED.lines().count());
+    }
+
+    #[test]
+    fn the_shipped_tls_config_gets_the_ports_and_the_directory_given() {
+        let backends = [
+            (addr(41101), addr(41201)),
+            (addr(41102), addr(41202)),
+            (addr(41103), addr(41203)),
+        ];
+        let config = tls_config(TLS_SHIPPED, addr(41443), &backends, Path::new("/tmp/x")).unwrap();
+        assert!(
+            config.contains(
+                "bind 127.0.0.1:41443 ssl crt /tmp/x/server.pem ca-file /tmp/x/clients-ca.pem"
+            ),
+            "{config}"
+        );
+        assert!(config.contains("send-proxy-v2-ssl-cn"), "{config}");
+        assert!(!config.contains(TLS_DIR), "{config}");
+        assert_eq!(config.lines().count(), TLS_SHIPPED.lines().count());
     }
 
     #[test]

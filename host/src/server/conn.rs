@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use log::{Level, warn};
 
-use crate::runtime::{Connection, Fields, Outcome, Served};
+use crate::runtime::{Connection, Fields, Outcome, Served, TlsInfo};
 use crate::server::admission::{Refusal, Slot};
 use crate::server::listener::{Listener, stop_reason};
-use crate::server::proxy::{self, Origin};
+use crate::server::proxy::{self, Origin, Relayed};
 use crate::server::registry::Pinned;
 use crate::watchdog::Expiry;
 
@@ -57,11 +57,13 @@ impl Conn {
             return;
         }
         let admission = listener.admission();
-        let peer = match &rules.proxy {
-            None => socket_peer,
+        let (peer, tls) = match &rules.proxy {
+            None => (socket_peer, None),
             Some(_) => match proxy::read_header(&stream, proxy::HEADER_TIMEOUT) {
-                Ok(Origin::Client(client)) => client,
-                Ok(Origin::Balancer) => socket_peer,
+                Ok(Relayed { origin, tls }) => match origin {
+                    Origin::Client(client) => (client, tls),
+                    Origin::Balancer => (socket_peer, tls),
+                },
                 Err(e) => {
                     return admission.refuse(Refusal::ProxyHeader, socket_peer, &e.to_string());
                 }
@@ -90,7 +92,10 @@ impl Conn {
                 format_args!("cannot set TCP_NODELAY ({e}); replies may be delayed"),
             );
         }
-        log(Level::Info, format_args!("connected"));
+        match &tls {
+            None => log(Level::Info, format_args!("connected")),
+            Some(tls) => log(Level::Info, format_args!("connected, {}", TlsSummary(tls))),
+        }
         let started = Instant::now();
         // Shared with the watchdog, which shuts it down when time is up.
         let stream = Arc::new(stream);
@@ -102,7 +107,7 @@ impl Conn {
         );
         let traffic = listener.metrics().traffic();
         let rooms = Arc::clone(listener.rooms());
-        let conn = Connection::new(id, peer, stream, Some(watch), traffic, rooms);
+        let conn = Connection::new(id, peer, stream, Some(watch), traffic, rooms).with_tls(tls);
         let Served {
             outcome,
             instantiated_in,
@@ -155,6 +160,25 @@ impl Conn {
                 }
                 registry.record_fault(&version);
             }
+        }
+    }
+}
+
+/// A connection's TLS for its "connected" line, short: `tls TLSv1.3
+/// CN=device-42`, the subject only when one was verified. The version comes
+/// from a balancer: it is written escaped, so it cannot add lines to a
+/// text log (the subject is escaped already, RFC 4514).
+struct TlsSummary<'a>(&'a TlsInfo);
+
+impl std::fmt::Display for TlsSummary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tls")?;
+        if !self.0.version.is_empty() {
+            write!(f, " {}", self.0.version.escape_debug())?;
+        }
+        match &self.0.peer_subject {
+            Some(subject) => write!(f, " {subject}"),
+            None => Ok(()),
         }
     }
 }

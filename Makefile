@@ -20,7 +20,7 @@ HOTSOCK     := target/release/hotsock
 # Rust guest components: the default handler and the examples in handlers/,
 # and the fixtures only tests load.
 GUESTS   := -p guest-handler -p slow-echo -p greet -p whoami -p chat -p gateway
-FIXTURES := -p probe -p kit -p not-a-handler
+FIXTURES := -p probe -p kit -p kit-0-2 -p not-a-handler
 
 # Python handlers are built with componentize-py, installed into .venv at the
 # version `hotsock new --lang python` tells users to install.

@@ -81,8 +81,8 @@ fn a_component_of_another_world() {
     // A WASI command: it exports wasi:cli/run instead of the handler.
     rejects(
         &wasm("not-a-handler"),
-        "does not export `hotsock:plugin/handler@0.2.0` (nor the older \
-         `hotsock:plugin/handler@0.1.0`; it exports wasi:cli/run",
+        "does not export `hotsock:plugin/handler@0.3.0` (nor the older \
+         `hotsock:plugin/handler@0.2.0`, `hotsock:plugin/handler@0.1.0`; it exports wasi:cli/run",
     );
 }
 
@@ -101,10 +101,10 @@ fn check_accepts_the_default_handler() {
     );
     assert!(stdout.contains("is a hotsock handler"), "{stdout}");
     assert!(
-        stdout.contains("contract: hotsock:plugin 0.2.0 "),
+        stdout.contains("contract: hotsock:plugin 0.3.0 "),
         "{stdout}"
     );
-    assert!(stdout.contains("hotsock:plugin/types@0.2.0"), "{stdout}");
+    assert!(stdout.contains("hotsock:plugin/types@0.3.0"), "{stdout}");
 }
 
 #[test]
@@ -118,4 +118,20 @@ fn check_names_an_earlier_contract_and_the_grants_a_handler_may_need() {
         "{stdout}"
     );
     assert!(stdout.contains("may need: --allow-connect"), "{stdout}");
+    // kit-0-2 is kit built against wit/0.2.0.
+    let output = hotsock()
+        .arg("check")
+        .arg(wasm("kit_0_2"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            "contract: hotsock:plugin 0.2.0, an earlier contract: still served \
+             (exports hotsock:plugin/handler@0.2.0)"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("may need: --keyvalue NAME"), "{stdout}");
 }

@@ -1,7 +1,7 @@
-//! Contract 0.2.0: rooms, the shared key-value store, outbound TCP grants and
-//! `read-within`, through the `kit` fixture (line commands, see
-//! tests/fixtures/kit) and the example handlers; and 0.1.0 handlers still
-//! served beside them.
+//! Contracts 0.2.0 and 0.3.0: rooms, the shared key-value store, outbound TCP
+//! grants, `read-within` and `tls`, through the `kit` fixture (line commands,
+//! see tests/fixtures/kit) and the example handlers; and 0.1.0 and 0.2.0
+//! handlers still served beside them.
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -353,7 +353,14 @@ fn the_gateway_relays_to_its_backend_and_counts_visits() {
 }
 
 #[test]
-fn a_handler_of_contract_0_1_0_is_served_and_swaps_with_0_2_0() {
+fn tls_is_none_on_a_plaintext_connection() {
+    let server = Server::start("kit");
+    let mut client = server.connect();
+    assert_eq!(kit(&mut client, "tls"), "tls none");
+}
+
+#[test]
+fn a_handler_of_contract_0_1_0_is_served_and_swaps_with_0_3_0() {
     let dir = tempfile::tempdir().unwrap();
     let admin = admin_socket(dir.path());
     // The probe is built against wit/0.1.0 on purpose.
@@ -363,8 +370,41 @@ fn a_handler_of_contract_0_1_0_is_served_and_swaps_with_0_2_0() {
     swap(&server, &wasm("kit"));
     let mut new = server.connect();
     assert_eq!(kit(&mut new, "id"), "id 2");
+    assert_eq!(kit(&mut new, "tls"), "tls none");
     // The 0.1.0 connection carries on under its own version.
     assert!(ask(&mut old, "whoami").starts_with("1 "));
+    // And back: 0.3.0 for 0.1.0.
+    swap(&server, &wasm("probe"));
+    let mut newest = server.connect();
+    assert!(ask(&mut newest, "whoami").starts_with("3 "));
+    assert_eq!(kit(&mut new, "id"), "id 2");
+}
+
+#[test]
+fn a_handler_of_contract_0_2_0_is_served_and_swaps_with_0_3_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = admin_socket(dir.path());
+    // kit-0-2 is the kit built against wit/0.2.0: rooms and buckets, no `tls`.
+    let server = Server::start_with("kit_0_2", &["--admin", &admin, "--keyvalue", "shared"]);
+    let mut old = server.connect();
+    assert_eq!(kit(&mut old, "join r"), "ok");
+    assert_eq!(kit(&mut old, "incr shared n"), "value 1");
+    assert_eq!(kit(&mut old, "tls"), "unknown tls");
+    swap(&server, &wasm("kit"));
+    let mut new = server.connect();
+    assert_eq!(kit(&mut new, "tls"), "tls none");
+    // Both versions share the rooms and the buckets.
+    assert_eq!(kit(&mut new, "incr shared n"), "value 2");
+    assert_eq!(kit(&mut new, "members r"), "members 1");
+    assert_eq!(kit(&mut new, "publish r hello"), "published 1");
+    assert_eq!(reply(&mut old), "hello");
+    // The 0.2.0 connection carries on under its own version.
+    assert_eq!(kit(&mut old, "tls"), "unknown tls");
+    // And back: 0.3.0 for 0.2.0.
+    swap(&server, &wasm("kit_0_2"));
+    let mut newest = server.connect();
+    assert_eq!(kit(&mut newest, "tls"), "unknown tls");
+    assert_eq!(kit(&mut newest, "incr shared n"), "value 3");
 }
 
 #[test]

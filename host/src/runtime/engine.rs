@@ -20,7 +20,7 @@ use wasmtime::{
 };
 
 use crate::runtime::backtrace::MAX_BACKTRACE_FRAMES;
-use crate::runtime::bindings::{v0_1, v0_2};
+use crate::runtime::bindings::{v0_1, v0_2, v0_3};
 use crate::runtime::cache::CodeCache;
 use crate::runtime::console::Fields;
 use crate::runtime::keyvalue::{Buckets, DEFAULT_MAX_BUCKET_BYTES, KeyValueStore};
@@ -111,16 +111,21 @@ pub struct Runtime {
 
 impl Runtime {
     /// Configures the engine and its instance pool, links WASI preview 2
-    /// plus both contract versions' imports, and starts the epoch ticker.
+    /// plus every contract version's imports, and starts the epoch ticker.
     pub fn new(settings: RuntimeConfig) -> Result<Self> {
         check_address_space(&settings)?;
         let engine = Engine::new(&engine_config(&settings)).map_err(anyhow::Error::from)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
-        // Their interfaces are versioned, so both contracts link side by side.
+        // Their interfaces are versioned, so the contracts link side by side;
+        // 0.3.0's `wasi:keyvalue` is 0.2.0's, linked once.
         v0_1::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)?;
         v0_2::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(anyhow::Error::from)?;
+        v0_3::hotsock::plugin::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(anyhow::Error::from)?;
+        v0_3::hotsock::plugin::rooms::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)?;
         let ticker = EpochTicker::start(engine.weak())?;
         let cache = CodeCache::new(&engine, settings.cache_dir);

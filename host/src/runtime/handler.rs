@@ -17,7 +17,7 @@ use wasmparser::Parser;
 use wasmtime::component::{Component, Resource};
 use wasmtime::{Engine, Precompiled};
 
-use crate::runtime::bindings::{v0_1, v0_2};
+use crate::runtime::bindings::{v0_1, v0_2, v0_3};
 use crate::runtime::connection::Connection;
 use crate::runtime::console::Fields;
 use crate::runtime::engine::{Profile, Runtime};
@@ -28,15 +28,22 @@ use crate::runtime::transcript::Transcript;
 
 /// The interface a handler exports: the `handler` of `wit/plugin.wit`, the
 /// contract this hotsock speaks.
-pub const HANDLER_EXPORT: &str = "hotsock:plugin/handler@0.2.0";
+pub const HANDLER_EXPORT: &str = "hotsock:plugin/handler@0.3.0";
 
-/// The same export of the contracts before it, still served.
-pub const OLDER_HANDLER_EXPORTS: [&str; 1] = ["hotsock:plugin/handler@0.1.0"];
+/// The same export of the contracts before it, still served, newest first.
+pub const OLDER_HANDLER_EXPORTS: [&str; 2] = [EXPORT_0_2, EXPORT_0_1];
+
+/// The `handler` of `wit/0.2.0/plugin.wit`.
+const EXPORT_0_2: &str = "hotsock:plugin/handler@0.2.0";
+
+/// The `handler` of `wit/0.1.0/plugin.wit`.
+const EXPORT_0_1: &str = "hotsock:plugin/handler@0.1.0";
 
 /// A handler pre-linked for the contract version it was built against.
 enum Pre {
     V0_1(v0_1::PluginPre<StoreData>),
     V0_2(v0_2::PluginPre<StoreData>),
+    V0_3(v0_3::PluginPre<StoreData>),
 }
 
 /// `$body` with `$pre` bound to whichever version's `PluginPre` `$which`
@@ -44,6 +51,7 @@ enum Pre {
 macro_rules! with_pre {
     ($which:expr, $pre:ident => $body:expr) => {
         match $which {
+            Pre::V0_3($pre) => $body,
             Pre::V0_2($pre) => $body,
             Pre::V0_1($pre) => $body,
         }
@@ -308,7 +316,8 @@ impl Handler {
             .map_err(|e| fail(Problem::UnsupportedImport(format!("{e:#}"))))?;
         let shape = |e: wasmtime::Error| fail(Problem::WrongExportShape(format!("{e:#}")));
         let pre = match export {
-            HANDLER_EXPORT => Pre::V0_2(v0_2::PluginPre::new(pre).map_err(shape)?),
+            HANDLER_EXPORT => Pre::V0_3(v0_3::PluginPre::new(pre).map_err(shape)?),
+            EXPORT_0_2 => Pre::V0_2(v0_2::PluginPre::new(pre).map_err(shape)?),
             _ => Pre::V0_1(v0_1::PluginPre::new(pre).map_err(shape)?),
         };
         let handler = Handler {
@@ -504,12 +513,12 @@ impl Handler {
         self.memories * MAPPINGS_PER_MEMORY
     }
 
-    /// The `handler` interface it exports, e.g. `hotsock:plugin/handler@0.2.0`.
+    /// The `handler` interface it exports, e.g. `hotsock:plugin/handler@0.3.0`.
     pub fn export(&self) -> &'static str {
         self.export
     }
 
-    /// The contract version it was built against, e.g. `0.2.0`.
+    /// The contract version it was built against, e.g. `0.3.0`.
     pub fn contract(&self) -> &'static str {
         self.export
             .rsplit_once('@')

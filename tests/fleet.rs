@@ -265,6 +265,18 @@ fn whoami_over_tls(
     dir: &Path,
     cert: Option<&str>,
 ) -> Option<String> {
+    ask_over_tls(tool, frontend, dir, cert, "whoami\n")
+}
+
+/// Sends `request` through `openssl s_client` to `frontend`, with the
+/// client certificate `cert` if any; the first line answered.
+fn ask_over_tls(
+    tool: &Path,
+    frontend: SocketAddr,
+    dir: &Path,
+    cert: Option<&str>,
+    request: &str,
+) -> Option<String> {
     let mut command = Command::new(tool);
     command
         .args(["s_client", "-quiet", "-verify_return_error", "-CAfile"])
@@ -288,7 +300,7 @@ fn whoami_over_tls(
         .stdin
         .as_mut()
         .unwrap()
-        .write_all(b"whoami\n")
+        .write_all(request.as_bytes())
         .unwrap();
     let stdout = client.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -309,6 +321,47 @@ fn connected_message(server: &Server, id: &str) -> String {
     let line = server.wait_for_log(&[&format!("\"conn\":{id},"), "\"connected"]);
     let line: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
     line["message"].as_str().expect("a message").to_string()
+}
+
+#[test]
+fn a_contract_0_3_0_handler_sees_the_tls_haproxy_terminated() {
+    let Some(binary) = system_tool("haproxy", "haproxy") else {
+        return;
+    };
+    let Some(tool) = system_tool("openssl", "openssl") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    certificates(&tool, dir);
+    let server = Server::start_with("kit", &["--proxy-protocol"]);
+    let backends = [(server.addr(), server.addr()); 3];
+    let proxy = Haproxy::start_with(
+        &binary,
+        |frontend| haproxy::tls_config(haproxy::TLS_SHIPPED, frontend, &backends, dir),
+        &dir.join("haproxy.cfg"),
+        &dir.join("haproxy.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let tls = |cert| {
+        let answer = ask_over_tls(&tool, proxy.frontend(), dir, cert, "tls\n");
+        answer.unwrap_or_else(|| panic!("no answer; haproxy:\n{}", proxy.log()))
+    };
+    // `tls VERSION CIPHER sni=NAME alpn=PROTO certs=N subject=SUBJECT`.
+    let device = tls(Some("device"));
+    assert!(device.starts_with("tls TLSv1.3 TLS_"), "{device}");
+    assert!(
+        device.ends_with(" sni=localhost alpn=hotsock/1 certs=0 subject=CN=device-42"),
+        "{device}"
+    );
+    let anonymous = tls(None);
+    assert!(anonymous.ends_with(" certs=0 subject=-"), "{anonymous}");
+    // Straight to hotsock, past HAProxy: plaintext, whatever it claims.
+    let mut direct = crate::util::connect(server.addr());
+    direct
+        .write_all(b"PROXY TCP4 192.0.2.5 127.0.0.1 5 6\r\ntls\n")
+        .unwrap();
+    assert_eq!(crate::util::reply(&mut direct), "tls none");
 }
 
 #[test]

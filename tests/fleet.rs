@@ -323,17 +323,22 @@ fn connected_message(server: &Server, id: &str) -> String {
     line["message"].as_str().expect("a message").to_string()
 }
 
+/// HAProxy and openssl, and the test certificates made in `dir`; `None`
+/// where either is not installed (a failure under CI).
+fn tls_tools(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let binary = system_tool("haproxy", "haproxy")?;
+    let tool = system_tool("openssl", "openssl")?;
+    certificates(&tool, dir);
+    Some((binary, tool))
+}
+
 #[test]
 fn a_contract_0_3_0_handler_sees_the_tls_haproxy_terminated() {
-    let Some(binary) = system_tool("haproxy", "haproxy") else {
-        return;
-    };
-    let Some(tool) = system_tool("openssl", "openssl") else {
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    certificates(&tool, dir);
+    let Some((binary, tool)) = tls_tools(dir) else {
+        return;
+    };
     let server = Server::start_with("kit", &["--proxy-protocol"]);
     let backends = [(server.addr(), server.addr()); 3];
     let proxy = Haproxy::start_with(
@@ -366,15 +371,11 @@ fn a_contract_0_3_0_handler_sees_the_tls_haproxy_terminated() {
 
 #[test]
 fn haproxy_terminating_tls_passes_on_only_a_verified_client_certificate() {
-    let Some(binary) = system_tool("haproxy", "haproxy") else {
-        return;
-    };
-    let Some(tool) = system_tool("openssl", "openssl") else {
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    certificates(&tool, dir);
+    let Some((binary, tool)) = tls_tools(dir) else {
+        return;
+    };
     let server = Server::start_with(
         "probe",
         &[

@@ -22,7 +22,7 @@ fn member(redis: &Redis, extra: &[&str]) -> Server {
 }
 
 /// A client of `server` in `room`, and a line reader of what it is sent.
-fn joined(server: &Server, room: &str) -> (TcpStream, BufReader<TcpStream>) {
+pub fn joined(server: &Server, room: &str) -> (TcpStream, BufReader<TcpStream>) {
     let mut client = server.connect();
     assert_eq!(ask(&mut client, &format!("join {room}\n")), "ok");
     let lines = BufReader::new(client.try_clone().unwrap());
@@ -30,7 +30,7 @@ fn joined(server: &Server, room: &str) -> (TcpStream, BufReader<TcpStream>) {
 }
 
 /// The next line `lines` is sent, within `within`; `None` if none comes.
-fn heard(lines: &mut BufReader<TcpStream>, within: Duration) -> Option<String> {
+pub fn heard(lines: &mut BufReader<TcpStream>, within: Duration) -> Option<String> {
     lines.get_ref().set_read_timeout(Some(within)).unwrap();
     let mut line = String::new();
     let got = match lines.read_line(&mut line) {
@@ -45,7 +45,7 @@ fn heard(lines: &mut BufReader<TcpStream>, within: Duration) -> Option<String> {
 }
 
 /// `members ROOM` as ids.
-fn members(client: &mut TcpStream, room: &str) -> Vec<u64> {
+pub fn members(client: &mut TcpStream, room: &str) -> Vec<u64> {
     let answer = ask(client, &format!("members {room}\n"));
     let ids = answer
         .strip_prefix("members")
@@ -57,7 +57,7 @@ fn members(client: &mut TcpStream, room: &str) -> Vec<u64> {
         .collect()
 }
 
-fn id(client: &mut TcpStream) -> u64 {
+pub fn id(client: &mut TcpStream) -> u64 {
     let answer = ask(client, "id\n");
     answer.strip_prefix("id ").unwrap().parse().unwrap()
 }

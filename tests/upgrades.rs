@@ -3,49 +3,22 @@
 //! upgraded again meanwhile), connection ids that go on, handler version
 //! numbers and the rollback target, and counters that never go backwards.
 
-use std::io::{BufRead as _, BufReader};
+use std::io::BufReader;
 use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::fleet::Reap;
+use crate::rooms_fleet::{self, heard, id};
 use crate::util::{Server, TIMEOUT, ask, request, wasm};
 
 /// A client of `server` in `lobby`, and a line reader of what it is sent.
 fn joined(server: &Server) -> (TcpStream, BufReader<TcpStream>) {
-    let mut client = server.connect();
-    assert_eq!(ask(&mut client, "join lobby\n"), "ok");
-    let lines = BufReader::new(client.try_clone().unwrap());
-    (client, lines)
-}
-
-/// The next line `lines` is sent, within `within`.
-fn heard(lines: &mut BufReader<TcpStream>, within: Duration) -> Option<String> {
-    lines.get_ref().set_read_timeout(Some(within)).unwrap();
-    let mut line = String::new();
-    let got = match lines.read_line(&mut line) {
-        Ok(n) if n > 0 => Some(line.trim_end().to_string()),
-        _ => None,
-    };
-    lines.get_ref().set_read_timeout(Some(TIMEOUT)).unwrap();
-    got
+    rooms_fleet::joined(server, "lobby")
 }
 
 fn members(client: &mut TcpStream) -> Vec<u64> {
-    let answer = ask(client, "members lobby\n");
-    let ids = answer.strip_prefix("members").unwrap().trim();
-    ids.split(',')
-        .filter(|i| !i.is_empty())
-        .map(|i| i.parse().unwrap())
-        .collect()
-}
-
-fn id(client: &mut TcpStream) -> u64 {
-    ask(client, "id\n")
-        .strip_prefix("id ")
-        .unwrap()
-        .parse()
-        .unwrap()
+    rooms_fleet::members(client, "lobby")
 }
 
 /// `from` publishes `text`; each of `to` hears it.

@@ -451,7 +451,8 @@ fn check_dates(
             "{}: the certificate expires on {}, in {} days: renew it",
             file.display(),
             date(not_after),
-            left / (24 * 60 * 60)
+            // Rounded: a certificate issued for 5 days reads "in 5 days".
+            (left + 12 * 60 * 60) / (24 * 60 * 60)
         ));
     }
     Ok(not_after)
@@ -618,5 +619,406 @@ struct SniResolver(Chooser<Arc<CertifiedKey>>);
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(Arc::clone(self.0.choose(client_hello.server_name())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, ServerConnection};
+    use tempfile::TempDir;
+    use time::OffsetDateTime;
+
+    /// A certificate authority made for one test, and the directory its
+    /// files are written to.
+    struct Ca {
+        dir: TempDir,
+        issuer: Issuer<'static, KeyPair>,
+        pem: String,
+    }
+
+    /// Validity of an issued certificate, in days from now.
+    struct Days(i64, i64);
+
+    const VALID: Days = Days(-1, 365);
+
+    impl Ca {
+        fn new() -> Ca {
+            Ca::named("hotsock test CA")
+        }
+
+        fn named(name: &str) -> Ca {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let pem = params.self_signed(&key).unwrap().pem();
+            Ca {
+                dir: tempfile::tempdir().unwrap(),
+                issuer: Issuer::new(params, key),
+                pem,
+            }
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        /// The CA's own certificate, as a client CA file.
+        fn ca_file(&self) -> PathBuf {
+            let path = self.path("ca.pem");
+            std::fs::write(&path, &self.pem).unwrap();
+            path
+        }
+
+        /// A certificate for `names`, written as `{file}.crt` and `{file}.key`.
+        fn issue(&self, file: &str, names: &[&str], days: Days, client: bool) -> CertFiles {
+            let key = KeyPair::generate().unwrap();
+            let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.distinguished_name.push(DnType::CommonName, file);
+            let now = OffsetDateTime::now_utc();
+            params.not_before = now + time::Duration::days(days.0);
+            params.not_after = now + time::Duration::days(days.1);
+            params.extended_key_usages = vec![match client {
+                true => ExtendedKeyUsagePurpose::ClientAuth,
+                false => ExtendedKeyUsagePurpose::ServerAuth,
+            }];
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            let files = CertFiles {
+                cert: self.path(&format!("{file}.crt")),
+                key: self.path(&format!("{file}.key")),
+            };
+            std::fs::write(&files.cert, cert.pem()).unwrap();
+            std::fs::write(&files.key, key.serialize_pem()).unwrap();
+            files
+        }
+
+        fn server(&self, file: &str, names: &[&str]) -> CertFiles {
+            self.issue(file, names, VALID, false)
+        }
+    }
+
+    fn settings(default: CertFiles) -> TlsSettings {
+        TlsSettings::new(default.cert, default.key)
+    }
+
+    fn sni(name: &str, files: CertFiles) -> SniCert {
+        SniCert {
+            name: name.into(),
+            files,
+        }
+    }
+
+    #[test]
+    fn a_valid_pair_loads() {
+        let ca = Ca::new();
+        let loaded = Certificates::load(&settings(ca.server("site", &["localhost"]))).unwrap();
+        assert!(loaded.warnings().is_empty(), "{:?}", loaded.warnings());
+        assert_eq!(loaded.expiries().len(), 1);
+        assert!(loaded.expiries()[0].0.ends_with("site.crt"));
+        assert!(loaded.expiries()[0].1 > unix_now() + 300 * 24 * 60 * 60);
+        loaded.server_config().unwrap();
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused_naming_both_files() {
+        let ca = Ca::new();
+        let one = ca.server("one", &["localhost"]);
+        let other = ca.server("other", &["localhost"]);
+        let err = Certificates::load(&TlsSettings::new(&one.cert, &other.key)).unwrap_err();
+        assert!(err.contains("other.key"), "{err}");
+        assert!(err.contains("one.crt"), "{err}");
+        assert!(err.contains("not the private key"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_pem_is_refused_by_name() {
+        let ca = Ca::new();
+        let site = ca.server("site", &["localhost"]);
+        std::fs::write(&site.cert, "not a certificate\n").unwrap();
+        let err = Certificates::load(&settings(site.clone())).unwrap_err();
+        assert!(
+            err.contains("site.crt") && err.contains("no certificate"),
+            "{err}"
+        );
+        let err =
+            Certificates::load(&TlsSettings::new(&site.cert, ca.path("missing.key"))).unwrap_err();
+        assert!(err.contains("site.crt"), "{err}");
+        let good = ca.server("good", &["localhost"]);
+        let err =
+            Certificates::load(&TlsSettings::new(&good.cert, ca.path("missing.key"))).unwrap_err();
+        assert!(err.contains("missing.key"), "{err}");
+    }
+
+    #[test]
+    fn an_expired_or_not_yet_valid_certificate_is_refused() {
+        let ca = Ca::new();
+        let expired = ca.issue("expired", &["localhost"], Days(-30, -1), false);
+        let err = Certificates::load(&settings(expired)).unwrap_err();
+        assert!(
+            err.contains("expired.crt") && err.contains("expired on"),
+            "{err}"
+        );
+        let early = ca.issue("early", &["localhost"], Days(2, 30), false);
+        let err = Certificates::load(&settings(early)).unwrap_err();
+        assert!(
+            err.contains("early.crt") && err.contains("not valid until"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_certificate_expiring_within_two_weeks_loads_with_a_warning() {
+        let ca = Ca::new();
+        let soon = ca.issue("soon", &["localhost"], Days(-1, 5), false);
+        let loaded = Certificates::load(&settings(soon)).unwrap();
+        let [warning] = loaded.warnings() else {
+            panic!("one warning expected: {:?}", loaded.warnings());
+        };
+        assert!(
+            warning.contains("soon.crt") && warning.contains("in 5 days"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn the_certificate_is_chosen_exact_then_one_label_wildcard_then_default() {
+        let mut chooser = Chooser::new("default");
+        for (pattern, value) in [("api.example.com", "exact"), ("*.example.com", "wild")] {
+            assert!(chooser.insert(&SniPattern::parse(pattern).unwrap(), value));
+        }
+        assert_eq!(*chooser.choose(Some("api.example.com")), "exact");
+        assert_eq!(*chooser.choose(Some("API.Example.com.")), "exact");
+        assert_eq!(*chooser.choose(Some("www.example.com")), "wild");
+        assert_eq!(*chooser.choose(Some("a.b.example.com")), "default");
+        assert_eq!(*chooser.choose(Some("example.com")), "default");
+        assert_eq!(*chooser.choose(Some("other.test")), "default");
+        assert_eq!(*chooser.choose(None), "default");
+    }
+
+    #[test]
+    fn sni_names_are_checked() {
+        assert_eq!(
+            SniPattern::parse("*.Example.COM"),
+            Ok(SniPattern::Wildcard("example.com".into()))
+        );
+        for bad in [
+            "",
+            "*",
+            "*.",
+            "a.*.example.com",
+            "a..b",
+            "-a.example.com",
+            "a b",
+        ] {
+            assert!(SniPattern::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let ca = Ca::new();
+        let mut twice = settings(ca.server("site", &["localhost"]));
+        let other = ca.server("a", &["a.example.com"]);
+        twice.sni = vec![
+            sni("a.example.com", other.clone()),
+            sni("A.example.com", other),
+        ];
+        let err = Certificates::load(&twice).unwrap_err();
+        assert!(err.contains("given twice"), "{err}");
+    }
+
+    #[test]
+    fn client_auth_without_a_client_ca_is_refused() {
+        let ca = Ca::new();
+        for mode in [ClientAuth::Optional, ClientAuth::Require] {
+            let mut settings = settings(ca.server("site", &["localhost"]));
+            settings.client_auth = mode;
+            let err = Certificates::load(&settings).unwrap_err();
+            assert!(err.contains("--tls-client-ca"), "{err}");
+            settings.client_ca = Some(ca.ca_file());
+            Certificates::load(&settings).unwrap();
+        }
+    }
+
+    #[test]
+    fn client_auth_names_round_trip() {
+        for mode in [ClientAuth::Off, ClientAuth::Optional, ClientAuth::Require] {
+            assert_eq!(mode.to_string().parse(), Ok(mode));
+            let toml = format!("mode = \"{mode}\"");
+            #[derive(Deserialize)]
+            struct Table {
+                mode: ClientAuth,
+            }
+            assert_eq!(toml::from_str::<Table>(&toml).unwrap().mode, mode);
+        }
+        assert!("required".parse::<ClientAuth>().is_err());
+    }
+
+    #[test]
+    fn a_reload_with_a_bad_file_keeps_the_old_config() {
+        let ca = Ca::new();
+        let site = ca.server("site", &["localhost"]);
+        let (tls, warnings) = TlsConfig::new(&settings(site.clone())).unwrap();
+        assert!(warnings.is_empty());
+        let before = tls.current();
+        let expiries = tls.expiries();
+
+        std::fs::write(&site.key, "-----BEGIN PRIVATE KEY-----\ngarbage\n").unwrap();
+        let err = tls.reload(&settings(site.clone())).unwrap_err();
+        assert!(err.contains("site.key"), "{err}");
+        assert!(Arc::ptr_eq(&before, &tls.current()));
+        assert_eq!(tls.expiries(), expiries);
+
+        // A good file is taken, and what it serves is the new generation.
+        let renewed = ca.server("renewed", &["localhost"]);
+        tls.reload(&settings(renewed)).unwrap();
+        assert!(!Arc::ptr_eq(&before, &tls.current()));
+        assert!(tls.expiries()[0].0.ends_with("renewed.crt"));
+    }
+
+    /// Runs a handshake between two in-memory connections, passing bytes
+    /// until both are done or one fails.
+    fn handshake(
+        client: &mut ClientConnection,
+        server: &mut ServerConnection,
+    ) -> Result<(), TlsError> {
+        fn pass(
+            from: &mut impl std::ops::DerefMut<Target = rustls::ConnectionCommon<impl Sized>>,
+            to: &mut impl std::ops::DerefMut<Target = rustls::ConnectionCommon<impl Sized>>,
+        ) -> Result<(), TlsError> {
+            let mut bytes = Vec::new();
+            while from.wants_write() {
+                from.write_tls(&mut bytes).unwrap();
+            }
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                to.read_tls(&mut rest).unwrap();
+                to.process_new_packets()?;
+            }
+            Ok(())
+        }
+        for _ in 0..10 {
+            pass(client, server)?;
+            pass(server, client)?;
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    fn client(ca: &Ca, alpn: &[&str], cert: Option<&CertFiles>) -> ClientConfig {
+        let mut roots = RootCertStore::empty();
+        roots.add_parsable_certificates(read_certificates(&ca.ca_file()).unwrap());
+        let builder = ClientConfig::builder_with_provider(Arc::new(provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut config = match cert {
+            None => builder.with_no_client_auth(),
+            Some(files) => builder
+                .with_client_auth_cert(
+                    read_certificates(&files.cert).unwrap(),
+                    PrivateKeyDer::from_pem_file(&files.key).unwrap(),
+                )
+                .unwrap(),
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        config
+    }
+
+    fn connect(
+        server: &Arc<ServerConfig>,
+        client: ClientConfig,
+        name: &str,
+    ) -> Result<ClientConnection, TlsError> {
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        let mut client = ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut server = ServerConnection::new(Arc::clone(server)).unwrap();
+        handshake(&mut client, &mut server).map(|()| client)
+    }
+
+    fn served(client: &ClientConnection) -> CertificateDer<'static> {
+        client.peer_certificates().unwrap()[0].clone().into_owned()
+    }
+
+    fn leaf(files: &CertFiles) -> CertificateDer<'static> {
+        read_certificates(&files.cert).unwrap().remove(0)
+    }
+
+    #[test]
+    fn a_handshake_gets_the_certificate_sni_chooses_and_the_agreed_alpn() {
+        let ca = Ca::new();
+        let default = ca.server("default", &["default.test"]);
+        let exact = ca.server("exact", &["api.example.com"]);
+        let wild = ca.server("wild", &["*.example.com"]);
+        let mut settings = settings(default.clone());
+        settings.sni = vec![
+            sni("api.example.com", exact.clone()),
+            sni("*.example.com", wild.clone()),
+        ];
+        settings.alpn = vec!["h2".into(), "hotsock/1".into()];
+        let (tls, _) = TlsConfig::new(&settings).unwrap();
+        let server = tls.current();
+
+        let conn = connect(
+            &server,
+            client(&ca, &["hotsock/1"], None),
+            "api.example.com",
+        )
+        .unwrap();
+        assert_eq!(served(&conn), leaf(&exact));
+        assert_eq!(conn.alpn_protocol(), Some(&b"hotsock/1"[..]));
+
+        let conn = connect(&server, client(&ca, &[], None), "www.example.com").unwrap();
+        assert_eq!(served(&conn), leaf(&wild));
+        assert_eq!(conn.alpn_protocol(), None);
+
+        // No server name at all: the default certificate.
+        let mut no_sni = client(&ca, &["h2"], None);
+        no_sni.enable_sni = false;
+        let conn = connect(&server, no_sni, "default.test").unwrap();
+        assert_eq!(served(&conn), leaf(&default));
+        assert_eq!(conn.alpn_protocol(), Some(&b"h2"[..]));
+
+        // A client offering only protocols the server does not speak is
+        // refused, as RFC 7301 asks.
+        let refused =
+            connect(&server, client(&ca, &["smtp"], None), "api.example.com").unwrap_err();
+        assert_eq!(refused, TlsError::NoApplicationProtocol);
+    }
+
+    #[test]
+    fn require_refuses_a_client_without_a_certificate_and_accepts_a_signed_one() {
+        let ca = Ca::new();
+        let mut settings = settings(ca.server("site", &["localhost"]));
+        settings.client_ca = Some(ca.ca_file());
+        settings.client_auth = ClientAuth::Require;
+        let (tls, _) = TlsConfig::new(&settings).unwrap();
+        let server = tls.current();
+
+        let refused = connect(&server, client(&ca, &[], None), "localhost").unwrap_err();
+        assert_eq!(refused, TlsError::NoCertificatesPresented);
+        let alice = ca.issue("alice", &["alice.test"], VALID, true);
+        connect(&server, client(&ca, &[], Some(&alice)), "localhost").unwrap();
+
+        // A certificate from another authority is refused.
+        let other_ca = Ca::named("another CA");
+        let stranger = other_ca.issue("mallory", &["mallory.test"], VALID, true);
+        let refused = connect(&server, client(&ca, &[], Some(&stranger)), "localhost").unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                TlsError::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+            ),
+            "{refused}"
+        );
+
+        // Optional lets the anonymous client in.
+        settings.client_auth = ClientAuth::Optional;
+        tls.reload(&settings).unwrap();
+        connect(&tls.current(), client(&ca, &[], None), "localhost").unwrap();
     }
 }

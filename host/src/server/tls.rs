@@ -120,34 +120,29 @@ pub enum ClientAuth {
     Require,
 }
 
-impl ClientAuth {
-    /// The names as written on the command line and in the config file.
-    const NAMES: [(&'static str, ClientAuth); 3] = [
-        ("off", ClientAuth::Off),
-        ("optional", ClientAuth::Optional),
-        ("require", ClientAuth::Require),
-    ];
-}
-
 impl FromStr for ClientAuth {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::NAMES
-            .iter()
-            .find(|(name, _)| *name == s)
-            .map(|(_, mode)| *mode)
-            .ok_or_else(|| format!("unknown client auth `{s}`: expected off, optional or require"))
+        match s {
+            "off" => Ok(ClientAuth::Off),
+            "optional" => Ok(ClientAuth::Optional),
+            "require" => Ok(ClientAuth::Require),
+            _ => Err(format!(
+                "unknown TLS client auth `{s}`: expected off, optional or require"
+            )),
+        }
     }
 }
 
 impl fmt::Display for ClientAuth {
+    /// The name `FromStr` and the config file read.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = Self::NAMES
-            .iter()
-            .find(|(_, mode)| mode == self)
-            .map_or("off", |(name, _)| name);
-        f.write_str(name)
+        f.write_str(match self {
+            ClientAuth::Off => "off",
+            ClientAuth::Optional => "optional",
+            ClientAuth::Require => "require",
+        })
     }
 }
 

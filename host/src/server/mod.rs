@@ -19,6 +19,7 @@ mod reload;
 mod run;
 mod settings;
 mod stats;
+mod tls;
 mod workers;
 
 pub mod admin;
@@ -41,3 +42,7 @@ pub use reload::{Reloader, Trigger, WATCH_QUIET, reload_handler};
 pub use run::{AdminConfig, Config, Control, ListenerConfig, Server, Takeover};
 pub use settings::{DEFAULT_IDLE_TIMEOUT, ListenerSettings, Policy, Rules};
 pub use stats::ListenerMetrics;
+pub use tls::{
+    CertFiles, Certificates, ClientAuth, DEFAULT_HANDSHAKE_TIMEOUT, EXPIRY_WARNING, SniCert,
+    TlsConfig, TlsSettings,
+};

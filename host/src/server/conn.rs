@@ -16,7 +16,8 @@ use crate::watchdog::Expiry;
 
 /// One accepted client and everything it holds until it closes.
 pub struct Conn {
-    /// Unique within the process; the guest sees it as `id()`.
+    /// Unique within the process, across an upgrade's processes and across
+    /// a fleet sharing a rooms store; the guest sees it as `id()`.
     pub id: u64,
     /// The socket's peer: the client, or the load balancer that relays it
     /// (`--proxy-protocol`).

@@ -2,12 +2,16 @@
 //! arrives; scriptable through stdin.
 
 use std::io::{Read, Write};
-use std::process::{Child, ChildStdin, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::{Server, TIMEOUT, connect, error_of, free_port, hotsock, is_ctime, read_until};
+use crate::fleet::certificates;
+use crate::util::{
+    Server, TIMEOUT, connect, error_of, free_port, hotsock, is_ctime, read_until, system_tool,
+};
 
 /// `hotsock client` against `server`, with every stream piped.
 fn spawn(server: &Server, args: &[&str]) -> Child {
@@ -265,4 +269,216 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `openssl s_server -quiet` on a free port of 127.0.0.1, serving
+/// `server.pem` from the test certificates in `dir` (see
+/// [`certificates`]), with `args` added: what a client sends is printed on
+/// its stdout, its stdin is sent to the client. Killed when dropped.
+struct SServer {
+    child: Child,
+    port: u16,
+    /// Kept open: s_server ends a session when its stdin ends.
+    _stdin: ChildStdin,
+}
+
+impl SServer {
+    /// `None` (the test skips) when the `openssl` CLI is missing.
+    fn start(dir: &Path, args: &[&str], to_client: &str) -> Option<Self> {
+        let tool = system_tool("openssl", "openssl")?;
+        let port = free_port();
+        let mut child = Command::new(tool)
+            .args([
+                "s_server",
+                "-quiet",
+                "-accept",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(["-cert", "server.pem", "-key", "server.key"])
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read once a client is connected.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(to_client.as_bytes()).unwrap();
+        let server = SServer {
+            child,
+            port,
+            _stdin: stdin,
+        };
+        // s_server says nothing when it listens with -quiet, and a probe
+        // connection would take what its stdin sends: wait until the kernel
+        // lists the port as listening.
+        let listening = format!(" 0100007F:{port:04X} 00000000:0000 0A ");
+        let started = Instant::now();
+        while !std::fs::read_to_string("/proc/net/tcp")
+            .unwrap()
+            .contains(&listening)
+        {
+            assert!(started.elapsed() < TIMEOUT, "s_server did not listen");
+            thread::sleep(Duration::from_millis(20));
+        }
+        Some(server)
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it; what it printed on stdout and stderr.
+    fn finish(mut self) -> (String, String) {
+        let _ = self.child.kill();
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (stdout, stderr)
+    }
+}
+
+impl Drop for SServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The test certificates of [`certificates`] in a new temporary directory;
+/// `None` (the test skips) when the `openssl` CLI is missing.
+fn test_certificates() -> Option<tempfile::TempDir> {
+    let tool = system_tool("openssl", "openssl")?;
+    let dir = tempfile::tempdir().unwrap();
+    certificates(&tool, dir.path());
+    Some(dir)
+}
+
+/// `hotsock client ARGS ADDR` with `input` on stdin, bounded by a timeout.
+fn tls_client(addr: &str, args: &[&str], dir: &Path, input: &str) -> Output {
+    let mut child = hotsock()
+        .args(["client", "--wait", "500ms", "--timeout", "10s"])
+        .args(args)
+        .arg(addr)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    // Bounded: its output is small enough to wait in the pipes meanwhile.
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn tls_exchanges_lines_both_ways() {
+    let Some(dir) = test_certificates() else {
+        return;
+    };
+    let Some(server) = SServer::start(dir.path(), &[], "from-server\n") else {
+        return;
+    };
+    let output = tls_client(
+        &server.addr(),
+        &[
+            "--tls",
+            "--cafile",
+            "ca.pem",
+            "--servername",
+            "localhost",
+            "--newline",
+        ],
+        dir.path(),
+        "from-client\n",
+    );
+    let stdout = stdout_of(&output);
+    assert!(stdout.contains("from-server"), "{stdout}");
+    let (received, log) = server.finish();
+    assert!(received.contains("from-client\n"), "{received}\n{log}");
+}
+
+#[test]
+fn tls_with_the_wrong_ca_fails_the_handshake_clearly() {
+    let Some(dir) = test_certificates() else {
+        return;
+    };
+    let Some(server) = SServer::start(dir.path(), &[], "") else {
+        return;
+    };
+    let output = tls_client(
+        &server.addr(),
+        &["--tls", "--cafile", "other-ca.pem"],
+        dir.path(),
+        "hello\n",
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!(
+        "TLS handshake with {} failed: invalid peer certificate: UnknownIssuer",
+        server.addr()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn tls_presents_a_client_certificate() {
+    let Some(dir) = test_certificates() else {
+        return;
+    };
+    // -Verify: a client without a certificate is refused.
+    let Some(server) = SServer::start(dir.path(), &["-Verify", "1", "-CAfile", "ca.pem"], "hi\n")
+    else {
+        return;
+    };
+    // No --servername: 127.0.0.1 verifies against the certificate's IP SAN.
+    let args = [
+        "--tls",
+        "--cafile",
+        "ca.pem",
+        "--cert",
+        "device.pem",
+        "--key",
+        "device.key",
+        "--newline",
+    ];
+    let output = tls_client(&server.addr(), &args, dir.path(), "signed\n");
+    let stdout = stdout_of(&output);
+    assert!(stdout.contains("hi"), "{stdout}");
+    let (received, log) = server.finish();
+    assert!(received.contains("signed\n"), "{received}\n{log}");
+    assert!(log.contains("CN = device-42"), "{log}");
+}
+
+#[test]
+fn tls_without_a_cafile_is_refused() {
+    let stderr =
+        error_of(hotsock().args(["client", "--tls", &format!("127.0.0.1:{}", free_port())]));
+    assert!(stderr.contains("--tls needs --cafile"), "{stderr}");
 }

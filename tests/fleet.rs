@@ -190,7 +190,7 @@ fn openssl(openssl: &Path, dir: &Path, args: &[&str]) {
 /// 127.0.0.1, issued by the CA), a client `device` (`CN=device-42`, issued
 /// by the CA) and a client `stranger` (`CN=device-42` too, issued by
 /// another CA).
-fn certificates(tool: &Path, dir: &Path) {
+pub fn certificates(tool: &Path, dir: &Path) {
     let ec = [
         "-newkey",
         "ec",
@@ -211,6 +211,8 @@ fn certificates(tool: &Path, dir: &Path) {
         "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
     )
     .unwrap();
+    // An X.509 v3 certificate (any extension makes one): rustls refuses v1.
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
     for (name, cn, ca) in [
         ("server", "localhost", "ca"),
         ("device", "device-42", "ca"),
@@ -242,9 +244,14 @@ fn certificates(tool: &Path, dir: &Path) {
             "-out",
             &pem,
         ];
-        if name == "server" {
-            args.extend(["-extfile", "server.ext"]);
-        }
+        args.extend([
+            "-extfile",
+            if name == "server" {
+                "server.ext"
+            } else {
+                "client.ext"
+            },
+        ]);
         openssl(tool, dir, &args);
     }
     // HAProxy takes the certificate and its key in one file.

@@ -9,10 +9,17 @@
 //! when the server falls quiet, and decides when the session is over. With
 //! stdin from a pipe or file it sends every line without prompts, then waits
 //! until the server closes or falls quiet, so no reply is lost.
+//!
+//! With `--tls` the handshake is done before the threads start, and the one
+//! rustls session is shared under a mutex: the thread that shows replies
+//! waits for the socket to be readable without holding it, then reads and
+//! decrypts; the main thread encrypts and sends under it.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -21,6 +28,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Args;
 use hotsock::units::parse_duration;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::cli::args::DEFAULT_ADDR;
 
@@ -90,15 +101,54 @@ pub struct ClientArgs {
     /// to finish once the input has ended.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub timeout: humantime::Duration,
+
+    /// Speak TLS to the server, verifying its certificate with `--cafile`.
+    #[arg(long)]
+    pub tls: bool,
+
+    /// PEM file of the certificate authorities to verify the server's
+    /// certificate with; needed with `--tls` (no system roots are bundled).
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub cafile: Option<PathBuf>,
+
+    /// PEM file of a client certificate (chain) to present; needs `--key`.
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "key"])]
+    pub cert: Option<PathBuf>,
+
+    /// PEM file of the private key of `--cert`.
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "cert"])]
+    pub key: Option<PathBuf>,
+
+    /// The name sent in SNI and that the server's certificate must be for;
+    /// default: the host part of ADDR (an IP address matches an IP SAN).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub servername: Option<String>,
+
+    /// An application protocol to offer in ALPN; repeatable, most preferred
+    /// first.
+    #[arg(long, value_name = "PROTO", requires = "tls")]
+    pub alpn: Vec<String>,
 }
 
 /// Runs the client until `quit`, the end of the input, or the server closing.
 pub fn run(args: &ClientArgs) -> Result<()> {
+    let tls = if args.tls {
+        Some(tls_config(args)?)
+    } else {
+        None
+    };
     let stream = connect(&args.addr, *args.timeout)?;
     // A server that stops reading must not hang the client on a full buffer.
     stream
         .set_write_timeout(Some(*args.timeout))
         .context("cannot set the connection's write timeout")?;
+    let link = match tls {
+        None => Link::Plain(stream),
+        Some((config, name)) => {
+            let session = handshake(&stream, config, name, &args.addr, *args.timeout)?;
+            Link::Tls(stream, Arc::new(Mutex::new(session)))
+        }
+    };
     let interactive = io::stdin().is_terminal();
     let terminal = io::stdout().is_terminal();
     let screen = Arc::new(Mutex::new(Screen {
@@ -109,13 +159,16 @@ pub fn run(args: &ClientArgs) -> Result<()> {
     }));
     let (events, inbox) = mpsc::channel();
 
-    let from_server = stream
+    let from_server = link
         .try_clone()
         .context("cannot share the connection with the thread that shows replies")?;
     let (shown_on, told) = (Arc::clone(&screen), events.clone());
     thread::Builder::new()
         .name("replies".into())
-        .spawn(move || show_replies(from_server, &shown_on, &told))
+        .spawn(move || match from_server {
+            Link::Plain(stream) => show_replies(stream, &shown_on, &told),
+            Link::Tls(stream, session) => show_tls_replies(&stream, &session, &shown_on, &told),
+        })
         .context("cannot start the thread that shows replies")?;
     // Never joined: blocked on stdin, it ends with the process.
     thread::Builder::new()
@@ -125,7 +178,7 @@ pub fn run(args: &ClientArgs) -> Result<()> {
 
     Session {
         args,
-        stream,
+        stream: link,
         screen,
         inbox,
         interactive,
@@ -175,6 +228,251 @@ fn reason(error: &io::Error) -> String {
         Some((reason, _)) => reason.to_string(),
         None => text,
     }
+}
+
+/// The TLS client configuration `args` ask for, and the name to verify the
+/// server's certificate against.
+fn tls_config(args: &ClientArgs) -> Result<(Arc<ClientConfig>, ServerName<'static>)> {
+    let Some(cafile) = &args.cafile else {
+        bail!(
+            "--tls needs --cafile FILE: the PEM certificate authorities to verify the server \
+             with (no system roots are bundled)"
+        );
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in read_certificates(cafile, "--cafile")? {
+        roots
+            .add(cert)
+            .map_err(|e| anyhow!("--cafile {}: {e}", cafile.display()))?;
+    }
+    let provider = Arc::new(provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("cannot set up TLS")?
+        .with_root_certificates(roots);
+    let mut config = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => {
+            let chain = read_certificates(cert, "--cert")?;
+            let key_der = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| anyhow!("cannot read the key in --key {}: {e}", key.display()))?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                anyhow!(
+                    "--cert {} with --key {}: {e}",
+                    cert.display(),
+                    key.display()
+                )
+            })?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => bail!("--cert and --key go together: give both or neither"),
+    };
+    config.alpn_protocols = args.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let host = match &args.servername {
+        Some(name) => name.clone(),
+        None => host_of(&args.addr).to_string(),
+    };
+    let name = ServerName::try_from(host.clone())
+        .map_err(|_| anyhow!("{host:?} is not a valid server name (see --servername)"))?;
+    Ok((Arc::new(config), name))
+}
+
+/// The cryptography TLS runs on: *ring*, as the server's TLS does (see
+/// `server/tls.rs`), because it builds with the C compiler alone.
+#[expect(
+    deprecated,
+    reason = "ring has no post-quantum key exchange; chosen to build without aws-lc"
+)]
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// The certificates in the PEM file `path`, given as `option`; at least one.
+fn read_certificates(path: &Path, option: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let shown = path.display();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow!("cannot read {option} {shown}: {e}"))?;
+    if certs.is_empty() {
+        bail!("{option} {shown} holds no PEM certificate");
+    }
+    Ok(certs)
+}
+
+/// The host part of `HOST:PORT` (`[::1]:80` gives `::1`).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.strip_prefix('[')
+        .and_then(|host| host.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// Does the TLS handshake on `stream`, within `timeout`.
+fn handshake(
+    stream: &TcpStream,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    addr: &str,
+    timeout: Duration,
+) -> Result<ClientConnection> {
+    let mut session =
+        ClientConnection::new(config, name).context("cannot start the TLS handshake")?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .context("cannot set the connection's read timeout")?;
+    let mut socket = stream;
+    while session.is_handshaking() {
+        if let Err(e) = session.complete_io(&mut socket) {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
+                bail!(
+                    "TLS handshake with {addr} failed: no answer within {} (see --timeout)",
+                    humantime::format_duration(timeout)
+                );
+            }
+            if e.kind() == io::ErrorKind::UnexpectedEof || is_gone(&e) {
+                bail!("TLS handshake with {addr} failed: the server closed the connection");
+            }
+            bail!("TLS handshake with {addr} failed: {}", reason(&e));
+        }
+    }
+    // The thread that shows replies waits with poll, for as long as it takes.
+    stream
+        .set_read_timeout(None)
+        .context("cannot set the connection's read timeout")?;
+    Ok(session)
+}
+
+/// The connection to the server: plain TCP, or TLS over it with the session
+/// shared by the thread that shows replies and the one that sends.
+enum Link {
+    Plain(TcpStream),
+    Tls(TcpStream, Arc<Mutex<ClientConnection>>),
+}
+
+impl Link {
+    fn try_clone(&self) -> io::Result<Link> {
+        Ok(match self {
+            Link::Plain(stream) => Link::Plain(stream.try_clone()?),
+            Link::Tls(stream, session) => Link::Tls(stream.try_clone()?, Arc::clone(session)),
+        })
+    }
+
+    /// Sends all of `bytes`.
+    fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Link::Plain(stream) => (&*stream).write_all(bytes),
+            Link::Tls(stream, session) => {
+                let mut session = hotsock::sys::lock(session);
+                let mut rest = bytes;
+                while !rest.is_empty() {
+                    let n = session.writer().write(rest)?;
+                    rest = &rest[n..];
+                    flush_tls(&mut session, stream)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Says the client is done sending: TLS `close_notify`, then a TCP
+    /// half-close.
+    fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Link::Plain(stream) => stream.shutdown(Shutdown::Write),
+            Link::Tls(stream, _) => {
+                self.close_notify();
+                stream.shutdown(Shutdown::Write)
+            }
+        }
+    }
+
+    /// Sends TLS `close_notify`, best effort; nothing on plain TCP.
+    fn close_notify(&self) {
+        if let Link::Tls(stream, session) = self {
+            let mut session = hotsock::sys::lock(session);
+            session.send_close_notify();
+            let _ = flush_tls(&mut session, stream);
+        }
+    }
+}
+
+/// Writes what the TLS session has to send to `stream`.
+fn flush_tls(session: &mut ClientConnection, mut stream: &TcpStream) -> io::Result<()> {
+    while session.wants_write() {
+        session.write_tls(&mut stream)?;
+    }
+    Ok(())
+}
+
+/// [`show_replies`] over TLS: waits for the socket to be readable without
+/// holding the session, then reads and decrypts what came, and shows it.
+fn show_tls_replies(
+    stream: &TcpStream,
+    session: &Mutex<ClientConnection>,
+    screen: &Mutex<Screen>,
+    events: &Sender<Event>,
+) {
+    let mut buffer = vec![0; 64 * 1024];
+    let last = 'session: loop {
+        let mut fds = [libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if let Err(e) = hotsock::sys::poll(&mut fds, None) {
+            break Event::Closed(Some(e));
+        }
+        let mut plaintext = Vec::new();
+        let mut closed = None;
+        {
+            let mut session = hotsock::sys::lock(session);
+            let mut socket = stream;
+            match session.read_tls(&mut socket) {
+                Ok(0) => closed = Some(None),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_gone(&e) => closed = Some(None),
+                Err(e) => break Event::Closed(Some(e)),
+            }
+            if let Err(e) = session.process_new_packets() {
+                // Tell the server why, as TLS asks.
+                let _ = flush_tls(&mut session, stream);
+                break 'session Event::Closed(Some(io::Error::new(io::ErrorKind::InvalidData, e)));
+            }
+            loop {
+                match session.reader().read(&mut buffer) {
+                    Ok(0) => {
+                        closed = Some(None); // close_notify
+                        break;
+                    }
+                    Ok(n) => plaintext.extend_from_slice(&buffer[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // The server closed without close_notify: closed all the same.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        closed = Some(None);
+                        break;
+                    }
+                    Err(e) => break 'session Event::Closed(Some(e)),
+                }
+            }
+            let _ = flush_tls(&mut session, stream);
+        }
+        if !plaintext.is_empty() {
+            let at = Instant::now();
+            if let Err(e) = lock(screen).show(&plaintext) {
+                break Event::OutputError(e);
+            }
+            if events.send(Event::Received(at)).is_err() {
+                return; // the session is over
+            }
+        }
+        if let Some(cause) = closed {
+            break Event::Closed(cause);
+        }
+    };
+    let _ = events.send(last);
 }
 
 /// What the main thread hears from the other two.
@@ -270,7 +568,7 @@ enum Ended {
 /// One connection, from the main thread's side.
 struct Session<'a> {
     args: &'a ClientArgs,
-    stream: TcpStream,
+    stream: Link,
     screen: Arc<Mutex<Screen>>,
     inbox: Receiver<Event>,
     /// Stdin is a terminal: a person is typing.
@@ -291,7 +589,7 @@ impl Session<'_> {
             Ended::ByClient => {
                 // Say we are done sending, and let the server answer the last
                 // lines and close: nothing is lost, and neither side sees a reset.
-                let _ = self.stream.shutdown(Shutdown::Write);
+                let _ = self.stream.shutdown_write();
                 self.drain()?;
                 None
             }
@@ -303,6 +601,9 @@ impl Session<'_> {
                 Some(None)
             }
         };
+        if closed.is_some() {
+            self.stream.close_notify();
+        }
         self.finish_screen()?;
         match closed {
             None if self.unanswered() && !self.hinted => {

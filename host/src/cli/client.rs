@@ -245,7 +245,7 @@ fn tls_config(args: &ClientArgs) -> Result<(Arc<ClientConfig>, ServerName<'stati
             .add(cert)
             .map_err(|e| anyhow!("--cafile {}: {e}", cafile.display()))?;
     }
-    let provider = Arc::new(provider());
+    let provider = Arc::new(hotsock::server::tls_provider());
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("cannot set up TLS")?
@@ -274,16 +274,6 @@ fn tls_config(args: &ClientArgs) -> Result<(Arc<ClientConfig>, ServerName<'stati
     let name = ServerName::try_from(host.clone())
         .map_err(|_| anyhow!("{host:?} is not a valid server name (see --servername)"))?;
     Ok((Arc::new(config), name))
-}
-
-/// The cryptography TLS runs on: *ring*, as the server's TLS does (see
-/// `server/tls.rs`), because it builds with the C compiler alone.
-#[expect(
-    deprecated,
-    reason = "ring has no post-quantum key exchange; chosen to build without aws-lc"
-)]
-fn provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
 }
 
 /// The certificates in the PEM file `path`, given as `option`; at least one.

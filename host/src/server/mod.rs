@@ -44,5 +44,5 @@ pub use settings::{DEFAULT_IDLE_TIMEOUT, ListenerSettings, Policy, Rules};
 pub use stats::ListenerMetrics;
 pub use tls::{
     CertFiles, Certificates, ClientAuth, DEFAULT_HANDSHAKE_TIMEOUT, EXPIRY_WARNING, SniCert,
-    TlsConfig, TlsSettings,
+    TlsConfig, TlsSettings, provider as tls_provider,
 };

@@ -358,12 +358,13 @@ impl TlsConfig {
 /// machine. rustls 0.23.48 deprecated this provider for lacking
 /// post-quantum key exchange (X25519MLKEM768); it still offers X25519 and
 /// the NIST curves, which every client supports. Moving to aws-lc-rs is a
-/// one-line change here if post-quantum key exchange is wanted.
+/// one-line change here if post-quantum key exchange is wanted. The
+/// client (`hotsock client --tls`) uses it too.
 #[expect(
     deprecated,
     reason = "ring has no post-quantum key exchange; chosen to build without aws-lc"
 )]
-fn provider() -> CryptoProvider {
+pub fn provider() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 

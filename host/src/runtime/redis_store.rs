@@ -208,24 +208,28 @@ impl RedisStore {
                 self.url
             ))
         };
-        if self.health.timed_out_recently() {
-            return Err(not_tried("did not answer a moment ago"));
-        }
+        // The whole call, waiting for a connection and connecting
+        // included, has TIMEOUT: a stopped store costs no call more.
         let deadline = Instant::now() + TIMEOUT;
         let mut pool = sys::lock(&self.pool);
         let idle = loop {
+            // Checked again after each wait: another call may just have
+            // waited out the timeout.
+            if self.health.timed_out_recently() {
+                return Err(not_tried("did not answer a moment ago"));
+            }
             if let Some(conn) = pool.idle.pop() {
                 break Some(conn);
-            }
-            if pool.open < MAX_CONNECTIONS {
-                pool.open += 1;
-                break None;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(not_tried(&format!(
                     "had no free connection within {TIMEOUT:?}"
                 )));
+            }
+            if pool.open < MAX_CONNECTIONS {
+                pool.open += 1;
+                break None;
             }
             pool = match self.freed.wait_timeout(pool, left) {
                 Ok((pool, _)) => pool,
@@ -235,9 +239,13 @@ impl RedisStore {
         drop(pool);
         let mut conn = match idle {
             Some(conn) => conn,
-            None => self.connect().map_err(|e| {
+            None => self.connect(deadline).map_err(|e| {
                 self.give_up(None);
-                self.health.failed(&format!("cannot connect: {e}"));
+                let why = format!("cannot connect: {e}");
+                match e.is_timeout() {
+                    true => self.health.timed_out(&why),
+                    false => self.health.failed(&why),
+                }
                 KvError(format!(
                     "cannot reach the key-value store {}: {e}",
                     self.url
@@ -284,8 +292,16 @@ impl RedisStore {
         self.freed.notify_all();
     }
 
-    fn connect(&self) -> Result<Connection, RedisError> {
-        let conn = self.client.get_connection_with_timeout(TIMEOUT)?;
+    /// A new connection, set up before `deadline` or failed: a setup that
+    /// gets no answer in time fails as a timeout.
+    fn connect(&self, deadline: Instant) -> Result<Connection, RedisError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::TimedOut,
+            )));
+        }
+        let conn = self.client.get_connection_with_timeout(left)?;
         conn.set_read_timeout(Some(TIMEOUT))?;
         conn.set_write_timeout(Some(TIMEOUT))?;
         Ok(conn)

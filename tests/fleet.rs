@@ -41,7 +41,8 @@ impl Drop for Reap {
     }
 }
 
-fn alive(pid: u32) -> bool {
+/// Whether `pid` runs (a zombie has exited).
+pub fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     let exists = unsafe { libc::kill(pid as i32, 0) == 0 };
     // A zombie has exited; it waits for a parent that may be gone.

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::fleet::Reap;
+use crate::fleet::{Reap, alive};
 use crate::rooms_fleet::{self, heard, id};
 use crate::util::{Server, TIMEOUT, ask, request, wasm};
 
@@ -59,11 +59,6 @@ fn taken_over(server: &Server, n: usize) -> u32 {
 fn signal(pid: u32, signal: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')))
 }
 
 fn wait_gone(pid: u32, within: Duration) {

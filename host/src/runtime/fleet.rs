@@ -50,7 +50,7 @@ use log::{error, info, warn};
 use redis::{Client, Connection, RedisError, Value};
 
 use crate::runtime::bucket::Health;
-use crate::runtime::redis_store::{TIMEOUT, lost};
+use crate::runtime::redis_store::{self, TIMEOUT, lost};
 use crate::runtime::rooms::{Elsewhere, Local, Rooms};
 use crate::sys;
 
@@ -851,10 +851,7 @@ impl Shared {
 
 /// A Redis connection that answers within [`TIMEOUT`] or fails.
 fn connect(client: &Client) -> Result<Connection, RedisError> {
-    let conn = client.get_connection_with_timeout(TIMEOUT)?;
-    conn.set_read_timeout(Some(TIMEOUT))?;
-    conn.set_write_timeout(Some(TIMEOUT))?;
-    Ok(conn)
+    redis_store::connect(client, TIMEOUT)
 }
 
 /// An `EVAL` of `body`, with [`CLEAR`] in front when it calls it.

@@ -295,16 +295,10 @@ impl RedisStore {
     /// A new connection, set up before `deadline` or failed: a setup that
     /// gets no answer in time fails as a timeout.
     fn connect(&self, deadline: Instant) -> Result<Connection, RedisError> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(RedisError::from(std::io::Error::from(
-                std::io::ErrorKind::TimedOut,
-            )));
-        }
-        let conn = self.client.get_connection_with_timeout(left)?;
-        conn.set_read_timeout(Some(TIMEOUT))?;
-        conn.set_write_timeout(Some(TIMEOUT))?;
-        Ok(conn)
+        connect(
+            &self.client,
+            deadline.saturating_duration_since(Instant::now()),
+        )
     }
 }
 
@@ -336,6 +330,20 @@ impl RedisBucket {
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
+}
+
+/// A connection to `client`'s Redis, set up within `within`, each later call
+/// on it answered within [`TIMEOUT`] or failed.
+pub(crate) fn connect(client: &Client, within: Duration) -> Result<Connection, RedisError> {
+    if within.is_zero() {
+        return Err(RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::TimedOut,
+        )));
+    }
+    let conn = client.get_connection_with_timeout(within)?;
+    conn.set_read_timeout(Some(TIMEOUT))?;
+    conn.set_write_timeout(Some(TIMEOUT))?;
+    Ok(conn)
 }
 
 /// Whether `e` lost the connection (rather than being refused on it): the

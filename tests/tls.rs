@@ -1,0 +1,1337 @@
+//! Native TLS on listeners (issue 23), with real clients: `openssl
+//! s_client`, Python's `ssl` module, a rustls client for sessions that stay
+//! open, and HAProxy passing TLS through with a PROXY v2 header. Echo,
+//! plaintext and silent clients refused, certificates chosen by SNI, client
+//! certificates, reloads by SIGHUP and `--watch`, bad files refused at
+//! start, rooms, ALPN, and the expiry metric.
+//!
+//! The certificates are made at test time (no fixture to expire): the test
+//! PKI of [`certificates`] by the openssl CLI, further ones by [`issue`],
+//! and those with dates openssl 3.0 cannot set by rcgen ([`dated`]).
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use serde_json::{Value, json};
+use testkit::haproxy::Haproxy;
+
+use crate::fleet::{ask_over_tls, certificates, openssl, tls_tools};
+use crate::util::{Server, TIMEOUT, connect, hotsock, system_tool, wasm};
+
+/// Longest a `hotsock serve` that should refuse to start may run: it loads
+/// the handler (cached, or compiled on a busy machine) before or after the
+/// certificates, and must exit on its own well within this.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The programs the tests run as clients, and the test PKI they share.
+struct Tools {
+    /// `ca.pem`, `server.pem` (with its key, for localhost and 127.0.0.1),
+    /// `device.pem` and `stranger.pem` (`CN=device-42` by `ca` and by
+    /// `other-ca`), and whatever a test issues besides.
+    dir: tempfile::TempDir,
+    openssl: PathBuf,
+    python: PathBuf,
+}
+
+/// The openssl CLI and python3, and the test PKI of [`certificates`] made
+/// in a new directory; `None` where either program is missing, which
+/// [`system_tool`] makes a failure under CI and a loud skip elsewhere.
+fn tools() -> Option<Tools> {
+    let openssl = system_tool("openssl", "openssl")?;
+    let python = system_tool("python3", "python3")?;
+    let dir = tempfile::tempdir().unwrap();
+    certificates(&openssl, dir.path());
+    Some(Tools {
+        dir,
+        openssl,
+        python,
+    })
+}
+
+impl Tools {
+    /// The file `name` of the test PKI.
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `--tls-cert server.pem --tls-key server.key`: the certificate every
+    /// client of these tests verifies against `ca.pem` as `localhost`.
+    /// server.pem holds the key too, as HAProxy wants it: the certificate is
+    /// its first PEM section.
+    fn tls_args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.path("server.pem").display().to_string(),
+            "--tls-key".into(),
+            self.path("server.key").display().to_string(),
+        ]
+    }
+}
+
+/// `args` as the `&str`s [`Server::start_with`] takes.
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// Issues `{name}.pem` and `{name}.key` in `dir` with the openssl CLI, as
+/// [`certificates`] issues `server.pem`: ECDSA P-256, subject `CN=cn`, the
+/// subject alternative names `san` (`DNS:api.test,IP:127.0.0.1`), signed by
+/// `ca.pem`. For the certificates a test needs besides the shared ones
+/// (SNI names, a second certificate to reload).
+fn issue(tool: &Path, dir: &Path, name: &str, cn: &str, san: &str) {
+    let ext = format!("{name}.ext");
+    std::fs::write(dir.join(&ext), format!("subjectAltName={san}\n")).unwrap();
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    let subject = format!("/CN={cn}");
+    openssl(
+        tool,
+        dir,
+        &[
+            "req",
+            "-new",
+            "-subj",
+            &subject,
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ],
+    );
+    openssl(
+        tool,
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
+        ],
+    );
+}
+
+/// A self-signed certificate for localhost valid from `not_before` to
+/// `not_after` (Unix seconds), written as `{name}.pem` and `{name}.key` in
+/// `dir`, made with rcgen: for dates openssl 3.0's `x509` cannot set (an
+/// expired certificate, one not valid yet) or that a test must know to the
+/// second (the expiry metric). Returns the two paths.
+fn dated(dir: &Path, name: &str, not_before: i64, not_after: i64) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.not_before = time::OffsetDateTime::from_unix_timestamp(not_before).unwrap();
+    params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (pem, key_file) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&pem, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (pem, key_file)
+}
+
+/// Now, in Unix seconds.
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+const DAY: i64 = 24 * 60 * 60;
+
+/// The first certificate in the PEM file `path`, DER: what a server
+/// serving that file sends as its leaf.
+fn leaf(path: &Path) -> Vec<u8> {
+    CertificateDer::pem_file_iter(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .next()
+        .unwrap_or_else(|| panic!("no certificate in {}", path.display()))
+        .unwrap()
+        .to_vec()
+}
+
+/// What a finished client process left: its exit status and its output.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `command` with `input` on stdin (then closed) until it exits, for
+/// at most `limit`: a client that hangs is killed and fails the test rather
+/// than hanging it. If `abort_on` is in its stdout before it exits, it is
+/// killed at once and the test fails (a server that should not have
+/// started, announcing its address).
+fn run_bounded(
+    command: &mut Command,
+    input: &[u8],
+    limit: Duration,
+    abort_on: Option<&str>,
+) -> Finished {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{command:?} does not start: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let collect = |mut pipe: Box<dyn std::io::Read + Send>| {
+        let text = Arc::new(Mutex::new(Vec::new()));
+        let into = Arc::clone(&text);
+        let reader = thread::spawn(move || {
+            let mut chunk = [0; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                into.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        (text, reader)
+    };
+    let (stdout, out_reader) = collect(Box::new(child.stdout.take().unwrap()));
+    let (stderr, err_reader) = collect(Box::new(child.stderr.take().unwrap()));
+    let text = |buffer: &Arc<Mutex<Vec<u8>>>| {
+        String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
+    };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        let aborted = abort_on.is_some_and(|needle| text(&stdout).contains(needle));
+        if aborted || started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{command:?} {} after {:?}\nstdout:\n{}\nstderr:\n{}",
+                match aborted {
+                    true => format!("printed {abort_on:?}"),
+                    false => "was still running".to_string(),
+                },
+                started.elapsed(),
+                text(&stdout),
+                text(&stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    out_reader.join().unwrap();
+    err_reader.join().unwrap();
+    Finished {
+        status,
+        stdout: text(&stdout),
+        stderr: text(&stderr),
+    }
+}
+
+/// One client of Python's `ssl` module, by its options: Python is the
+/// other TLS stack users have (OpenSSL underneath, with its own defaults),
+/// and tells precisely what it was served.
+#[derive(Clone, Copy)]
+struct Py<'a> {
+    /// SNI sent; `None` sends none.
+    server_name: Option<&'a str>,
+    /// Whether the served certificate must be for `server_name`; it is
+    /// always verified against `ca.pem`.
+    check_hostname: bool,
+    /// `NAME` for a client certificate `NAME.pem` with `NAME.key`.
+    cert: Option<&'a str>,
+    /// Protocols offered in ALPN.
+    alpn: &'a [&'a str],
+    /// The local address to connect from (a loopback one).
+    source: Option<&'a str>,
+    /// Lines sent, each followed by reading one reply line.
+    send: &'a [&'a str],
+}
+
+impl Default for Py<'_> {
+    fn default() -> Self {
+        Py {
+            server_name: Some("localhost"),
+            check_hostname: true,
+            cert: None,
+            alpn: &[],
+            source: None,
+            send: &[],
+        }
+    }
+}
+
+/// The client [`python`] runs: its options as JSON in argv[1], what
+/// happened as one JSON object on stdout: `ok`, `stage` (how far it got:
+/// connect, handshake, exchange), `error`, and from the handshake on
+/// `version`, `cipher`, `alpn`, `cn` (the served certificate's subject CN),
+/// `der` (the served certificate, hex), then `replies`.
+const PYTHON_CLIENT: &str = r#"
+import json, socket, ssl, sys
+a = json.loads(sys.argv[1])
+out = {"ok": False, "stage": "connect"}
+try:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(a["cafile"])
+    ctx.check_hostname = a["check_hostname"]
+    if a["cert"]:
+        ctx.load_cert_chain(a["cert"], a["key"])
+    if a["alpn"]:
+        ctx.set_alpn_protocols(a["alpn"])
+    source = (a["source"], 0) if a["source"] else None
+    raw = socket.create_connection((a["host"], a["port"]), timeout=a["timeout"], source_address=source)
+    out["stage"] = "handshake"
+    s = ctx.wrap_socket(raw, server_hostname=a["server_name"])
+    out["version"] = s.version()
+    out["cipher"] = s.cipher()[0]
+    out["alpn"] = s.selected_alpn_protocol()
+    out["der"] = s.getpeercert(binary_form=True).hex()
+    out["cn"] = [v for rdn in s.getpeercert()["subject"] for (k, v) in rdn if k == "commonName"][0]
+    out["stage"] = "exchange"
+    replies, pending = [], b""
+    for line in a["send"]:
+        s.sendall(line.encode() + b"\n")
+        while b"\n" not in pending:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise EOFError("the server closed the connection")
+            pending += chunk
+        reply, pending = pending.split(b"\n", 1)
+        replies.append(reply.decode())
+    out["replies"] = replies
+    s.close()
+    out["ok"] = True
+except Exception as e:
+    out["error"] = f"{type(e).__name__}: {e}"
+print(json.dumps(out))
+"#;
+
+/// Runs one Python `ssl` client ([`PYTHON_CLIENT`]) against `addr` with
+/// the options `py`, and returns what it reported. Bounded: its socket has
+/// a 10 s timeout, and the process is killed past twice that.
+fn python(tools: &Tools, addr: SocketAddr, py: Py<'_>) -> Value {
+    let cert = py.cert.map(|name| tools.path(&format!("{name}.pem")));
+    let key = py.cert.map(|name| tools.path(&format!("{name}.key")));
+    let options = json!({
+        "host": addr.ip().to_string(),
+        "port": addr.port(),
+        "cafile": tools.path("ca.pem"),
+        "server_name": py.server_name,
+        "check_hostname": py.check_hostname && py.server_name.is_some(),
+        "cert": cert,
+        "key": key,
+        "alpn": py.alpn,
+        "source": py.source,
+        "send": py.send,
+        "timeout": TIMEOUT.as_secs(),
+    });
+    let finished = run_bounded(
+        Command::new(&tools.python)
+            .arg("-c")
+            .arg(PYTHON_CLIENT)
+            .arg(options.to_string()),
+        b"",
+        TIMEOUT * 2,
+        None,
+    );
+    serde_json::from_str(finished.stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "the Python client printed no report ({e}):\n{}\n{}",
+            finished.stdout, finished.stderr
+        )
+    })
+}
+
+/// The replies of a Python client that must have been served, which fails
+/// the test with the client's report and the server's log otherwise.
+fn served(report: &Value, server: &Server) -> Vec<String> {
+    assert_eq!(
+        report["ok"],
+        true,
+        "the Python client was not served: {report}\nserver log:\n{}",
+        server.log()
+    );
+    report["replies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The subject of the certificate `openssl s_client` is served when it
+/// sends `server_name` as SNI (`None`: `-noservername`), as s_client
+/// prints it but without spaces (`CN=api.test`): the CLI operators check
+/// their servers with.
+fn s_client_subject(tools: &Tools, addr: SocketAddr, server_name: Option<&str>) -> String {
+    let mut command = Command::new(&tools.openssl);
+    command
+        .args(["s_client", "-connect", &addr.to_string(), "-CAfile"])
+        .arg(tools.path("ca.pem"));
+    match server_name {
+        Some(name) => command.args(["-servername", name]),
+        None => command.arg("-noservername"),
+    };
+    // Its stdin ends at once: it prints the session, then closes.
+    let finished = run_bounded(&mut command, b"", TIMEOUT, None);
+    finished
+        .stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("subject="))
+        .map(|subject| subject.replace(' ', ""))
+        .unwrap_or_else(|| {
+            panic!(
+                "s_client printed no subject:\n{}\n{}",
+                finished.stdout, finished.stderr
+            )
+        })
+}
+
+/// A TLS session that stays open, on rustls's client side: for what a
+/// one-shot client cannot show, a session kept across a certificate reload
+/// and room messages arriving between answers. It trusts `ca.pem` and asks
+/// for `localhost`.
+struct Session {
+    stream: StreamOwned<ClientConnection, TcpStream>,
+    /// Bytes read past the last line returned.
+    pending: Vec<u8>,
+}
+
+impl Session {
+    /// Connects to `addr` and completes the handshake; panics if it fails.
+    fn open(addr: SocketAddr, ca: &Path) -> Session {
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from(leaf(ca))).unwrap();
+        // The crypto hotsock itself runs on (ring), as `hotsock client --tls` does.
+        let provider = Arc::new(hotsock::server::tls_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut stream = StreamOwned::new(conn, connect(addr));
+        while stream.conn.is_handshaking() {
+            if let Err(e) = stream.conn.complete_io(&mut stream.sock) {
+                panic!("TLS handshake with {addr} failed: {e}");
+            }
+        }
+        Session {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The certificate the server presented, DER.
+    fn leaf(&self) -> Vec<u8> {
+        self.stream
+            .conn
+            .peer_certificates()
+            .expect("a server certificate")[0]
+            .to_vec()
+    }
+
+    /// Sends `line` and a newline, and returns the next line received.
+    fn ask(&mut self, line: &str) -> String {
+        self.stream
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| self.stream.flush())
+            .unwrap_or_else(|e| panic!("sending {line:?}: {e}"));
+        self.line_within(TIMEOUT)
+            .unwrap_or_else(|| panic!("no answer to {line:?} within {TIMEOUT:?}"))
+    }
+
+    /// The next line received (without its newline), if one comes within
+    /// `within`; panics if the connection fails or closes.
+    fn line_within(&mut self, within: Duration) -> Option<String> {
+        self.stream.sock.set_read_timeout(Some(within)).unwrap();
+        let line = loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                break Some(String::from_utf8_lossy(&line).trim_end().to_string());
+            }
+            let mut chunk = [0; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("the server closed the session"),
+                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+                Err(e) if is_timeout(&e) => break None,
+                Err(e) => panic!("reading the session failed: {e}"),
+            }
+        };
+        self.stream.sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+        line
+    }
+
+    /// Reads to the end of the session, and whether it ended with the
+    /// server's close_notify (rustls reports an end without one as an
+    /// error: a truncation attack cannot pass for the end).
+    fn ends_with_close_notify(&mut self) -> bool {
+        let mut rest = Vec::new();
+        let ended = self.stream.read_to_end(&mut rest);
+        assert!(self.pending.is_empty() && rest.is_empty(), "{rest:?}");
+        ended.is_ok()
+    }
+}
+
+/// Whether a read failed only because its timeout passed.
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads what `stream` is sent until the server closes it (EOF or a
+/// reset), and how long that took from `since`; panics if it is still open
+/// `limit` after `since`. For clients a TLS listener must cut off.
+fn until_closed(stream: &mut TcpStream, since: Instant, limit: Duration) -> (Vec<u8>, Duration) {
+    let mut got = Vec::new();
+    let mut chunk = [0; 4096];
+    loop {
+        let left = limit.saturating_sub(since.elapsed());
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                break;
+            }
+            Err(e) => panic!(
+                "still open {:?} after it connected ({e}); it was sent {:?}",
+                since.elapsed(),
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    (got, since.elapsed())
+}
+
+/// How many clients `server` (with `--admin`) counts as refused for
+/// `reason` in `/status`.
+fn refused(server: &Server, reason: &str) -> u64 {
+    let status = server.status();
+    status["connections"]["refused_by"][reason]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no refused_by.{reason} in {status}"))
+}
+
+/// Waits until `server` counts `expected` clients refused for `reason`
+/// (a refusal is counted as the connection's thread ends, a moment after
+/// the client sees it closed); fails on more, or on fewer after
+/// [`TIMEOUT`].
+fn wait_refused(server: &Server, reason: &str, expected: u64) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let n = refused(server, reason);
+        assert!(
+            n <= expected,
+            "{n} refused for {reason}, not {expected}: {}\n{}",
+            server.status(),
+            server.log()
+        );
+        if n == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} refused for {reason} after {TIMEOUT:?}, not {expected}: {}\n{}",
+            server.status(),
+            server.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The samples of the metric `name` on `server`'s `--metrics` endpoint,
+/// each its labels and value, read from the text format here: the metric
+/// is checked by its labels and value, which Prometheus's own parser
+/// (tests/operations.rs) would read the same.
+fn samples(server: &Server, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    let endpoint = testkit::http::Endpoint::Tcp(server.metrics());
+    let response = crate::util::request(&endpoint, "GET", "/metrics", &[], b"");
+    assert_eq!(response.status, 200);
+    let text = String::from_utf8(response.body.to_vec()).unwrap();
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(rest) => {
+                    let end = rest.rfind('}').expect("labels end with }");
+                    (parse_labels(&rest[..end]), &rest[end + 1..])
+                }
+                None if rest.starts_with(' ') => (BTreeMap::new(), rest),
+                None => return None, // another metric whose name starts with this one
+            };
+            let value = value.split_whitespace().next().expect("a value");
+            Some((
+                labels,
+                value.parse().unwrap_or_else(|e| panic!("{e}: {line}")),
+            ))
+        })
+        .collect()
+}
+
+/// `a="x",b="y\"z"` as a map, escapes undone.
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut chars = text.chars().peekable();
+    while chars.peek().is_some() {
+        let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+        assert_eq!(chars.next(), Some('"'), "a quoted value in {text}");
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => break,
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(other) => value.push(other),
+                    None => panic!("a dangling escape in {text}"),
+                },
+                c => value.push(c),
+            }
+        }
+        labels.insert(key.trim_start_matches(',').trim().to_string(), value);
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    labels
+}
+
+/// `hotsock ARGS` that must refuse to start: it exits non-zero on its own
+/// (bounded) and never announces a listener. Returns its stderr.
+fn refused_to_start(args: &[&str]) -> String {
+    let finished = run_bounded(
+        hotsock().args(args).env("RUST_LOG", "info"),
+        b"",
+        REFUSE_TIMEOUT,
+        Some("listening on"),
+    );
+    assert!(
+        !finished.status.success(),
+        "hotsock {args:?} succeeded:\n{}\n{}",
+        finished.stdout,
+        finished.stderr
+    );
+    assert!(
+        !finished.stdout.contains("listening on"),
+        "{}",
+        finished.stdout
+    );
+    finished.stderr
+}
+
+/// A config file `name` in `dir` with `text`, returned as a path string.
+fn config_file(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// A TOML string: `path` quoted, as a config file names a file.
+fn toml_path(path: &Path) -> String {
+    format!("{:?}", path.display().to_string())
+}
+
+#[test]
+fn clients_echo_over_tls_and_a_plaintext_client_is_closed() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let mut args = tools.tls_args();
+    args.extend(["--admin".into(), "127.0.0.1:0".into()]);
+    let server = Server::start_with("guest_handler", &strs(&args));
+    let mut kept = Session::open(server.addr(), &tools.path("ca.pem"));
+    assert!(kept.ask("kept").starts_with("Echo=>kept at "));
+
+    // openssl s_client, and Python's ssl.
+    let answer = ask_over_tls(
+        &tools.openssl,
+        server.addr(),
+        tools.dir.path(),
+        None,
+        "hello\n",
+    )
+    .unwrap_or_else(|| panic!("s_client got no answer:\n{}", server.log()));
+    assert!(answer.starts_with("Echo=>hello at "), "{answer}");
+    let report = python(
+        &tools,
+        server.addr(),
+        Py {
+            send: &["one", "two"],
+            ..Py::default()
+        },
+    );
+    let replies = served(&report, &server);
+    assert!(replies[0].starts_with("Echo=>one at "), "{replies:?}");
+    assert!(replies[1].starts_with("Echo=>two at "), "{replies:?}");
+    assert_eq!(report["version"], "TLSv1.3", "{report}");
+    assert_eq!(report["cn"], "localhost", "{report}");
+
+    // A plaintext client is closed at its first bytes, never echoed.
+    let mut plain = connect(server.addr());
+    let started = Instant::now();
+    plain.write_all(b"hello\n").unwrap();
+    let (got, took) = until_closed(&mut plain, started, Duration::from_secs(5));
+    let got = String::from_utf8_lossy(&got);
+    assert!(!got.contains("hello") && !got.contains("Echo"), "{got:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    wait_refused(&server, "tls_plaintext", 1);
+
+    // Everyone else is still served.
+    assert!(kept.ask("still").starts_with("Echo=>still at "));
+    let report = python(
+        &tools,
+        server.addr(),
+        Py {
+            send: &["after"],
+            ..Py::default()
+        },
+    );
+    assert!(served(&report, &server)[0].starts_with("Echo=>after at "));
+    // The "connected" line says TLS.
+    server.wait_for_log(&["connected, tls TLSv1.3"]);
+}
+
+#[test]
+fn sni_chooses_the_certificate_exact_then_wildcard_then_the_default() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let dir = tools.dir.path();
+    issue(&tools.openssl, dir, "api", "api.test", "DNS:api.test");
+    issue(
+        &tools.openssl,
+        dir,
+        "fleet",
+        "any.fleet.test",
+        "DNS:*.fleet.test",
+    );
+    // Paths relative to the file, as an operator writes them.
+    let config = config_file(
+        dir,
+        "sni.toml",
+        &format!(
+            "[[listener]]\nname = \"sni\"\naddr = \"127.0.0.1:0\"\nhandler = {}\n\
+             tls-cert = \"server.pem\"\ntls-key = \"server.key\"\n\
+             [[listener.tls-sni]]\nname = \"api.test\"\ncert = \"api.pem\"\nkey = \"api.key\"\n\
+             [[listener.tls-sni]]\nname = \"*.fleet.test\"\ncert = \"fleet.pem\"\nkey = \"fleet.key\"\n",
+            toml_path(&wasm("kit"))
+        ),
+    );
+    let server = Server::start_config(Path::new(&config), 1, &["--metrics", "127.0.0.1:0"]);
+    let addr = server.listener("sni");
+
+    for (name, cn, file) in [
+        (Some("api.test"), "api.test", "api.pem"),
+        (Some("device-7.fleet.test"), "any.fleet.test", "fleet.pem"),
+        // A wildcard covers one label only.
+        (Some("a.b.fleet.test"), "localhost", "server.pem"),
+        (Some("fleet.test"), "localhost", "server.pem"),
+        (Some("unknown.test"), "localhost", "server.pem"),
+        (None, "localhost", "server.pem"),
+    ] {
+        let report = python(
+            &tools,
+            addr,
+            Py {
+                server_name: name,
+                check_hostname: false,
+                send: &["tls"],
+                ..Py::default()
+            },
+        );
+        let replies = served(&report, &server);
+        assert_eq!(report["cn"], cn, "{name:?}: {report}");
+        let der = hex(&leaf(&tools.path(file)));
+        assert_eq!(report["der"], der, "{name:?} was not served {file}");
+        // The handler sees the name asked for, matched or not.
+        let sni = format!(" sni={} ", name.unwrap_or("-"));
+        assert!(replies[0].contains(&sni), "{name:?}: {replies:?}");
+    }
+
+    // openssl s_client, as an operator checks a server.
+    assert_eq!(
+        s_client_subject(&tools, addr, Some("api.test")),
+        "CN=api.test"
+    );
+    assert_eq!(
+        s_client_subject(&tools, addr, Some("x.fleet.test")),
+        "CN=any.fleet.test"
+    );
+    assert_eq!(s_client_subject(&tools, addr, None), "CN=localhost");
+
+    // Each certificate has its expiry metric.
+    let expiries = samples(&server, "hotsock_tls_certificate_expiry_timestamp_seconds");
+    let mut files: Vec<String> = expiries
+        .iter()
+        .filter(|(labels, _)| labels.get("listener").map(String::as_str) == Some("sni"))
+        .map(|(labels, _)| {
+            let path = Path::new(&labels["certificate"]);
+            path.file_name().unwrap().to_string_lossy().into_owned()
+        })
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["api.pem", "fleet.pem", "server.pem"],
+        "{expiries:?}"
+    );
+}
+
+/// `bytes` in lowercase hexadecimal, as Python's `bytes.hex()` writes them.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn required_client_certificates_name_the_device_and_refuse_the_rest() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let mut args = tools.tls_args();
+    let ca = tools.path("ca.pem").display().to_string();
+    args.extend(
+        [
+            "--tls-client-auth",
+            "require",
+            "--tls-client-ca",
+            &ca,
+            "--admin",
+            "127.0.0.1:0",
+        ]
+        .map(String::from),
+    );
+    let server = Server::start_with("kit", &strs(&args));
+
+    // A device of the fleet's CA: verified, and the handler knows it.
+    let report = python(
+        &tools,
+        server.addr(),
+        Py {
+            cert: Some("device"),
+            send: &["tls"],
+            ..Py::default()
+        },
+    );
+    let tls = &served(&report, &server)[0];
+    assert!(tls.starts_with("tls TLSv1.3 TLS13_"), "{tls}");
+    assert!(tls.contains(" sni=localhost alpn=- "), "{tls}");
+    assert!(tls.ends_with(" subject=CN=device-42"), "{tls}");
+    assert!(!tls.contains(" certs=0 "), "no peer certificates: {tls}");
+    server.wait_for_log(&["connected, tls TLSv1.3 CN=device-42"]);
+    // The same with openssl s_client.
+    let tls = ask_over_tls(
+        &tools.openssl,
+        server.addr(),
+        tools.dir.path(),
+        Some("device"),
+        "tls\n",
+    )
+    .unwrap_or_else(|| panic!("s_client was not served:\n{}", server.log()));
+    assert!(tls.ends_with(" subject=CN=device-42"), "{tls}");
+
+    // No certificate, or one of another CA (with the same CN): refused
+    // before the handler runs.
+    for cert in [None, Some("stranger")] {
+        let report = python(
+            &tools,
+            server.addr(),
+            Py {
+                cert,
+                send: &["tls"],
+                ..Py::default()
+            },
+        );
+        assert_eq!(report["ok"], false, "{cert:?} was served: {report}");
+    }
+    wait_refused(&server, "tls_client_certificate", 2);
+    assert_eq!(
+        server.log().matches("CN=device-42").count(),
+        2,
+        "only the device connected:\n{}",
+        server.log()
+    );
+}
+
+#[test]
+fn optional_client_certificates_serve_anonymous_clients_but_not_strangers() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let mut args = tools.tls_args();
+    let ca = tools.path("ca.pem").display().to_string();
+    args.extend(
+        [
+            "--tls-client-auth",
+            "optional",
+            "--tls-client-ca",
+            &ca,
+            "--admin",
+            "127.0.0.1:0",
+        ]
+        .map(String::from),
+    );
+    let server = Server::start_with("kit", &strs(&args));
+    let tls = |cert| {
+        python(
+            &tools,
+            server.addr(),
+            Py {
+                cert,
+                send: &["tls"],
+                ..Py::default()
+            },
+        )
+    };
+    let anonymous = served(&tls(None), &server)[0].clone();
+    assert!(
+        anonymous.starts_with("tls TLSv1.3 ") && anonymous.ends_with(" certs=0 subject=-"),
+        "{anonymous}"
+    );
+    let device = served(&tls(Some("device")), &server)[0].clone();
+    assert!(device.ends_with(" subject=CN=device-42"), "{device}");
+    let stranger = tls(Some("stranger"));
+    assert_eq!(stranger["ok"], false, "{stranger}");
+    wait_refused(&server, "tls_client_certificate", 1);
+}
+
+/// Writes `from.pem` and `from.key` of `tools`'s directory over the files
+/// `cert` and `key`, in place (as `cp` does), the key first.
+fn install(tools: &Tools, from: &str, cert: &Path, key: &Path) {
+    std::fs::write(
+        key,
+        std::fs::read(tools.path(&format!("{from}.key"))).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        cert,
+        std::fs::read(tools.path(&format!("{from}.pem"))).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Opens new sessions to `addr` until one is served the certificate of the
+/// file `expected` (a reload has taken effect), for at most [`TIMEOUT`].
+fn wait_for_certificate(server: &Server, tools: &Tools, expected: &str) {
+    let want = leaf(&tools.path(expected));
+    let deadline = Instant::now() + TIMEOUT;
+    while Session::open(server.addr(), &tools.path("ca.pem")).leaf() != want {
+        assert!(
+            Instant::now() < deadline,
+            "new connections still do not get {expected} after {TIMEOUT:?}:\n{}",
+            server.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sighup_reloads_certificates_and_keeps_open_sessions() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let dir = tools.dir.path();
+    let san = "DNS:localhost,IP:127.0.0.1";
+    issue(&tools.openssl, dir, "a", "reload-a", san);
+    issue(&tools.openssl, dir, "b", "reload-b", san);
+    let (cert, key) = (dir.join("live.pem"), dir.join("live.key"));
+    install(&tools, "a", &cert, &key);
+    let args = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    let server = Server::start_with("guest_handler", &args);
+    let ca = tools.path("ca.pem");
+    let mut open = Session::open(server.addr(), &ca);
+    assert_eq!(open.leaf(), leaf(&tools.path("a.pem")));
+    assert!(open.ask("before").starts_with("Echo=>before at "));
+
+    // Certificate B: new connections get it, the open one carries on.
+    install(&tools, "b", &cert, &key);
+    server.signal(libc::SIGHUP);
+    wait_for_certificate(&server, &tools, "b.pem");
+    assert!(open.ask("after").starts_with("Echo=>after at "));
+    let mut new = Session::open(server.addr(), &ca);
+    assert!(new.ask("new").starts_with("Echo=>new at "));
+
+    // A key of another certificate: one warning naming the key file, and B
+    // still served.
+    std::fs::copy(tools.path("server.key"), &key).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log(&["WARN", "live.key"]);
+    assert_eq!(
+        Session::open(server.addr(), &ca).leaf(),
+        leaf(&tools.path("b.pem"))
+    );
+    assert!(open.ask("mismatched").starts_with("Echo=>mismatched at "));
+
+    // An expired certificate (with its own key): refused the same way.
+    let (expired, expired_key) = dated(dir, "expired", unix_now() - 10 * DAY, unix_now() - DAY);
+    std::fs::copy(&expired_key, &key).unwrap();
+    std::fs::copy(&expired, &cert).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log(&["WARN", "live.pem", "expired"]);
+    assert_eq!(
+        Session::open(server.addr(), &ca).leaf(),
+        leaf(&tools.path("b.pem"))
+    );
+    assert!(open.ask("expired").starts_with("Echo=>expired at "));
+    assert!(new.ask("last").starts_with("Echo=>last at "));
+}
+
+#[test]
+fn watch_reloads_certificates_when_their_files_change() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let dir = tools.dir.path();
+    let san = "DNS:localhost,IP:127.0.0.1";
+    issue(&tools.openssl, dir, "a", "watch-a", san);
+    issue(&tools.openssl, dir, "b", "watch-b", san);
+    let (cert, key) = (dir.join("live.pem"), dir.join("live.key"));
+    install(&tools, "a", &cert, &key);
+    let args = [
+        "--watch",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    let server = Server::start_with("guest_handler", &args);
+    let mut open = Session::open(server.addr(), &tools.path("ca.pem"));
+    assert_eq!(open.leaf(), leaf(&tools.path("a.pem")));
+    // No signal: the files changing is enough.
+    install(&tools, "b", &cert, &key);
+    wait_for_certificate(&server, &tools, "b.pem");
+    assert!(open.ask("kept").starts_with("Echo=>kept at "));
+}
+
+#[test]
+fn bad_certificate_files_stop_serve_and_check_before_listening() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let dir = tools.dir.path();
+    let kit = wasm("kit");
+    let (expired, expired_key) = dated(dir, "expired", unix_now() - 10 * DAY, unix_now() - DAY);
+    let (future, future_key) = dated(dir, "future", unix_now() + DAY, unix_now() + 10 * DAY);
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let (server_pem, device_key) = (tools.path("server.pem"), tools.path("device.key"));
+    let server_key = tools.path("server.key");
+    // (certificate, key, the file the error must name)
+    let cases: [(&Path, &Path, &str); 4] = [
+        (&server_pem, &device_key, "device.key"),
+        (&expired, &expired_key, "expired.pem"),
+        (&future, &future_key, "future.pem"),
+        (&garbage, &server_key, "garbage.pem"),
+    ];
+    for (cert, key, named) in cases {
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let flags = ["--tls-cert", cert, "--tls-key", key];
+        let serve = [
+            &["serve", "--addr", "127.0.0.1:0"][..],
+            &flags,
+            &[kit.to_str().unwrap()],
+        ]
+        .concat();
+        let stderr = refused_to_start(&serve);
+        assert!(stderr.contains(named), "serve {named}:\n{stderr}");
+
+        let config = config_file(
+            dir,
+            "bad.toml",
+            &format!(
+                "addr = \"127.0.0.1:0\"\nhandler = {}\ntls-cert = {cert:?}\ntls-key = {key:?}\n",
+                toml_path(&kit)
+            ),
+        );
+        let stderr = refused_to_start(&["serve", "--config", &config]);
+        assert!(stderr.contains(named), "serve --config {named}:\n{stderr}");
+        let stderr = refused_to_start(&["check", "--config", &config]);
+        assert!(stderr.contains(named), "check --config {named}:\n{stderr}");
+        let check = [&["check"][..], &flags, &[kit.to_str().unwrap()]].concat();
+        let stderr = refused_to_start(&check);
+        assert!(stderr.contains(named), "check {named}:\n{stderr}");
+    }
+
+    // Client certificates asked for with no CA to check them against.
+    let mut serve = vec!["serve".to_string(), "--addr".into(), "127.0.0.1:0".into()];
+    serve.extend(tools.tls_args());
+    serve.extend(["--tls-client-auth".into(), "require".into()]);
+    serve.push(kit.display().to_string());
+    let stderr = refused_to_start(&strs(&serve));
+    assert!(stderr.contains("tls-client-ca"), "{stderr}");
+}
+
+#[test]
+fn a_silent_client_is_cut_at_the_handshake_timeout_while_others_are_served() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let mut args = tools.tls_args();
+    args.extend(["--tls-handshake-timeout", "1s", "--admin", "127.0.0.1:0"].map(String::from));
+    let server = Server::start_with("guest_handler", &strs(&args));
+
+    // One says nothing; one starts a TLS record and dribbles a byte every
+    // 300 ms (each read is quick, the handshake never ends: the timeout is
+    // for the whole handshake, not per read).
+    let silent_since = Instant::now();
+    let mut silent = connect(server.addr());
+    let dribbling_since = Instant::now();
+    let dribbler = connect(server.addr());
+    let mut writer = dribbler.try_clone().unwrap();
+    let dribbling = thread::spawn(move || {
+        // A handshake record header announcing 512 bytes, then zeros.
+        for byte in [0x16, 0x03, 0x01, 0x02, 0x00].into_iter().chain([0; 20]) {
+            if writer.write_all(&[byte]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(300));
+        }
+    });
+    // Meanwhile others are served.
+    let report = python(
+        &tools,
+        server.addr(),
+        Py {
+            send: &["meanwhile"],
+            ..Py::default()
+        },
+    );
+    assert!(served(&report, &server)[0].starts_with("Echo=>meanwhile at "));
+
+    let (_, took) = until_closed(&mut silent, silent_since, Duration::from_secs(4));
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "the silent client was closed after {took:?}"
+    );
+    let mut dribbler = dribbler;
+    let (_, took) = until_closed(&mut dribbler, dribbling_since, Duration::from_secs(4));
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "the dribbling client was closed after {took:?}"
+    );
+    dribbling.join().unwrap();
+    wait_refused(&server, "tls_timeout", 2);
+    assert_eq!(refused(&server, "tls_plaintext"), 0);
+}
+
+#[test]
+fn room_messages_reach_tls_members_readable() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let args = tools.tls_args();
+    let server = Server::start_with("kit", &strs(&args));
+    let ca = tools.path("ca.pem");
+    let mut alice = Session::open(server.addr(), &ca);
+    let mut bob = Session::open(server.addr(), &ca);
+    assert_eq!(alice.ask("join lobby"), "ok");
+    assert_eq!(bob.ask("join lobby"), "ok");
+    assert_eq!(bob.ask("publish lobby hello over tls"), "published 1");
+    assert_eq!(
+        alice.line_within(TIMEOUT).as_deref(),
+        Some("hello over tls")
+    );
+    // Messages and the member's own answers, each whole, in one session.
+    for n in 0..20 {
+        assert_eq!(
+            bob.ask(&format!("publish lobby message {n}")),
+            "published 1"
+        );
+    }
+    let id = alice.ask("id");
+    let mut heard = Vec::new();
+    let mut answer = id;
+    while heard.len() < 20 {
+        if answer.starts_with("message ") {
+            heard.push(answer);
+        } else {
+            assert!(answer.starts_with("id "), "{answer:?}");
+        }
+        answer = alice
+            .line_within(TIMEOUT)
+            .unwrap_or_else(|| panic!("only {} messages arrived", heard.len()));
+    }
+    let expected: Vec<String> = (0..20).map(|n| format!("message {n}")).collect();
+    assert_eq!(heard, expected);
+    assert_eq!(alice.line_within(Duration::from_millis(300)), None);
+    // A handler that returns ends the session with close_notify.
+    assert_eq!(bob.ask("quit"), "bye");
+    assert!(bob.ends_with_close_notify(), "no close_notify");
+}
+
+#[test]
+fn alpn_is_agreed_and_a_client_without_a_common_protocol_is_still_served() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let mut args = tools.tls_args();
+    args.extend(["--tls-alpn", "hotsock/1", "--tls-alpn", "h2"].map(String::from));
+    let server = Server::start_with("kit", &strs(&args));
+    for (offered, agreed) in [
+        (&["hotsock/1"][..], Some("hotsock/1")),
+        (&["other", "h2"], Some("h2")),
+        (&["other"], None),
+        (&[], None),
+    ] {
+        let report = python(
+            &tools,
+            server.addr(),
+            Py {
+                alpn: offered,
+                send: &["tls"],
+                ..Py::default()
+            },
+        );
+        let tls = &served(&report, &server)[0];
+        assert_eq!(report["alpn"].as_str(), agreed, "{offered:?}: {report}");
+        let alpn = format!(" alpn={} ", agreed.unwrap_or("-"));
+        assert!(tls.contains(&alpn), "{offered:?}: {tls}");
+    }
+}
+
+#[test]
+fn a_proxy_v2_header_then_tls_gives_the_handler_the_client_and_its_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((haproxy, _)) = tls_tools(dir.path()) else {
+        return;
+    };
+    let Some(tools) = tools() else {
+        return;
+    };
+    let mut args = tools.tls_args();
+    let ca = tools.path("ca.pem").display().to_string();
+    args.extend(
+        [
+            "--proxy-protocol",
+            "--tls-client-auth",
+            "optional",
+            "--tls-client-ca",
+            &ca,
+        ]
+        .map(String::from),
+    );
+    let server = Server::start_with("kit", &strs(&args));
+    // HAProxy in TCP mode: the TLS bytes pass through, after a PROXY v2
+    // header naming the client.
+    let backend = server.addr();
+    let proxy = Haproxy::start_with(
+        &haproxy,
+        |frontend| {
+            Ok(format!(
+                "global\n    log stderr format short local0 notice\n\
+                 defaults\n    mode tcp\n    log global\n    timeout connect 2s\n\
+                 \x20   timeout client 30s\n    timeout server 30s\n\
+                 frontend tls_through\n    bind {frontend}\n    default_backend hotsock\n\
+                 backend hotsock\n    server hotsock1 {backend} send-proxy-v2\n"
+            ))
+        },
+        &dir.path().join("haproxy.cfg"),
+        &dir.path().join("haproxy.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    for cert in [None, Some("device")] {
+        let report = python(
+            &tools,
+            proxy.frontend(),
+            Py {
+                cert,
+                source: Some("127.0.0.9"),
+                send: &["tls", "id"],
+                ..Py::default()
+            },
+        );
+        let replies = served(&report, &server);
+        let subject = match cert {
+            None => " certs=0 subject=-",
+            Some(_) => " subject=CN=device-42",
+        };
+        assert!(
+            replies[0].starts_with("tls TLSv1.3 ")
+                && replies[0].contains(" sni=localhost ")
+                && replies[0].ends_with(subject),
+            "{replies:?}; haproxy:\n{}",
+            proxy.log()
+        );
+        // The log names the client, the balancer it came through, and TLS.
+        let id = replies[1].strip_prefix("id ").expect("`id N`");
+        let line = server.wait_for_log(&[&format!("conn {id} "), "connected, tls"]);
+        assert!(
+            line.contains(" 127.0.0.9:") && line.contains(" via 127.0.0.1:"),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn the_certificate_expiry_is_a_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    // To the second, so that the metric can be compared exactly.
+    let not_after = unix_now() + 30 * DAY;
+    let (cert, key) = dated(dir.path(), "expiring", unix_now() - DAY, not_after);
+    let server = Server::start_with(
+        "kit",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let expiries = samples(&server, "hotsock_tls_certificate_expiry_timestamp_seconds");
+    let found: Vec<_> = expiries
+        .iter()
+        .filter(|(labels, _)| {
+            labels.get("listener").map(String::as_str) == Some("default")
+                && labels.get("certificate").map(String::as_str) == cert.to_str()
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{expiries:?}");
+    assert_eq!(found[0].1, not_after as f64, "{expiries:?}");
+}

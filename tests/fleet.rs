@@ -333,7 +333,7 @@ fn connected_message(server: &Server, id: &str) -> String {
 
 /// HAProxy and openssl, and the test certificates made in `dir`; `None`
 /// where either is not installed (a failure under CI).
-pub fn tls_tools(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+fn tls_tools(dir: &Path) -> Option<(PathBuf, PathBuf)> {
     let binary = system_tool("haproxy", "haproxy")?;
     let tool = system_tool("openssl", "openssl")?;
     certificates(&tool, dir);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{ArgMatches, Args};
-use hotsock::server::{Control, Reloader, Server, Takeover};
+use hotsock::server::{Control, Reloader, Server, Takeover, Trigger};
 use log::{info, warn};
 
 use crate::cli::args::CacheArgs;
@@ -54,9 +54,14 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
     let default_cache = CacheArgs::default_dir();
     let plan = Plan::new(args.config.as_deref(), &given, default_cache.clone())?;
     logging::init(plan.log_format);
-    let watched: Vec<(usize, PathBuf)> = (plan.config.listeners.iter().enumerate())
+    // Under --watch: each listener's handler file, and its TLS files.
+    let watched: Vec<(Trigger, PathBuf)> = (plan.config.listeners.iter().enumerate())
         .filter(|(_, l)| l.watch)
-        .map(|(index, l)| (index, l.handler.clone()))
+        .flat_map(|(index, l)| {
+            let handler = (Trigger::FileChanged(index), l.handler.clone());
+            let tls = l.tls_files().into_iter();
+            std::iter::once(handler).chain(tls.map(move |file| (Trigger::TlsChanged(index), file)))
+        })
         .collect();
     let server = Server::start(plan.config, takeover)?;
     let control = server.control();
@@ -70,12 +75,16 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
     let on_change = Arc::clone(&control);
     let reloader = Reloader::spawn(
         move || on_sighup.signal(),
-        move |index| on_change.reload_handler(index, "--watch"),
+        move |changed| match changed {
+            Trigger::FileChanged(index) => on_change.reload_handler(index, "--watch"),
+            Trigger::TlsChanged(index) => on_change.reload_tls(index, "--watch"),
+            Trigger::Signal => on_change.reload("--watch"),
+        },
     )?;
     // Kept alive for as long as the server runs: dropping one ends its watch.
     let _watchers = watched
         .iter()
-        .map(|(index, path)| reloader.watch(*index, path))
+        .map(|(trigger, path)| reloader.watch(*trigger, path))
         .collect::<Result<Vec<_>>>()?;
     signals::handle(control, reloader)?;
     let mut stdout = std::io::stdout().lock();
@@ -89,7 +98,7 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
 }
 
 /// What SIGHUP does: re-read the config file and apply it, all of it or
-/// nothing; without one, reload each handler from its file.
+/// nothing; without one, reload each handler and its TLS files.
 struct OnSighup {
     file: Option<PathBuf>,
     given: ServeOptions,
@@ -101,7 +110,7 @@ struct OnSighup {
 impl OnSighup {
     fn signal(&self) {
         let Some(file) = &self.file else {
-            return self.control.reload_handlers("SIGHUP");
+            return self.control.reload("SIGHUP");
         };
         let shown = file.display();
         let plan = Plan::new(Some(file), &self.given, self.default_cache.clone());

@@ -268,6 +268,10 @@ struct Py<'a> {
     /// Whether the served certificate must be for `server_name`; it is
     /// always verified against `ca.pem`.
     check_hostname: bool,
+    /// The CAs it trusts, a file of the test PKI.
+    cafile: &'a str,
+    /// Whether it offers TLS 1.2 at most, as older clients do.
+    tls12: bool,
     /// `NAME` for a client certificate `NAME.pem` with `NAME.key`.
     cert: Option<&'a str>,
     /// Protocols offered in ALPN.
@@ -283,6 +287,8 @@ impl Default for Py<'_> {
         Py {
             server_name: Some("localhost"),
             check_hostname: true,
+            cafile: "ca.pem",
+            tls12: false,
             cert: None,
             alpn: &[],
             source: None,
@@ -304,6 +310,8 @@ try:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(a["cafile"])
     ctx.check_hostname = a["check_hostname"]
+    if a["tls12"]:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     if a["cert"]:
         ctx.load_cert_chain(a["cert"], a["key"])
     if a["alpn"]:
@@ -345,7 +353,8 @@ fn python(tools: &Tools, addr: SocketAddr, py: Py<'_>) -> Value {
     let options = json!({
         "host": addr.ip().to_string(),
         "port": addr.port(),
-        "cafile": tools.path("ca.pem"),
+        "cafile": tools.path(py.cafile),
+        "tls12": py.tls12,
         "server_name": py.server_name,
         "check_hostname": py.check_hostname && py.server_name.is_some(),
         "cert": cert,
@@ -430,6 +439,12 @@ struct Session {
 impl Session {
     /// Connects to `addr` and completes the handshake; panics if it fails.
     fn open(addr: SocketAddr, ca: &Path) -> Session {
+        Session::over(connect(addr), ca)
+    }
+
+    /// Completes a handshake over `socket`, already connected (and past
+    /// whatever the test sent first); panics if it fails.
+    fn over(socket: TcpStream, ca: &Path) -> Session {
         let mut roots = RootCertStore::empty();
         roots.add(CertificateDer::from(leaf(ca))).unwrap();
         // The crypto hotsock itself runs on (ring), as `hotsock client --tls` does.
@@ -441,10 +456,13 @@ impl Session {
             .with_no_client_auth();
         let name = ServerName::try_from("localhost").unwrap();
         let conn = ClientConnection::new(Arc::new(config), name).unwrap();
-        let mut stream = StreamOwned::new(conn, connect(addr));
+        let mut stream = StreamOwned::new(conn, socket);
         while stream.conn.is_handshaking() {
             if let Err(e) = stream.conn.complete_io(&mut stream.sock) {
-                panic!("TLS handshake with {addr} failed: {e}");
+                panic!(
+                    "TLS handshake with {:?} failed: {e}",
+                    stream.sock.peer_addr()
+                );
             }
         }
         Session {
@@ -716,6 +734,47 @@ fn clients_echo_over_tls_and_a_plaintext_client_is_closed() {
     assert!(!got.contains("hello") && !got.contains("Echo"), "{got:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
     wait_refused(&server, "tls_plaintext", 1);
+    // Five more: counted, and logged at most once a second.
+    for _ in 0..5 {
+        let mut plain = connect(server.addr());
+        let started = Instant::now();
+        plain.write_all(b"hello\n").unwrap();
+        until_closed(&mut plain, started, Duration::from_secs(5));
+    }
+    wait_refused(&server, "tls_plaintext", 6);
+    let logged = server.log().matches("tls_plaintext").count();
+    assert!(
+        (1..=2).contains(&logged),
+        "{logged} lines:\n{}",
+        server.log()
+    );
+
+    // A client that does not trust the certificate ends the handshake:
+    // counted apart.
+    let distrusting = python(
+        &tools,
+        server.addr(),
+        Py {
+            cafile: "other-ca.pem",
+            send: &["hi"],
+            ..Py::default()
+        },
+    );
+    assert_eq!(distrusting["ok"], false, "{distrusting}");
+    wait_refused(&server, "tls_handshake", 1);
+
+    // TLS 1.2 is served too.
+    let report = python(
+        &tools,
+        server.addr(),
+        Py {
+            tls12: true,
+            send: &["twelve"],
+            ..Py::default()
+        },
+    );
+    assert!(served(&report, &server)[0].starts_with("Echo=>twelve at "));
+    assert_eq!(report["version"], "TLSv1.2", "{report}");
 
     // Everyone else is still served.
     assert!(kept.ask("still").starts_with("Echo=>still at "));
@@ -728,8 +787,10 @@ fn clients_echo_over_tls_and_a_plaintext_client_is_closed() {
         },
     );
     assert!(served(&report, &server)[0].starts_with("Echo=>after at "));
-    // The "connected" line says TLS.
+    // The "connected" line says TLS; server.pem expires in 2 days, which
+    // the log warned about at start.
     server.wait_for_log(&["connected, tls TLSv1.3"]);
+    server.wait_for_log(&["WARN", "server.pem", "expires", "renew"]);
 }
 
 #[test]
@@ -816,6 +877,39 @@ fn sni_chooses_the_certificate_exact_then_wildcard_then_the_default() {
         ["api.pem", "fleet.pem", "server.pem"],
         "{expiries:?}"
     );
+
+    // SIGHUP with --config re-reads the SNI certificates too.
+    issue(
+        &tools.openssl,
+        dir,
+        "api2",
+        "api-renewed.test",
+        "DNS:api.test",
+    );
+    std::fs::copy(dir.join("api2.key"), dir.join("api.key")).unwrap();
+    std::fs::copy(dir.join("api2.pem"), dir.join("api.pem")).unwrap();
+    server.signal(libc::SIGHUP);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let report = python(
+            &tools,
+            addr,
+            Py {
+                server_name: Some("api.test"),
+                ..Py::default()
+            },
+        );
+        served(&report, &server);
+        if report["cn"] == "api-renewed.test" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "api.test still gets {report} after SIGHUP:\n{}",
+            server.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `bytes` in lowercase hexadecimal, as Python's `bytes.hex()` writes them.
@@ -1001,6 +1095,14 @@ fn sighup_reloads_certificates_and_keeps_open_sessions() {
     std::fs::copy(tools.path("server.key"), &key).unwrap();
     server.signal(libc::SIGHUP);
     server.wait_for_log(&["WARN", "live.key"]);
+    let warnings = |needle: &str| {
+        let log = server.log();
+        let lines = log
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains(needle));
+        lines.count()
+    };
+    assert_eq!(warnings("live.key"), 1, "{}", server.log());
     assert_eq!(
         Session::open(server.addr(), &ca).leaf(),
         leaf(&tools.path("b.pem"))
@@ -1046,6 +1148,46 @@ fn watch_reloads_certificates_when_their_files_change() {
     install(&tools, "b", &cert, &key);
     wait_for_certificate(&server, &tools, "b.pem");
     assert!(open.ask("kept").starts_with("Echo=>kept at "));
+}
+
+#[test]
+fn watch_reloads_the_client_ca() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let clients = tools.path("clients.pem");
+    std::fs::copy(tools.path("ca.pem"), &clients).unwrap();
+    let mut args = tools.tls_args();
+    args.extend(["--watch", "--tls-client-auth", "require", "--tls-client-ca"].map(String::from));
+    args.push(clients.display().to_string());
+    let server = Server::start_with("kit", &strs(&args));
+    let subject = |cert| {
+        let report = python(
+            &tools,
+            server.addr(),
+            Py {
+                cert: Some(cert),
+                send: &["tls"],
+                ..Py::default()
+            },
+        );
+        report["replies"][0].as_str().map(str::to_string)
+    };
+    assert!(subject("device").is_some_and(|tls| tls.ends_with(" subject=CN=device-42")));
+    assert_eq!(subject("stranger"), None);
+    // The other CA now signs the clients: the stranger gets in, the device
+    // no longer does.
+    std::fs::copy(tools.path("other-ca.pem"), &clients).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while subject("stranger").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the new client CA is not used after {TIMEOUT:?}:\n{}",
+            server.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(subject("device"), None);
 }
 
 #[test]
@@ -1154,6 +1296,46 @@ fn a_silent_client_is_cut_at_the_handshake_timeout_while_others_are_served() {
     dribbling.join().unwrap();
     wait_refused(&server, "tls_timeout", 2);
     assert_eq!(refused(&server, "tls_plaintext"), 0);
+}
+
+#[test]
+fn one_deadline_covers_the_proxy_header_and_the_handshake() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let mut args = tools.tls_args();
+    args.extend(
+        [
+            "--proxy-protocol",
+            "--tls-handshake-timeout",
+            "2s",
+            "--admin",
+            "127.0.0.1:0",
+        ]
+        .map(String::from),
+    );
+    let server = Server::start_with("kit", &strs(&args));
+    // The header comes late, then nothing: closed 2 s after connecting,
+    // not 2 s after the header.
+    let since = Instant::now();
+    let mut late = connect(server.addr());
+    thread::sleep(Duration::from_millis(1500));
+    late.write_all(b"PROXY TCP4 192.0.2.1 127.0.0.1 41000 50007\r\n")
+        .unwrap();
+    let (_, took) = until_closed(&mut late, since, Duration::from_secs(5));
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_millis(3000),
+        "closed after {took:?}"
+    );
+    wait_refused(&server, "tls_timeout", 1);
+    // A header in time, then a handshake: served.
+    let mut client = connect(server.addr());
+    client
+        .write_all(b"PROXY TCP4 192.0.2.1 127.0.0.1 41000 50007\r\n")
+        .unwrap();
+    let mut session = Session::over(client, &tools.path("ca.pem"));
+    let tls = session.ask("tls");
+    assert!(tls.starts_with("tls TLSv1.3 "), "{tls}");
 }
 
 #[test]
@@ -1329,4 +1511,29 @@ fn the_certificate_expiry_is_a_metric() {
         .collect();
     assert_eq!(found.len(), 1, "{expiries:?}");
     assert_eq!(found[0].1, not_after as f64, "{expiries:?}");
+
+    // Renewed in place and reloaded: the metric follows.
+    let renewed = unix_now() + 60 * DAY;
+    let (new_cert, new_key) = dated(dir.path(), "renewed", unix_now() - DAY, renewed);
+    std::fs::copy(new_key, &key).unwrap();
+    std::fs::copy(new_cert, &cert).unwrap();
+    server.signal(libc::SIGHUP);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let expiries = samples(&server, "hotsock_tls_certificate_expiry_timestamp_seconds");
+        let now: Vec<f64> = expiries
+            .iter()
+            .filter(|(labels, _)| labels.get("certificate").map(String::as_str) == cert.to_str())
+            .map(|(_, value)| *value)
+            .collect();
+        if now == [renewed as f64] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{now:?}, not {renewed}, after SIGHUP:\n{}",
+            server.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
 }

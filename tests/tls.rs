@@ -82,39 +82,45 @@ fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
+/// The `openssl req` options for a new ECDSA P-256 key, quick to make (as
+/// [`certificates`] makes them).
+const EC: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+];
+
 /// Issues `{name}.pem` and `{name}.key` in `dir` with the openssl CLI, as
 /// [`certificates`] issues `server.pem`: ECDSA P-256, subject `CN=cn`, the
 /// subject alternative names `san` (`DNS:api.test,IP:127.0.0.1`), signed by
 /// `ca.pem`. For the certificates a test needs besides the shared ones
 /// (SNI names, a second certificate to reload).
 fn issue(tool: &Path, dir: &Path, name: &str, cn: &str, san: &str) {
-    let ext = format!("{name}.ext");
-    std::fs::write(dir.join(&ext), format!("subjectAltName={san}\n")).unwrap();
+    let ext = format!("subjectAltName={san}");
+    issue_by(tool, dir, name, cn, &ext, "ca", &EC);
+}
+
+/// Issues `{name}.pem` and `{name}.key` in `dir` with the openssl CLI:
+/// subject `CN=cn`, the extensions `ext` (lines of an openssl extension
+/// file), signed by `{ca}.pem` with `{ca}.key`, for a new key made by the
+/// `openssl req` options `newkey`. For the certificates [`issue`] does not
+/// make: an intermediate CA, an RSA key.
+fn issue_by(tool: &Path, dir: &Path, name: &str, cn: &str, ext: &str, ca: &str, newkey: &[&str]) {
+    let ext_file = format!("{name}.ext");
+    std::fs::write(dir.join(&ext_file), format!("{ext}\n")).unwrap();
     let (key, csr, pem) = (
         format!("{name}.key"),
         format!("{name}.csr"),
         format!("{name}.pem"),
     );
     let subject = format!("/CN={cn}");
-    openssl(
-        tool,
-        dir,
-        &[
-            "req",
-            "-new",
-            "-subj",
-            &subject,
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ],
-    );
+    let mut args = vec!["req", "-new", "-subj", &subject];
+    args.extend(newkey);
+    args.extend(["-keyout", &key, "-out", &csr]);
+    openssl(tool, dir, &args);
+    let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
     openssl(
         tool,
         dir,
@@ -126,16 +132,28 @@ fn issue(tool: &Path, dir: &Path, name: &str, cn: &str, san: &str) {
             "-in",
             &csr,
             "-CA",
-            "ca.pem",
+            &ca_pem,
             "-CAkey",
-            "ca.key",
+            &ca_key,
             "-CAcreateserial",
             "-extfile",
-            &ext,
+            &ext_file,
             "-out",
             &pem,
         ],
     );
+}
+
+/// Concatenates the files `parts` of `dir` into `dir/name`: a chain, leaf
+/// first.
+fn chain(dir: &Path, name: &str, parts: &[&str]) -> PathBuf {
+    let text: String = parts
+        .iter()
+        .map(|part| std::fs::read_to_string(dir.join(part)).unwrap())
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 /// A self-signed certificate for localhost valid from `not_before` to
@@ -1536,4 +1554,262 @@ fn the_certificate_expiry_is_a_metric() {
         );
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn every_key_format_is_served() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let dir = tools.dir.path();
+    // The same EC key as SEC1 ("EC PRIVATE KEY"); an RSA one as PKCS#1.
+    openssl(
+        &tools.openssl,
+        dir,
+        &[
+            "pkey",
+            "-in",
+            "server.key",
+            "-traditional",
+            "-out",
+            "sec1.key",
+        ],
+    );
+    let san = "subjectAltName=DNS:localhost,IP:127.0.0.1";
+    let rsa = ["-newkey", "rsa:2048", "-nodes"];
+    issue_by(&tools.openssl, dir, "rsa", "localhost", san, "ca", &rsa);
+    openssl(
+        &tools.openssl,
+        dir,
+        &["pkey", "-in", "rsa.key", "-traditional", "-out", "rsa1.key"],
+    );
+    for (cert, key, header) in [
+        ("server.pem", "server.key", "-----BEGIN PRIVATE KEY-----"),
+        ("server.pem", "sec1.key", "-----BEGIN EC PRIVATE KEY-----"),
+        ("rsa.pem", "rsa1.key", "-----BEGIN RSA PRIVATE KEY-----"),
+    ] {
+        let text = std::fs::read_to_string(dir.join(key)).unwrap();
+        assert!(text.starts_with(header), "{key}: {text}");
+        let (cert, key) = (tools.path(cert), tools.path(key));
+        let args = [
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ];
+        let server = Server::start_with("guest_handler", &args);
+        let report = python(
+            &tools,
+            server.addr(),
+            Py {
+                send: &["keyed"],
+                ..Py::default()
+            },
+        );
+        let replies = served(&report, &server);
+        assert!(
+            replies[0].starts_with("Echo=>keyed at "),
+            "{header}: {replies:?}"
+        );
+    }
+}
+
+#[test]
+fn a_chain_through_an_intermediate_ca_is_sent_and_verified_both_ways() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let dir = tools.dir.path();
+    let ca_ext = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign";
+    issue_by(
+        &tools.openssl,
+        dir,
+        "int",
+        "hotsock intermediate",
+        ca_ext,
+        "ca",
+        &EC,
+    );
+    let san = "subjectAltName=DNS:localhost,IP:127.0.0.1";
+    issue_by(
+        &tools.openssl,
+        dir,
+        "leaf",
+        "leaf.localhost",
+        san,
+        "int",
+        &EC,
+    );
+    let client = "extendedKeyUsage=clientAuth";
+    issue_by(
+        &tools.openssl,
+        dir,
+        "device99",
+        "device-99",
+        client,
+        "int",
+        &EC,
+    );
+    // Leaf first; clients trust only the root, ca.pem.
+    let served_chain = chain(dir, "leaf-chain.pem", &["leaf.pem", "int.pem"]);
+    chain(dir, "device-chain.pem", &["device99.pem", "int.pem"]);
+    std::fs::copy(dir.join("device99.key"), dir.join("device-chain.key")).unwrap();
+    let (ca, key) = (tools.path("ca.pem"), tools.path("leaf.key"));
+    let server = Server::start_with(
+        "kit",
+        &[
+            "--tls-cert",
+            served_chain.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tls-client-auth",
+            "require",
+            "--tls-client-ca",
+            ca.to_str().unwrap(),
+        ],
+    );
+    let report = python(
+        &tools,
+        server.addr(),
+        Py {
+            cert: Some("device-chain"),
+            send: &["tls"],
+            ..Py::default()
+        },
+    );
+    let tls = &served(&report, &server)[0];
+    assert_eq!(report["cn"], "leaf.localhost", "{report}");
+    // The handler gets the client's whole chain, leaf first.
+    assert!(tls.ends_with(" certs=2 subject=CN=device-99"), "{tls}");
+}
+
+#[test]
+fn a_config_without_listener_tables_takes_every_tls_key_at_its_top_level() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let dir = tools.dir.path();
+    issue(&tools.openssl, dir, "api", "api.test", "DNS:api.test");
+    let config = config_file(
+        dir,
+        "top.toml",
+        &format!(
+            "addr = \"127.0.0.1:0\"\nhandler = {}\n\
+             tls-cert = \"server.pem\"\ntls-key = \"server.key\"\n\
+             tls-client-auth = \"optional\"\ntls-client-ca = \"ca.pem\"\n\
+             tls-alpn = \"hotsock/1\"\ntls-handshake-timeout = \"1s\"\n\
+             [[tls-sni]]\nname = \"api.test\"\ncert = \"api.pem\"\nkey = \"api.key\"\n",
+            toml_path(&wasm("kit"))
+        ),
+    );
+    let server = Server::start_config(Path::new(&config), 1, &[]);
+    let report = python(
+        &tools,
+        server.addr(),
+        Py {
+            server_name: Some("api.test"),
+            cert: Some("device"),
+            alpn: &["h2", "hotsock/1"],
+            send: &["tls"],
+            ..Py::default()
+        },
+    );
+    let tls = &served(&report, &server)[0];
+    assert_eq!(report["cn"], "api.test", "{report}");
+    // OpenSSL sends the device's certificate and, found in its trust
+    // store, the CA's: `certs` is not checked.
+    assert!(
+        tls.contains(" sni=api.test alpn=hotsock/1 certs=")
+            && tls.ends_with(" subject=CN=device-42"),
+        "{tls}"
+    );
+    // The handshake timeout too: a silent client is cut after 1 s.
+    let since = Instant::now();
+    let (_, took) = until_closed(&mut connect(server.addr()), since, Duration::from_secs(5));
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
+fn large_room_messages_reach_tls_members_whole_between_their_answers() {
+    const MESSAGES: usize = 30_000;
+    const TEXT: usize = 1000;
+    let Some(tools) = tools() else {
+        return;
+    };
+    let mut args = tools.tls_args();
+    args.extend(["--room-backlog", "256KiB"].map(String::from));
+    let server = Server::start_with("kit", &strs(&args));
+    let ca = tools.path("ca.pem");
+    // One member never reads: cut off at the backlog, the others unhurt.
+    // A small receive buffer, so that its backlog builds up soon.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&server.addr().into()).unwrap();
+    let mut stuck = Session::over(socket.into(), &ca);
+    assert_eq!(stuck.ask("join fan"), "ok");
+    let body = "x".repeat(TEXT);
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut reader = Session::open(server.addr(), &ca);
+            assert_eq!(reader.ask("join fan"), "ok");
+            let body = body.clone();
+            thread::spawn(move || {
+                // Every 100 messages it asks for its id: the answer arrives
+                // whole among them, and every message arrives whole.
+                let (mut heard, mut asked, mut answered) = (0, 0, 0);
+                while heard < MESSAGES || answered < asked {
+                    if heard / 100 > asked && heard < MESSAGES {
+                        reader.stream.write_all(b"id\n").unwrap();
+                        reader.stream.flush().unwrap();
+                        asked += 1;
+                    }
+                    let line = reader.line_within(TIMEOUT).unwrap_or_else(|| {
+                        panic!("a reader heard {heard}, {answered} of {asked} answers")
+                    });
+                    match line.strip_prefix("id ") {
+                        Some(id) => {
+                            assert!(id.parse::<u64>().is_ok(), "{line:?}");
+                            answered += 1;
+                        }
+                        None => {
+                            assert_eq!(line, body, "message {heard} arrived broken");
+                            heard += 1;
+                        }
+                    }
+                }
+                (heard, answered)
+            })
+        })
+        .collect();
+    let mut publisher = Session::open(server.addr(), &ca);
+    let line = format!("publish fan {body}\n");
+    let mut published = 0;
+    // In batches, reading the answers between them: neither side's buffers
+    // fill while the other waits.
+    for _ in 0..MESSAGES / 100 {
+        for _ in 0..100 {
+            publisher.stream.write_all(line.as_bytes()).unwrap();
+        }
+        publisher.stream.flush().unwrap();
+        for _ in 0..100 {
+            let answer = publisher.line_within(TIMEOUT).expect("an answer");
+            let n: usize = answer
+                .strip_prefix("published ")
+                .unwrap_or_else(|| panic!("{answer:?}"))
+                .parse()
+                .unwrap();
+            published += n;
+        }
+    }
+    for reader in readers {
+        assert_eq!(reader.join().unwrap(), (MESSAGES, MESSAGES / 100 - 1));
+    }
+    // Every message went to both readers, and to the stuck member until it
+    // was cut off.
+    assert!(
+        (2 * MESSAGES..3 * MESSAGES).contains(&published),
+        "{published}"
+    );
+    server.wait_for_log(&["disconnected", "--room-backlog"]);
+    drop(stuck);
 }

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use testkit::haproxy::Haproxy;
 
 use crate::fleet::{ask_over_tls, certificates, openssl};
-use crate::util::{Server, TIMEOUT, connect, hotsock, system_tool, wasm};
+use crate::util::{Server, TIMEOUT, connect, echo_chunks, hotsock, system_tool, wasm};
 
 /// Longest a `hotsock serve` that should refuse to start may run: it loads
 /// the handler (cached, or compiled on a busy machine) before or after the
@@ -533,10 +533,81 @@ impl Session {
     /// server's close_notify (rustls reports an end without one as an
     /// error: a truncation attack cannot pass for the end).
     fn ends_with_close_notify(&mut self) -> bool {
+        self.end().is_ok()
+    }
+
+    /// Reads to the end of the session (bounded by the socket's read
+    /// timeout, which fails the test): `Ok` if it ended with close_notify,
+    /// else how it ended. Nothing may arrive before the end.
+    fn end(&mut self) -> std::io::Result<()> {
         let mut rest = Vec::new();
         let ended = self.stream.read_to_end(&mut rest);
         assert!(self.pending.is_empty() && rest.is_empty(), "{rest:?}");
-        ended.is_ok()
+        if let Err(e) = &ended {
+            assert!(!is_timeout(e), "the session is still open: {e}");
+        }
+        ended.map(|_| ())
+    }
+}
+
+/// Sends `payload` to the echo handler over a new TLS session and returns
+/// what it echoed, unwrapped (see [`echo_chunks`]), once all of it is back.
+/// Writes and reads in one loop on a non-blocking socket: a large
+/// payload's echo fills the buffers both ways while it is still being sent,
+/// and a rustls session cannot be split between two threads.
+fn echo_big(addr: SocketAddr, ca: &Path, payload: &[u8]) -> Vec<u8> {
+    let mut session = Session::open(addr, ca);
+    let StreamOwned { conn, sock } = &mut session.stream;
+    sock.set_nonblocking(true).unwrap();
+    let (mut sent, mut received) = (0, Vec::new());
+    let deadline = Instant::now() + TIMEOUT * 3;
+    let mut chunk = vec![0; 64 * 1024];
+    loop {
+        let mut progressed = false;
+        if sent < payload.len() && !conn.wants_write() {
+            let end = payload.len().min(sent + 16 * 1024);
+            let n = conn.writer().write(&payload[sent..end]).unwrap();
+            sent += n;
+            progressed |= n > 0;
+        }
+        while conn.wants_write() {
+            match conn.write_tls(sock) {
+                Ok(n) => progressed |= n > 0,
+                Err(e) if is_timeout(&e) => break,
+                Err(e) => panic!("sending after {sent} bytes: {e}"),
+            }
+        }
+        match conn.read_tls(sock) {
+            Ok(0) => panic!("the server closed the session after {sent} bytes sent"),
+            Ok(_) => {
+                conn.process_new_packets().unwrap();
+                progressed = true;
+            }
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => panic!("receiving: {e}"),
+        }
+        loop {
+            match conn.reader().read(&mut chunk) {
+                Ok(0) => panic!("the session ended after {} bytes", received.len()),
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+                Err(e) if is_timeout(&e) => break,
+                Err(e) => panic!("receiving: {e}"),
+            }
+        }
+        if let Some(chunks) = echo_chunks(&received)
+            && chunks.iter().map(Vec::len).sum::<usize>() == payload.len()
+        {
+            return chunks.concat();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sent} bytes sent, {} received, after {:?}",
+            received.len(),
+            TIMEOUT * 3
+        );
+        if !progressed {
+            thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 
@@ -805,6 +876,34 @@ fn clients_echo_over_tls_and_a_plaintext_client_is_closed() {
         },
     );
     assert!(served(&report, &server)[0].starts_with("Echo=>after at "));
+    // And hotsock's own client.
+    let client = run_bounded(
+        hotsock()
+            .args(["client", "--tls", "--cafile"])
+            .arg(tools.path("ca.pem"))
+            .args([
+                "--servername",
+                "localhost",
+                "--wait",
+                "500ms",
+                "--timeout",
+                "10s",
+            ])
+            .arg(server.addr().to_string()),
+        b"ours\n",
+        TIMEOUT * 2,
+        None,
+    );
+    assert!(
+        client.status.success() && client.stdout.contains("Echo=>ours at "),
+        "{}{}",
+        client.stdout,
+        client.stderr
+    );
+    // A megabyte each way, through TLS records of at most 16 KiB.
+    let payload: Vec<u8> = b"0123456789abcdef".repeat(64 * 1024);
+    let echoed = echo_big(server.addr(), &tools.path("ca.pem"), &payload);
+    assert!(echoed == payload, "the echo differs from what was sent");
     // The "connected" line says TLS; server.pem expires in 2 days, which
     // the log warned about at start.
     server.wait_for_log(&["connected, tls TLSv1.3"]);
@@ -843,6 +942,9 @@ fn sni_chooses_the_certificate_exact_then_wildcard_then_the_default() {
     for (name, cn, file) in [
         (Some("api.test"), "api.test", "api.pem"),
         (Some("device-7.fleet.test"), "any.fleet.test", "fleet.pem"),
+        // Names are compared without case, as DNS does.
+        (Some("API.Test"), "api.test", "api.pem"),
+        (Some("Device-8.FLEET.test"), "any.fleet.test", "fleet.pem"),
         // A wildcard covers one label only.
         (Some("a.b.fleet.test"), "localhost", "server.pem"),
         (Some("fleet.test"), "localhost", "server.pem"),
@@ -863,9 +965,13 @@ fn sni_chooses_the_certificate_exact_then_wildcard_then_the_default() {
         assert_eq!(report["cn"], cn, "{name:?}: {report}");
         let der = hex(&leaf(&tools.path(file)));
         assert_eq!(report["der"], der, "{name:?} was not served {file}");
-        // The handler sees the name asked for, matched or not.
-        let sni = format!(" sni={} ", name.unwrap_or("-"));
-        assert!(replies[0].contains(&sni), "{name:?}: {replies:?}");
+        // The handler sees the name asked for, matched or not (in
+        // whichever case).
+        let sni = format!(" sni={} ", name.unwrap_or("-")).to_ascii_lowercase();
+        assert!(
+            replies[0].to_ascii_lowercase().contains(&sni),
+            "{name:?}: {replies:?}"
+        );
     }
 
     // openssl s_client, as an operator checks a server.
@@ -1812,4 +1918,89 @@ fn large_room_messages_reach_tls_members_whole_between_their_answers() {
     );
     server.wait_for_log(&["disconnected", "--room-backlog"]);
     drop(stuck);
+}
+
+#[test]
+fn watch_with_a_config_reloads_an_sni_certificate() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let dir = tools.dir.path();
+    issue(&tools.openssl, dir, "api", "api.test", "DNS:api.test");
+    issue(
+        &tools.openssl,
+        dir,
+        "api2",
+        "api-renewed.test",
+        "DNS:api.test",
+    );
+    let config = config_file(
+        dir,
+        "watched.toml",
+        &format!(
+            "addr = \"127.0.0.1:0\"\nhandler = {}\n\
+             tls-cert = \"server.pem\"\ntls-key = \"server.key\"\n\
+             [[tls-sni]]\nname = \"api.test\"\ncert = \"api.pem\"\nkey = \"api.key\"\n",
+            toml_path(&wasm("kit"))
+        ),
+    );
+    let server = Server::start_config(Path::new(&config), 1, &["--watch"]);
+    let cn = || {
+        let report = python(
+            &tools,
+            server.addr(),
+            Py {
+                server_name: Some("api.test"),
+                ..Py::default()
+            },
+        );
+        served(&report, &server);
+        report["cn"].as_str().unwrap().to_string()
+    };
+    assert_eq!(cn(), "api.test");
+    std::fs::copy(dir.join("api2.key"), dir.join("api.key")).unwrap();
+    std::fs::copy(dir.join("api2.pem"), dir.join("api.pem")).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while cn() != "api-renewed.test" {
+        assert!(
+            Instant::now() < deadline,
+            "api.test is still served the old certificate:\n{}",
+            server.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn handler_reads_keep_their_timeouts_over_tls() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let mut args = tools.tls_args();
+    args.extend(["--idle-timeout", "1s"].map(String::from));
+    let server = Server::start_with("kit", &strs(&args));
+    let mut session = Session::open(server.addr(), &tools.path("ca.pem"));
+    // read-within: nothing comes, then something comes in time.
+    let started = Instant::now();
+    assert_eq!(session.ask("within 300"), "timed-out");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    session.stream.write_all(b"within 5000\n").unwrap();
+    session.stream.flush().unwrap();
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(session.ask("late"), "got late");
+    // Then silence: closed at the idle timeout. Without close_notify: the
+    // host skips it for a connection it cut off (as nginx does on a
+    // timeout), so either end is accepted here.
+    let started = Instant::now();
+    let _ = session.end();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    server.wait_for_log(&["timed out (--idle-timeout)"]);
 }

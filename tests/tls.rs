@@ -1,9 +1,14 @@
 //! Native TLS on listeners (issue 23), with real clients: `openssl
-//! s_client`, Python's `ssl` module, a rustls client for sessions that stay
-//! open, and HAProxy passing TLS through with a PROXY v2 header. Echo,
-//! plaintext and silent clients refused, certificates chosen by SNI, client
-//! certificates, reloads by SIGHUP and `--watch`, bad files refused at
-//! start, rooms, ALPN, and the expiry metric.
+//! s_client`, Python's `ssl` module, `hotsock client --tls`, a rustls
+//! client for sessions that stay open, and HAProxy passing TLS through with
+//! a PROXY v2 header. Echo (TLS 1.3 and 1.2, a megabyte each way);
+//! plaintext, silent, dribbling and distrusting clients refused and
+//! counted by reason; certificates chosen by SNI; client certificates
+//! required or optional, through an intermediate CA; every key format;
+//! reloads by SIGHUP (with and without a config) and `--watch`, bad files
+//! refused at start and at reload; rooms, large and small; ALPN; one
+//! deadline for the PROXY header and the handshake; handler timeouts over
+//! TLS; the expiry metric.
 //!
 //! The certificates are made at test time (no fixture to expire): the test
 //! PKI of [`certificates`] by the openssl CLI, further ones by [`issue`],
@@ -24,7 +29,7 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::{Value, json};
 use testkit::haproxy::Haproxy;
 
-use crate::fleet::{ask_over_tls, certificates, openssl};
+use crate::fleet::{Reap, ask_over_tls, certificates, openssl, taken_over_by};
 use crate::util::{Server, TIMEOUT, connect, echo_chunks, hotsock, system_tool, wasm};
 
 /// Longest a `hotsock serve` that should refuse to start may run: it loads
@@ -785,7 +790,7 @@ fn clients_echo_over_tls_and_a_plaintext_client_is_closed() {
         return;
     };
     let mut args = tools.tls_args();
-    args.extend(["--admin".into(), "127.0.0.1:0".into()]);
+    args.extend(["--admin", "127.0.0.1:0", "--metrics", "127.0.0.1:0"].map(String::from));
     let server = Server::start_with("guest_handler", &strs(&args));
     let mut kept = Session::open(server.addr(), &tools.path("ca.pem"));
     assert!(kept.ask("kept").starts_with("Echo=>kept at "));
@@ -831,6 +836,15 @@ fn clients_echo_over_tls_and_a_plaintext_client_is_closed() {
         until_closed(&mut plain, started, Duration::from_secs(5));
     }
     wait_refused(&server, "tls_plaintext", 6);
+    let counted: Vec<f64> = samples(&server, "hotsock_connections_refused_total")
+        .into_iter()
+        .filter(|(labels, _)| {
+            labels.get("listener").map(String::as_str) == Some("default")
+                && labels.get("reason").map(String::as_str) == Some("tls_plaintext")
+        })
+        .map(|(_, value)| value)
+        .collect();
+    assert_eq!(counted, [6.0]);
     let logged = server.log().matches("tls_plaintext").count();
     assert!(
         (1..=2).contains(&logged),
@@ -2003,4 +2017,29 @@ fn handler_reads_keep_their_timeouts_over_tls() {
         "{took:?}"
     );
     server.wait_for_log(&["timed out (--idle-timeout)"]);
+}
+
+#[test]
+fn a_binary_upgrade_serves_tls_from_the_new_process_and_keeps_old_sessions() {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let admin = tools.path("admin.sock").display().to_string();
+    let mut args = tools.tls_args();
+    args.extend(["--admin".to_string(), admin]);
+    let server = Server::start_with("kit", &strs(&args));
+    let ca = tools.path("ca.pem");
+    let mut old = Session::open(server.addr(), &ca);
+    assert!(old.ask("tls").starts_with("tls TLSv1.3 "));
+
+    server.signal(libc::SIGUSR2);
+    let new = taken_over_by(&server);
+    let _reap = Reap(new);
+    assert_ne!(new, server.pid());
+    // The new process reads the certificates and serves TLS on the socket
+    // it was given; the old one finishes its session.
+    let mut session = Session::open(server.addr(), &ca);
+    assert!(session.ask("tls").starts_with("tls TLSv1.3 "));
+    assert_eq!(server.status()["pid"], new);
+    assert!(old.ask("tls").starts_with("tls TLSv1.3 "));
 }

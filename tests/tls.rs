@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 use testkit::haproxy::Haproxy;
 
 use crate::fleet::{Reap, ask_over_tls, certificates, openssl, taken_over_by};
+use crate::operations::metrics;
 use crate::util::{Server, TIMEOUT, connect, echo_chunks, hotsock, system_tool, wasm};
 
 /// Longest a `hotsock serve` that should refuse to start may run: it loads
@@ -693,60 +694,20 @@ fn wait_refused(server: &Server, reason: &str, expected: u64) {
 }
 
 /// The samples of the metric `name` on `server`'s `--metrics` endpoint,
-/// each its labels and value, read from the text format here: the metric
-/// is checked by its labels and value, which Prometheus's own parser
-/// (tests/operations.rs) would read the same.
+/// each its labels and value, as Prometheus's own parser reads them
+/// ([`metrics`]: a format error fails the test).
 fn samples(server: &Server, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-    let endpoint = testkit::http::Endpoint::Tcp(server.metrics());
-    let response = crate::util::request(&endpoint, "GET", "/metrics", &[], b"");
-    assert_eq!(response.status, 200);
-    let text = String::from_utf8(response.body.to_vec()).unwrap();
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let (labels, value) = match rest.strip_prefix('{') {
-                Some(rest) => {
-                    let end = rest.rfind('}').expect("labels end with }");
-                    (parse_labels(&rest[..end]), &rest[end + 1..])
-                }
-                None if rest.starts_with(' ') => (BTreeMap::new(), rest),
-                None => return None, // another metric whose name starts with this one
-            };
-            let value = value.split_whitespace().next().expect("a value");
-            Some((
-                labels,
-                value.parse().unwrap_or_else(|e| panic!("{e}: {line}")),
-            ))
+    metrics(server)
+        .into_iter()
+        .filter(|sample| sample.name == name)
+        .map(|sample| {
+            let labels = sample.labels.iter().map(|(key, value)| {
+                let value = value.as_str().expect("label values are strings");
+                (key.clone(), value.to_string())
+            });
+            (labels.collect(), sample.value)
         })
         .collect()
-}
-
-/// `a="x",b="y\"z"` as a map, escapes undone.
-fn parse_labels(text: &str) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    let mut chars = text.chars().peekable();
-    while chars.peek().is_some() {
-        let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
-        assert_eq!(chars.next(), Some('"'), "a quoted value in {text}");
-        let mut value = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '"' => break,
-                '\\' => match chars.next() {
-                    Some('n') => value.push('\n'),
-                    Some(other) => value.push(other),
-                    None => panic!("a dangling escape in {text}"),
-                },
-                c => value.push(c),
-            }
-        }
-        labels.insert(key.trim_start_matches(',').trim().to_string(), value);
-        if chars.peek() == Some(&',') {
-            chars.next();
-        }
-    }
-    labels
 }
 
 /// `hotsock ARGS` that must refuse to start: it exits non-zero on its own

@@ -988,23 +988,62 @@ fn sni_chooses_the_certificate_exact_then_wildcard_then_the_default() {
     std::fs::copy(dir.join("api2.key"), dir.join("api.key")).unwrap();
     std::fs::copy(dir.join("api2.pem"), dir.join("api.pem")).unwrap();
     server.signal(libc::SIGHUP);
+    wait_for_cn(&tools, &server, addr, Some("api.test"), "api-renewed.test");
+
+    // A new default certificate, and a bad SNI key: all are checked before
+    // any is used, so nothing changes, and the warning names the bad file.
+    let san = "DNS:localhost,IP:127.0.0.1";
+    issue(&tools.openssl, dir, "default2", "localhost-renewed", san);
+    std::fs::copy(dir.join("default2.key"), dir.join("server.key")).unwrap();
+    std::fs::copy(dir.join("default2.pem"), dir.join("server.pem")).unwrap();
+    std::fs::copy(dir.join("device.key"), dir.join("api.key")).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for_log(&["WARN", "api.key"]);
+    assert_eq!(cn_for(&tools, &server, addr, None), "localhost");
+    assert_eq!(
+        cn_for(&tools, &server, addr, Some("api.test")),
+        "api-renewed.test"
+    );
+    // Mended: both go in together.
+    std::fs::copy(dir.join("api2.key"), dir.join("api.key")).unwrap();
+    server.signal(libc::SIGHUP);
+    wait_for_cn(&tools, &server, addr, None, "localhost-renewed");
+    assert_eq!(
+        cn_for(&tools, &server, addr, Some("api.test")),
+        "api-renewed.test"
+    );
+}
+
+/// The subject CN of the certificate a Python client is served by `addr`
+/// when it sends `server_name` (`None`: no SNI).
+fn cn_for(tools: &Tools, server: &Server, addr: SocketAddr, server_name: Option<&str>) -> String {
+    let report = python(
+        tools,
+        addr,
+        Py {
+            server_name,
+            check_hostname: false,
+            ..Py::default()
+        },
+    );
+    served(&report, server);
+    report["cn"].as_str().unwrap().to_string()
+}
+
+/// Waits until a client sending `server_name` is served the certificate
+/// with the CN `cn` (a reload has taken effect), for at most [`TIMEOUT`].
+fn wait_for_cn(
+    tools: &Tools,
+    server: &Server,
+    addr: SocketAddr,
+    server_name: Option<&str>,
+    cn: &str,
+) {
     let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let report = python(
-            &tools,
-            addr,
-            Py {
-                server_name: Some("api.test"),
-                ..Py::default()
-            },
-        );
-        served(&report, &server);
-        if report["cn"] == "api-renewed.test" {
-            break;
-        }
+    while cn_for(tools, server, addr, server_name) != cn {
         assert!(
             Instant::now() < deadline,
-            "api.test still gets {report} after SIGHUP:\n{}",
+            "{server_name:?} is not served {cn} after {TIMEOUT:?}:\n{}",
             server.log()
         );
         thread::sleep(Duration::from_millis(100));
@@ -1335,6 +1374,31 @@ fn bad_certificate_files_stop_serve_and_check_before_listening() {
         let stderr = refused_to_start(&["check", "--config", &config]);
         assert!(stderr.contains(named), "check --config {named}:\n{stderr}");
     }
+
+    // A bad SNI entry stops the start as well.
+    issue(&tools.openssl, dir, "api", "api.test", "DNS:api.test");
+    let config = config_file(
+        dir,
+        "bad-sni.toml",
+        &format!(
+            "addr = \"127.0.0.1:0\"\nhandler = {}\n\
+             tls-cert = \"server.pem\"\ntls-key = \"server.key\"\n\
+             [[tls-sni]]\nname = \"api.test\"\ncert = \"api.pem\"\nkey = \"device.key\"\n",
+            toml_path(&kit)
+        ),
+    );
+    for command in ["serve", "check"] {
+        let stderr = refused_to_start(&[command, "--config", &config]);
+        assert!(stderr.contains("device.key"), "{command}:\n{stderr}");
+    }
+    // So does a client CA file that is not PEM.
+    let mut serve = vec!["serve".to_string(), "--addr".into(), "127.0.0.1:0".into()];
+    serve.extend(tools.tls_args());
+    serve.extend(["--tls-client-auth", "require", "--tls-client-ca"].map(String::from));
+    serve.push(garbage.display().to_string());
+    serve.push(kit.display().to_string());
+    let stderr = refused_to_start(&strs(&serve));
+    assert!(stderr.contains("garbage.pem"), "{stderr}");
 
     // Client certificates asked for with no CA to check them against.
     let mut serve = vec!["serve".to_string(), "--addr".into(), "127.0.0.1:0".into()];
@@ -1920,30 +1984,11 @@ fn watch_with_a_config_reloads_an_sni_certificate() {
         ),
     );
     let server = Server::start_config(Path::new(&config), 1, &["--watch"]);
-    let cn = || {
-        let report = python(
-            &tools,
-            server.addr(),
-            Py {
-                server_name: Some("api.test"),
-                ..Py::default()
-            },
-        );
-        served(&report, &server);
-        report["cn"].as_str().unwrap().to_string()
-    };
-    assert_eq!(cn(), "api.test");
+    let api = Some("api.test");
+    assert_eq!(cn_for(&tools, &server, server.addr(), api), "api.test");
     std::fs::copy(dir.join("api2.key"), dir.join("api.key")).unwrap();
     std::fs::copy(dir.join("api2.pem"), dir.join("api.pem")).unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    while cn() != "api-renewed.test" {
-        assert!(
-            Instant::now() < deadline,
-            "api.test is still served the old certificate:\n{}",
-            server.log()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_cn(&tools, &server, server.addr(), api, "api-renewed.test");
 }
 
 #[test]

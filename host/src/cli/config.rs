@@ -486,6 +486,66 @@ mod tests {
     }
 
     #[test]
+    fn tls_keys_and_sni_tables_make_a_listeners_tls() {
+        let text = r#"
+            tls-handshake-timeout = "3s"
+            [[listener]]
+            name = "secure"
+            addr = "127.0.0.1:0"
+            handler = "h.wasm"
+            tls-cert = "certs/site.pem"
+            tls-key = "certs/site.key"
+            tls-client-ca = "certs/ca.pem"
+            tls-client-auth = "require"
+            tls-alpn = ["hotsock/1", "h2"]
+            [[listener.tls-sni]]
+            name = "*.example.com"
+            cert = "certs/wild.pem"
+            key = "certs/wild.key"
+            [[listener]]
+            name = "plain"
+            addr = "127.0.0.1:0"
+            handler = "h.wasm"
+        "#;
+        let plan = plan(text, &ServeOptions::default()).unwrap();
+        let [secure, plain] = &plan.config.listeners[..] else {
+            panic!("{plan:?}")
+        };
+        assert!(plain.tls.is_none());
+        let tls = secure.tls.as_ref().unwrap();
+        assert!(tls.default.cert.is_absolute() && tls.default.cert.ends_with("certs/site.pem"));
+        assert_eq!(tls.client_auth, ClientAuth::Require);
+        assert_eq!(tls.alpn, ["hotsock/1", "h2"]);
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(tls.sni.len(), 1);
+        assert_eq!(tls.sni[0].name, "*.example.com");
+        assert!(tls.sni[0].files.key.ends_with("certs/wild.key"));
+        assert_eq!(secure.tls_files().len(), 5);
+    }
+
+    #[test]
+    fn tls_options_without_a_certificate_are_refused() {
+        let given = ServeOptions::default();
+        for (text, expected) in [
+            ("tls-cert = \"a.pem\"\n", "without tls-key"),
+            ("tls-key = \"a.key\"\n", "without tls-cert"),
+            (
+                "tls-client-auth = \"require\"\n",
+                "tls-client-auth (--tls-client-auth) is set",
+            ),
+            ("tls-alpn = \"h2\"\n", "it would speak plaintext"),
+            (
+                "tls-client-auth = \"sometimes\"\n",
+                "expected one of `off`, `optional`, `require`",
+            ),
+        ] {
+            let text = format!("handler = \"h.wasm\"\n{text}");
+            let error = format!("{:#}", plan(&text, &given).unwrap_err());
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+
+    #[test]
     fn a_listener_table_cannot_set_the_processs_options() {
         let text = "[[listener]]\nname = \"a\"\naddr = \"127.0.0.1:0\"\nhandler = \"a.wasm\"\n\
                     metrics = \"127.0.0.1:9000\"\n";

@@ -25,7 +25,8 @@ are the whole process's (the file's top level); any other may be set per [[liste
 The command line wins over a listener's table, which wins over the top level, then the default.
 Log verbosity follows RUST_LOG (default: info), e.g. RUST_LOG=warn.
 SIGINT or SIGTERM stops accepting and lets open connections finish; a second one exits at once.
-SIGHUP reloads HANDLER from its path, or re-reads --config; open connections finish on the version they started with.
+SIGHUP reloads HANDLER from its path and the TLS certificates, keys and CAs from theirs, or re-reads
+--config (certificates too); open connections finish on the version and TLS session they started with.
 SIGUSR2 upgrades the binary: the hotsock now at this one's path starts with the same options, the
 listening sockets, each listener's handler versions, the rooms (bridged while both serve), the next
 connection id and the counters; once it serves, this process stops accepting and serves its open

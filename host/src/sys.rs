@@ -501,6 +501,30 @@ pub fn peek_byte(socket: BorrowedFd<'_>) -> io::Result<Option<u8>> {
     }
 }
 
+/// Like [`send_now`], for several buffers in one call: a TLS flight of
+/// several records leaves as one segment rather than several.
+pub fn send_vectored_now(socket: BorrowedFd<'_>, data: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    // `IoSlice` is ABI-compatible with `iovec` on Unix (std guarantees it),
+    // and sendmsg only reads the buffers.
+    header.msg_iov = data.as_ptr().cast_mut().cast();
+    header.msg_iovlen = data.len().min(libc::c_int::MAX as usize) as _;
+    // SAFETY: `socket` is open for the borrow's lifetime; `header` points to
+    // `data.len()` valid iovecs, each a valid slice, which send only reads.
+    let sent = unsafe {
+        libc::sendmsg(
+            socket.as_raw_fd(),
+            &header,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    match sent {
+        -1 => Err(io::Error::last_os_error()),
+        n => Ok(n as usize),
+    }
+}
+
 /// A counter another thread can wake a [`poll`] with: an eventfd.
 #[derive(Debug)]
 pub struct Wakeup(OwnedFd);

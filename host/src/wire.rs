@@ -24,8 +24,10 @@ use crate::sys;
 #[derive(Debug)]
 pub struct Wire {
     socket: Arc<TcpStream>,
-    /// The TLS session, if the listener speaks TLS.
-    tls: Option<Mutex<ServerConnection>>,
+    /// The TLS session, if the listener speaks TLS: boxed, since a session
+    /// is over a KiB and a plain connection should not carry its room, nor
+    /// any frame that moves a `Wire` (stack stays resident per connection).
+    tls: Option<Box<Mutex<ServerConnection>>>,
 }
 
 impl Wire {
@@ -38,7 +40,7 @@ impl Wire {
     pub fn tls(socket: Arc<TcpStream>, session: ServerConnection) -> Self {
         Wire {
             socket,
-            tls: Some(Mutex::new(session)),
+            tls: Some(Box::new(Mutex::new(session))),
         }
     }
 
@@ -218,6 +220,11 @@ impl Read for Now<'_> {
 impl io::Write for Now<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         sys::send_now(self.0, data)
+    }
+
+    /// rustls hands over a flight's records together: they go in one call.
+    fn write_vectored(&mut self, data: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        sys::send_vectored_now(self.0, data)
     }
 
     fn flush(&mut self) -> io::Result<()> {

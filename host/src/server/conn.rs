@@ -41,7 +41,23 @@ impl Conn {
     /// close, with the handler version it was pinned to when accepted. The
     /// slot and the version are released when this returns, whatever
     /// happened.
+    ///
+    /// Three steps, none inlined into another: whatever stack the PROXY
+    /// header and the TLS handshake need is free again before the handler
+    /// runs, and logging the end takes none while it runs. A connection's
+    /// thread keeps the pages its deepest frames touched, for as long as the
+    /// client stays connected.
     pub fn run(self) {
+        if let Some(admitted) = self.admit() {
+            admitted.serve();
+        }
+    }
+
+    /// Everything before the handler: the socket made blocking, the PROXY
+    /// header, the per-address limit, the TLS handshake. `None` if the
+    /// client was refused (and counted, and logged).
+    #[inline(never)]
+    fn admit(self) -> Option<Admitted> {
         let Conn {
             id,
             peer: socket_peer,
@@ -60,8 +76,12 @@ impl Conn {
             warn!(
                 "conn {id} from {socket_peer}: cannot make the socket blocking ({e}); closing it"
             );
-            return;
+            return None;
         }
+        // Replies are usually one small write each, and a TLS handshake is a
+        // few: do not hold them back waiting for an ACK that delayed-ACK on
+        // the client holds back in turn (40 ms each).
+        let nodelay = stream.set_nodelay(true);
         let admission = listener.admission();
         let (peer, tls) = match &rules.proxy {
             None => (socket_peer, None),
@@ -71,13 +91,15 @@ impl Conn {
                     Origin::Balancer => (socket_peer, tls),
                 },
                 Err(e) => {
-                    return admission.refuse(Refusal::ProxyHeader, socket_peer, &e.to_string());
+                    admission.refuse(Refusal::ProxyHeader, socket_peer, &e.to_string());
+                    return None;
                 }
             },
         };
         let per_ip = rules.max_connections_per_ip;
         if let Err(why) = slot.claim(peer.ip(), per_ip) {
-            return admission.refuse(why, peer, &per_ip.unwrap_or_default().to_string());
+            admission.refuse(why, peer, &per_ip.unwrap_or_default().to_string());
+            return None;
         }
         // The handshake runs here, on the connection's own thread, and a
         // client that never finishes it holds its slot until the deadline.
@@ -89,10 +111,59 @@ impl Conn {
                     // What this listener's handshake established is what
                     // the client sees, whatever a balancer said.
                     Ok((session, info)) => (Wire::tls(Arc::new(stream), session), Some(info)),
-                    Err(e) => return admission.refuse(refusal(&e), peer, &e.to_string()),
+                    Err(e) => {
+                        admission.refuse(refusal(&e), peer, &e.to_string());
+                        return None;
+                    }
                 }
             }
         };
+        Some(Admitted {
+            id,
+            peer,
+            socket_peer,
+            wire,
+            tls,
+            nodelay_failed: nodelay.err(),
+            version,
+            _slot: slot,
+            listener,
+        })
+    }
+}
+
+/// A client past admission, its PROXY header and its handshake.
+struct Admitted {
+    id: u64,
+    peer: SocketAddr,
+    socket_peer: SocketAddr,
+    wire: Wire,
+    tls: Option<TlsInfo>,
+    /// Why TCP_NODELAY could not be set, to log with the connection's fields.
+    nodelay_failed: Option<std::io::Error>,
+    version: Pinned,
+    /// Held until the connection ends.
+    _slot: Slot,
+    listener: Arc<Listener>,
+}
+
+impl Admitted {
+    /// Runs the handler, then logs how it ended.
+    #[inline(never)]
+    fn serve(self) {
+        let Admitted {
+            id,
+            peer,
+            socket_peer,
+            wire,
+            tls,
+            nodelay_failed,
+            version,
+            _slot,
+            listener,
+        } = self;
+        let settings = version.settings();
+        let rules = &settings.rules;
         let registry = listener.registry();
         // Every log line of the connection names it, its client (and the
         // balancer it came through), its listener and its version.
@@ -103,18 +174,15 @@ impl Conn {
         let fields = fields
             .text("listener", listener.name())
             .text("version", version.id());
-        let log = |level, message: std::fmt::Arguments<'_>| fields.log(level, message);
-        // Replies are usually one small write each: do not hold them back waiting
-        // for an ACK that delayed-ACK on the client holds back in turn.
-        if let Err(e) = wire.socket().set_nodelay(true) {
-            log(
+        if let Some(e) = nodelay_failed {
+            fields.log(
                 Level::Warn,
                 format_args!("cannot set TCP_NODELAY ({e}); replies may be delayed"),
             );
         }
         match &tls {
-            None => log(Level::Info, format_args!("connected")),
-            Some(tls) => log(Level::Info, format_args!("connected, {}", TlsSummary(tls))),
+            None => fields.log(Level::Info, format_args!("connected")),
+            Some(tls) => fields.log(Level::Info, format_args!("connected, {}", TlsSummary(tls))),
         }
         let started = Instant::now();
         // Shared with the watchdog, which shuts it down when time is up.
@@ -128,58 +196,66 @@ impl Conn {
         let rooms = Arc::clone(listener.rooms());
         let conn =
             Connection::new(id, peer, Arc::new(wire), Some(watch), traffic, rooms).with_tls(tls);
-        let Served {
-            outcome,
-            instantiated_in,
-        } = version
+        let served = version
             .handler()
             .serve(registry.runtime(), &settings.profile, &fields, conn);
-        let elapsed = started.elapsed();
-        listener
-            .metrics()
-            .connection_ended(elapsed, instantiated_in);
-        match outcome {
-            Outcome::Finished => log(Level::Info, format_args!("closed after {elapsed:.1?}")),
-            Outcome::HandlerError(message) => log(
-                Level::Warn,
-                format_args!("handler returned an error: {message}; closed after {elapsed:.1?}"),
-            ),
-            Outcome::Stopped { expiry, then } => {
-                version.count_failure(match expiry {
-                    Expiry::Idle => "idle",
-                    Expiry::TimeUp => "time_limit",
-                    Expiry::Drained => "drain",
-                });
-                let why = stop_reason(settings, expiry);
-                match then {
-                    None => log(
-                        Level::Info,
-                        format_args!("{why}; closed after {elapsed:.1?}"),
-                    ),
-                    Some(then) => log(
-                        Level::Info,
-                        format_args!("{why}; then {then}; closed after {elapsed:.1?}"),
-                    ),
-                }
+        ended(&version, &listener, &fields, served, started);
+    }
+}
+
+/// Counts and logs how a connection ended.
+#[inline(never)]
+fn ended(version: &Pinned, listener: &Listener, fields: &Fields, served: Served, started: Instant) {
+    let Served {
+        outcome,
+        instantiated_in,
+    } = served;
+    let settings = version.settings();
+    let registry = listener.registry();
+    let log = |level, message: std::fmt::Arguments<'_>| fields.log(level, message);
+    let elapsed = started.elapsed();
+    listener
+        .metrics()
+        .connection_ended(elapsed, instantiated_in);
+    match outcome {
+        Outcome::Finished => log(Level::Info, format_args!("closed after {elapsed:.1?}")),
+        Outcome::HandlerError(message) => log(
+            Level::Warn,
+            format_args!("handler returned an error: {message}; closed after {elapsed:.1?}"),
+        ),
+        Outcome::Stopped { expiry, then } => {
+            version.count_failure(match expiry {
+                Expiry::Idle => "idle",
+                Expiry::TimeUp => "time_limit",
+                Expiry::Drained => "drain",
+            });
+            let why = stop_reason(settings, expiry);
+            match then {
+                None => log(
+                    Level::Info,
+                    format_args!("{why}; closed after {elapsed:.1?}"),
+                ),
+                Some(then) => log(
+                    Level::Info,
+                    format_args!("{why}; then {then}; closed after {elapsed:.1?}"),
+                ),
             }
-            Outcome::Faulted { fault, backtrace } => {
-                version.count_failure(fault.kind());
-                // The first line says it all, as for every other ending; the
-                // backtrace follows on lines of its own.
-                match backtrace {
-                    Some(frames) => log(
-                        Level::Warn,
-                        format_args!(
-                            "{fault}; closed after {elapsed:.1?}\nguest backtrace:\n{frames}"
-                        ),
-                    ),
-                    None => log(
-                        Level::Warn,
-                        format_args!("{fault}; closed after {elapsed:.1?}"),
-                    ),
-                }
-                registry.record_fault(&version);
+        }
+        Outcome::Faulted { fault, backtrace } => {
+            version.count_failure(fault.kind());
+            // The first line says it all, as for every other ending; the
+            // backtrace follows on lines of its own.
+            match backtrace {
+                Some(frames) => log(
+                    Level::Warn,
+                    format_args!("{fault}; closed after {elapsed:.1?}\nguest backtrace:\n{frames}"),
+                ),
+                None => log(
+                    Level::Warn,
+                    format_args!("{fault}; closed after {elapsed:.1?}"),
+                ),
             }
+            registry.record_fault(version);
         }
     }
 }

@@ -21,6 +21,7 @@ fn config(handler: &str, greeting: &str) -> Config {
             handler: wasm(handler),
             watch: false,
             settings,
+            tls: None,
         }],
         named: false,
         drain: Drain::default(),

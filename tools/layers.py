@@ -46,7 +46,7 @@ LAYERS = [
     ("cli", ("cli",)),  # the command line, turned into the library's settings
     ("server", ("server",)),  # TCP: accept, admission, workers, registry, admin
     ("runtime", ("runtime",)),  # WebAssembly only: engine, linker, store, limits
-    ("leaves", ("watchdog", "sys", "units")),  # depend on nothing above them
+    ("leaves", ("watchdog", "sys", "units", "wire")),  # depend on nothing above them
 ]
 BINARY = "cli"
 LEAVES = "leaves"  # leaves may use each other; a cycle among them is still caught

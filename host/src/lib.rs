@@ -15,7 +15,7 @@
 //! - [`runtime`]: WebAssembly only. The engine, loading a handler, the store
 //!   a guest runs in and everything it can reach, and how it stopped.
 //! - leaves, which depend on nothing above them: [`watchdog`], [`sys`],
-//!   [`units`].
+//!   [`units`], [`wire`] (a client's bytes, through TLS or not).
 //!
 //! The module map, one line per file, is `docs/architecture.md`; each
 //! file's own doc says what it owns.
@@ -35,3 +35,4 @@ pub mod server;
 pub mod sys;
 pub mod units;
 pub mod watchdog;
+pub mod wire;

@@ -462,6 +462,45 @@ pub fn send_now(socket: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// Receives what has arrived on `socket`, without waiting: `WouldBlock`
+/// when nothing has. 0 is the end of the stream.
+pub fn recv_now(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `socket` is an open descriptor for the borrow's lifetime, and
+    // `buf` a valid, exclusively borrowed slice of the length given.
+    let received = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    match received {
+        -1 => Err(io::Error::last_os_error()),
+        n => Ok(n as usize),
+    }
+}
+
+/// The first byte waiting on `socket`, left there for the next read:
+/// `None` at the end of the stream, `WouldBlock` when nothing has arrived.
+pub fn peek_byte(socket: BorrowedFd<'_>) -> io::Result<Option<u8>> {
+    let mut byte = 0u8;
+    // SAFETY: as in `recv_now`, with a one-byte buffer on the stack.
+    let received = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_DONTWAIT | libc::MSG_PEEK,
+        )
+    };
+    match received {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        _ => Ok(Some(byte)),
+    }
+}
+
 /// A counter another thread can wake a [`poll`] with: an eventfd.
 #[derive(Debug)]
 pub struct Wakeup(OwnedFd);

@@ -92,6 +92,12 @@ fn grants_needed(imports: &[String]) -> Vec<&'static str> {
     needed
 }
 
+/// Seconds since the Unix epoch.
+fn now() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| d.as_secs() as i64)
+}
+
 fn check_config(args: &CheckArgs, config: &std::path::Path) -> Result<()> {
     let plan = Plan::new(Some(config), &ServeOptions::default(), args.cache.dir())?;
     let served = &plan.config;
@@ -121,6 +127,22 @@ fn check_config(args: &CheckArgs, config: &std::path::Path) -> Result<()> {
             listener.addrs.join(", "),
             handler.name()
         );
+        // Certificates are read and checked as a start would: key against
+        // certificate, dates, the client CA.
+        let loaded = listener
+            .load_settings()
+            .with_context(|| format!("listener {name}"))?;
+        if let Some(tls) = &loaded.tls {
+            let first = tls.expiries().iter().map(|(_, at)| *at).min();
+            println!(
+                "ok: listener {name}: TLS, {} certificate(s){}",
+                tls.expiries().len(),
+                first.map_or_else(String::new, |at| format!(
+                    ", the first to expire in {} days",
+                    (at - now()) / 86_400
+                ))
+            );
+        }
     }
     println!("ok: key-value store {}", served.keyvalue_store);
     println!("ok: rooms store {}", served.rooms_store);

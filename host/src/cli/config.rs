@@ -17,10 +17,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, anyhow, bail};
 use hotsock::runtime::{Capabilities, KeyValueStore, Limits, Profile, Recording};
 use hotsock::server::{
-    ADMIN_SOCKET, AdminConfig, Config, DEFAULT_LISTENER, Drain, ListenerConfig, ListenerSettings,
-    METRICS_SOCKET, Policy, Proxy, Rules,
+    ADMIN_SOCKET, AdminConfig, CertFiles, ClientAuth, Config, DEFAULT_LISTENER, Drain,
+    ListenerConfig, ListenerSettings, METRICS_SOCKET, Policy, Proxy, Rules, SniCert, TlsSettings,
 };
 use merge::Merge as _;
+use std::time::Duration;
 
 use crate::cli::logging::LogFormat;
 use crate::cli::options::ServeOptions;
@@ -183,6 +184,7 @@ const DEFAULT_STATE_DIR: &str = ".hotsock";
 
 /// One listener's config, from its options merged whole.
 fn listener(options: ServeOptions, name: &str) -> Result<ListenerConfig> {
+    let tls = tls(&options)?;
     let proxy = match (
         set(options.proxy_protocol, "proxy-protocol")?,
         options.proxy_from,
@@ -214,6 +216,7 @@ fn listener(options: ServeOptions, name: &str) -> Result<ListenerConfig> {
         reuse_port: set(options.reuse_port, "reuse-port")?,
         handler: options.handler.unwrap_or_default(),
         watch: set(options.watch, "watch")?,
+        tls,
         settings: ListenerSettings {
             profile: Profile {
                 limits: Limits {
@@ -241,8 +244,61 @@ fn listener(options: ServeOptions, name: &str) -> Result<ListenerConfig> {
                 rollback_on_traps: options.rollback_on_traps,
                 drain_deadline: options.drain_deadline.map(Into::into),
             },
+            // Read from `tls` above when the listener starts or reloads.
+            tls: None,
         },
     })
+}
+
+/// A listener's TLS, from its options merged whole: `None` without
+/// `tls-cert`. TLS options without a certificate are an error rather than
+/// a listener that silently speaks plaintext.
+fn tls(options: &ServeOptions) -> Result<Option<TlsSettings>> {
+    let client_auth = set(options.tls_client_auth, "tls-client-auth")?;
+    let timeout: Duration = set(options.tls_handshake_timeout, "tls-handshake-timeout")?.into();
+    let (cert, key) = match (&options.tls_cert, &options.tls_key) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        (Some(_), None) => bail!(
+            "tls-cert (--tls-cert) is set without tls-key (--tls-key): give the certificate's \
+             private key too"
+        ),
+        (None, Some(_)) => bail!(
+            "tls-key (--tls-key) is set without tls-cert (--tls-cert): give the certificate too"
+        ),
+        (None, None) => {
+            let set_alone = [
+                ("tls-client-ca", options.tls_client_ca.is_some()),
+                ("tls-client-auth", client_auth != ClientAuth::Off),
+                ("tls-alpn", options.tls_alpn.is_some()),
+                ("tls-sni", options.tls_sni.is_some()),
+            ];
+            if let Some((key, _)) = set_alone.iter().find(|(_, set)| *set) {
+                bail!(
+                    "{key} (--{key}) is set, but the listener has no tls-cert (--tls-cert) and \
+                     tls-key (--tls-key): it would speak plaintext"
+                );
+            }
+            return Ok(None);
+        }
+    };
+    if timeout.is_zero() {
+        bail!("tls-handshake-timeout (--tls-handshake-timeout) must be more than 0s");
+    }
+    let sni = options.tls_sni.iter().flatten().map(|entry| SniCert {
+        name: entry.name.clone(),
+        files: CertFiles {
+            cert: entry.cert.clone(),
+            key: entry.key.clone(),
+        },
+    });
+    Ok(Some(TlsSettings {
+        default: CertFiles { cert, key },
+        sni: sni.collect(),
+        client_ca: options.tls_client_ca.clone(),
+        client_auth,
+        alpn: options.tls_alpn.clone().unwrap_or_default(),
+        handshake_timeout: timeout,
+    }))
 }
 
 /// Reads and checks the config file at `path`; relative paths in it become
@@ -427,6 +483,66 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("expected e.g. 500ms"), "{error}");
+    }
+
+    #[test]
+    fn tls_keys_and_sni_tables_make_a_listeners_tls() {
+        let text = r#"
+            tls-handshake-timeout = "3s"
+            [[listener]]
+            name = "secure"
+            addr = "127.0.0.1:0"
+            handler = "h.wasm"
+            tls-cert = "certs/site.pem"
+            tls-key = "certs/site.key"
+            tls-client-ca = "certs/ca.pem"
+            tls-client-auth = "require"
+            tls-alpn = ["hotsock/1", "h2"]
+            [[listener.tls-sni]]
+            name = "*.example.com"
+            cert = "certs/wild.pem"
+            key = "certs/wild.key"
+            [[listener]]
+            name = "plain"
+            addr = "127.0.0.1:0"
+            handler = "h.wasm"
+        "#;
+        let plan = plan(text, &ServeOptions::default()).unwrap();
+        let [secure, plain] = &plan.config.listeners[..] else {
+            panic!("{plan:?}")
+        };
+        assert!(plain.tls.is_none());
+        let tls = secure.tls.as_ref().unwrap();
+        assert!(tls.default.cert.is_absolute() && tls.default.cert.ends_with("certs/site.pem"));
+        assert_eq!(tls.client_auth, ClientAuth::Require);
+        assert_eq!(tls.alpn, ["hotsock/1", "h2"]);
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(tls.sni.len(), 1);
+        assert_eq!(tls.sni[0].name, "*.example.com");
+        assert!(tls.sni[0].files.key.ends_with("certs/wild.key"));
+        assert_eq!(secure.tls_files().len(), 5);
+    }
+
+    #[test]
+    fn tls_options_without_a_certificate_are_refused() {
+        let given = ServeOptions::default();
+        for (text, expected) in [
+            ("tls-cert = \"a.pem\"\n", "without tls-key"),
+            ("tls-key = \"a.key\"\n", "without tls-cert"),
+            (
+                "tls-client-auth = \"require\"\n",
+                "tls-client-auth (--tls-client-auth) is set",
+            ),
+            ("tls-alpn = \"h2\"\n", "it would speak plaintext"),
+            (
+                "tls-client-auth = \"sometimes\"\n",
+                "expected one of `off`, `optional`, `require`",
+            ),
+        ] {
+            let text = format!("handler = \"h.wasm\"\n{text}");
+            let error = format!("{:#}", plan(&text, &given).unwrap_err());
+            assert!(error.contains(expected), "{text}: {error}");
+        }
     }
 
     #[test]

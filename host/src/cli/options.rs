@@ -21,7 +21,9 @@ use hotsock::runtime::{
 };
 use hotsock::server::admin::DEFAULT_MAX_UPLOAD;
 use hotsock::server::http::Endpoint;
-use hotsock::server::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, WhenFull};
+use hotsock::server::{
+    ClientAuth, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, WhenFull,
+};
 use hotsock::units::{Size, Span};
 use ipnet::IpNet;
 use merge::Merge;
@@ -41,6 +43,8 @@ const PROCESS: &str = "Process";
 const ADMIN: &str = "Admin API";
 /// The `--help` heading of the code cache's options.
 const CACHE: &str = "Cache";
+/// The `--help` heading of a listener's TLS options.
+const TLS: &str = "TLS";
 
 /// Headings whose options are the process's, not a listener's: a
 /// `[[listener]]` table may not set them.
@@ -234,6 +238,50 @@ pub struct ServeOptions {
     #[serde(default, deserialize_with = "cidrs")]
     pub proxy_from: Option<Vec<IpNet>>,
 
+    /// Speak TLS on this listener (only TLS), serving the certificate chain
+    /// in FILE: PEM, the server's certificate first, then the intermediates
+    /// clients need. Needs --tls-key. SIGHUP re-reads it, as --watch does
+    /// when it changes; open connections keep their sessions.
+    #[arg(long, value_name = "FILE", help_heading = TLS)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert's certificate (PEM: PKCS#8, PKCS#1 or
+    /// SEC1). Checked against the certificate at start and at each reload.
+    #[arg(long, value_name = "FILE", help_heading = TLS)]
+    pub tls_key: Option<PathBuf>,
+
+    /// The certificate authorities (PEM) that client certificates must chain
+    /// to, for --tls-client-auth.
+    #[arg(long, value_name = "FILE", help_heading = TLS)]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Whether clients need a certificate signed by --tls-client-ca:
+    /// `off` (not asked for), `optional` (asked for; a client without one is
+    /// served, one with a certificate the CA did not sign is refused) or
+    /// `require`. Enforced before the handler runs; a handler on contract
+    /// 0.3.0 sees the verified subject in `tls()`.
+    #[arg(long, value_name = "off|optional|require", default_value = "off", help_heading = TLS)]
+    pub tls_client_auth: Option<ClientAuth>,
+
+    /// Offer this protocol in TLS's ALPN; repeatable, most preferred first.
+    /// A client that offers none of them is served with no protocol agreed
+    /// (its handler sees none), not refused.
+    #[arg(long, value_name = "PROTO", help_heading = TLS)]
+    #[serde(default, deserialize_with = "strings")]
+    pub tls_alpn: Option<Vec<String>>,
+
+    /// Longest a client may take from connecting to the end of its TLS
+    /// handshake, its PROXY header included; then it is closed, so a client
+    /// that says nothing holds its connection slot no longer.
+    #[arg(long, value_name = "DURATION", default_value = Span::from(DEFAULT_HANDSHAKE_TIMEOUT).to_string(), help_heading = TLS)]
+    pub tls_handshake_timeout: Option<Span>,
+
+    /// Further certificates, each served to clients asking (SNI) for a name
+    /// it matches (config file only: `[[listener.tls-sni]]` tables, or
+    /// `[[tls-sni]]` without listener tables, with `name`, `cert`, `key`).
+    #[arg(skip)]
+    pub tls_sni: Option<Vec<SniEntry>>,
+
     /// Let several hotsock processes listen on the same addresses
     /// (SO_REUSEPORT): the kernel spreads new connections over them. Every
     /// process sharing a port needs it, and must run as the same user.
@@ -364,8 +412,15 @@ impl ServeOptions {
             &mut self.admin_token_file,
             &mut self.cache_dir,
             &mut self.state_dir,
+            &mut self.tls_cert,
+            &mut self.tls_key,
+            &mut self.tls_client_ca,
         ] {
             path.as_mut().map(at);
+        }
+        for entry in self.tls_sni.iter_mut().flatten() {
+            at(&mut entry.cert);
+            at(&mut entry.key);
         }
         if let Some(Endpoint::Unix(path)) = &mut self.admin {
             at(path);
@@ -380,6 +435,20 @@ impl ServeOptions {
             table.resolve(base);
         }
     }
+}
+
+/// A certificate served to clients asking for `name` (SNI): a
+/// `[[listener.tls-sni]]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SniEntry {
+    /// An exact host name (`api.example.com`), or a wildcard over one label
+    /// (`*.example.com`).
+    pub name: String,
+    /// The certificate chain's PEM file.
+    pub cert: PathBuf,
+    /// Its private key's PEM file.
+    pub key: PathBuf,
 }
 
 /// A string, or a list of strings, each read with `parse`. Read as strings

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{ArgMatches, Args};
-use hotsock::server::{Control, Reloader, Server, Takeover};
+use hotsock::server::{Control, Reloader, Server, Takeover, Trigger};
 use log::{info, warn};
 
 use crate::cli::args::CacheArgs;
@@ -25,7 +25,8 @@ are the whole process's (the file's top level); any other may be set per [[liste
 The command line wins over a listener's table, which wins over the top level, then the default.
 Log verbosity follows RUST_LOG (default: info), e.g. RUST_LOG=warn.
 SIGINT or SIGTERM stops accepting and lets open connections finish; a second one exits at once.
-SIGHUP reloads HANDLER from its path, or re-reads --config; open connections finish on the version they started with.
+SIGHUP reloads HANDLER from its path and the TLS certificates, keys and CAs from theirs, or re-reads
+--config (certificates too); open connections finish on the version and TLS session they started with.
 SIGUSR2 upgrades the binary: the hotsock now at this one's path starts with the same options, the
 listening sockets, each listener's handler versions, the rooms (bridged while both serve), the next
 connection id and the counters; once it serves, this process stops accepting and serves its open
@@ -54,9 +55,14 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
     let default_cache = CacheArgs::default_dir();
     let plan = Plan::new(args.config.as_deref(), &given, default_cache.clone())?;
     logging::init(plan.log_format);
-    let watched: Vec<(usize, PathBuf)> = (plan.config.listeners.iter().enumerate())
+    // Under --watch: each listener's handler file, and its TLS files.
+    let watched: Vec<(Trigger, PathBuf)> = (plan.config.listeners.iter().enumerate())
         .filter(|(_, l)| l.watch)
-        .map(|(index, l)| (index, l.handler.clone()))
+        .flat_map(|(index, l)| {
+            let handler = (Trigger::FileChanged(index), l.handler.clone());
+            let tls = l.tls_files().into_iter();
+            std::iter::once(handler).chain(tls.map(move |file| (Trigger::TlsChanged(index), file)))
+        })
         .collect();
     let server = Server::start(plan.config, takeover)?;
     let control = server.control();
@@ -70,12 +76,16 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
     let on_change = Arc::clone(&control);
     let reloader = Reloader::spawn(
         move || on_sighup.signal(),
-        move |index| on_change.reload_handler(index, "--watch"),
+        move |changed| match changed {
+            Trigger::FileChanged(index) => on_change.reload_handler(index, "--watch"),
+            Trigger::TlsChanged(index) => on_change.reload_tls(index, "--watch"),
+            Trigger::Signal => on_change.reload("--watch"),
+        },
     )?;
     // Kept alive for as long as the server runs: dropping one ends its watch.
     let _watchers = watched
         .iter()
-        .map(|(index, path)| reloader.watch(*index, path))
+        .map(|(trigger, path)| reloader.watch(*trigger, path))
         .collect::<Result<Vec<_>>>()?;
     signals::handle(control, reloader)?;
     let mut stdout = std::io::stdout().lock();
@@ -89,7 +99,7 @@ pub fn run(args: ServeArgs, matches: &ArgMatches) -> Result<()> {
 }
 
 /// What SIGHUP does: re-read the config file and apply it, all of it or
-/// nothing; without one, reload each handler from its file.
+/// nothing; without one, reload each handler and its TLS files.
 struct OnSighup {
     file: Option<PathBuf>,
     given: ServeOptions,
@@ -101,7 +111,7 @@ struct OnSighup {
 impl OnSighup {
     fn signal(&self) {
         let Some(file) = &self.file else {
-            return self.control.reload_handlers("SIGHUP");
+            return self.control.reload("SIGHUP");
         };
         let shown = file.display();
         let plan = Plan::new(Some(file), &self.given, self.default_cache.clone());

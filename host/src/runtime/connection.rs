@@ -11,8 +11,8 @@
 //! delivered while its handler waits for input; one that never joins reads
 //! and writes exactly as before.
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::{self, Read};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +23,7 @@ use crate::runtime::rooms::{MAX_ROOMS_PER_CONNECTION, Mailbox, Refused, Rooms};
 use crate::runtime::transcript::Entry;
 use crate::sys;
 use crate::watchdog::{Expiry, Verdict, Wait, Watch};
+use crate::wire::Wire;
 
 /// The most one `read` hands to a guest, whatever `max` it asks for, so a guest
 /// cannot make the host allocate an arbitrary buffer. `read` may return fewer
@@ -107,13 +108,14 @@ pub struct TlsInfo {
 }
 
 impl Connection {
-    /// Wraps an accepted, blocking socket; `id` must be unique within the
-    /// process. With a `watch` of the same socket, the watchdog's limits
-    /// apply to it; its bytes are counted in `traffic`; it may join `rooms`.
+    /// Wraps an accepted, blocking socket, or TLS over it; `id` must be
+    /// unique within the process. With a `watch` of the same socket, the
+    /// watchdog's limits apply to it; its bytes are counted in `traffic`; it
+    /// may join `rooms`.
     pub fn new(
         id: u64,
         peer: SocketAddr,
-        stream: Arc<TcpStream>,
+        wire: Arc<Wire>,
         watch: Option<Watch>,
         traffic: Arc<Traffic>,
         rooms: Arc<Rooms>,
@@ -122,7 +124,7 @@ impl Connection {
             id,
             peer,
             watch,
-            io: Io::Socket(stream),
+            io: Io::Wire(wire),
             recorder: None,
             traffic,
             rooms,
@@ -206,8 +208,8 @@ impl Connection {
         }
         self.check_expiry()?;
         let want = max.min(MAX_READ) as usize;
-        let stream = match &self.io {
-            Io::Socket(stream) => stream,
+        let wire = match &self.io {
+            Io::Wire(wire) => wire,
             Io::Replay(replay) => return Ok(replay.read(want)),
         };
         if self.buf.len() < want {
@@ -215,23 +217,19 @@ impl Connection {
         }
         let read = {
             let _waiting = self.watch.as_ref().map(|w| w.waiting(Wait::Read));
-            // A room member, or a read with a deadline, waits with poll first;
-            // a plain read blocks in `read` itself, as it always has.
-            match (&self.membership, deadline) {
-                (None, None) => Ok(true),
-                (membership, deadline) => {
-                    wait_readable(stream, membership.as_ref().map(|m| &*m.mailbox), deadline)
-                }
-            }
-            .and_then(|readable| match readable {
-                false => Err(io::ErrorKind::TimedOut.into()),
-                true => loop {
-                    match (&**stream).read(&mut self.buf[..want]) {
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        read => break read,
-                    }
+            let mailbox = self.membership.as_ref().map(|m| &*m.mailbox);
+            let buf = &mut self.buf[..want];
+            match (wire.is_tls(), mailbox, deadline) {
+                // A plain read blocks in `read` itself, as it always has.
+                (false, None, None) => read_socket(wire, buf),
+                // A room member, or a read with a deadline, waits with poll first.
+                (false, mailbox, deadline) => match wait_readable(wire, mailbox, deadline) {
+                    Ok(true) => read_socket(wire, buf),
+                    Ok(false) => Err(io::ErrorKind::TimedOut.into()),
+                    Err(e) => Err(e),
                 },
-            })
+                (true, mailbox, deadline) => read_tls(wire, mailbox, deadline, buf),
+            }
         };
         match read {
             // Data that made it in before a timeout is still the client's.
@@ -253,8 +251,8 @@ impl Connection {
     /// Writes all of `data`, blocking until the client has taken it.
     pub fn write(&mut self, data: &[u8]) -> Result<(), IoError> {
         self.check_expiry()?;
-        let stream = match &self.io {
-            Io::Socket(stream) => stream,
+        let wire = match &self.io {
+            Io::Wire(wire) => wire,
             Io::Replay(replay) => {
                 replay.write(data);
                 return Ok(());
@@ -265,7 +263,7 @@ impl Connection {
             match &self.membership {
                 // Room messages waiting go out first, and none inside this write.
                 Some(membership) => membership.mailbox.write(data),
-                None => (&**stream).write_all(data),
+                None => wire.write_all(data),
             }
         };
         match written {
@@ -297,8 +295,8 @@ impl Connection {
 
 /// What a connection reads from and writes to.
 enum Io {
-    /// A client's socket.
-    Socket(Arc<TcpStream>),
+    /// A client's socket, or TLS over it.
+    Wire(Arc<Wire>),
     /// A recorded client.
     Replay(Arc<Replay>),
 }
@@ -313,15 +311,15 @@ impl Connection {
     /// Joins `room` of its listener: from now on, what others publish there
     /// is written to this client.
     pub fn join(&mut self, room: &str) -> Result<(), Refused> {
-        let stream = match &self.io {
-            Io::Socket(stream) => stream,
+        let wire = match &self.io {
+            Io::Wire(wire) => wire,
             // A replayed client is alone: there is no one to hear from.
             Io::Replay(_) => return Ok(()),
         };
         let membership = match &mut self.membership {
             Some(membership) => membership,
             None => {
-                let mailbox = Mailbox::new(self.id, Arc::clone(stream))
+                let mailbox = Mailbox::new(self.id, Arc::clone(wire))
                     .map_err(|e| Refused(format!("cannot make a mailbox: {e}")))?;
                 self.membership.insert(Membership {
                     mailbox: Arc::new(mailbox),
@@ -370,34 +368,75 @@ impl Connection {
 }
 
 impl Drop for Connection {
-    /// Leaves every room, so no one publishes to a closed connection, and
-    /// shuts the socket down at once: a publisher may hold its mailbox a
-    /// moment longer, and with it the socket.
+    /// Leaves every room, so no one publishes to a closed connection; ends
+    /// TLS with `close_notify`; and, for a room member, shuts the socket
+    /// down at once: a publisher may hold its mailbox a moment longer, and
+    /// with it the socket.
     fn drop(&mut self) {
-        if let Some(membership) = self.membership.take() {
+        let membership = self.membership.take();
+        if let Some(membership) = &membership {
             for room in &membership.joined {
                 self.rooms.leave(room, self.id);
             }
-            if let Io::Socket(stream) = &self.io {
-                let _ = stream.shutdown(Shutdown::Both);
+        }
+        if let Io::Wire(wire) = &self.io {
+            if self.expired().is_none() {
+                wire.close();
+            }
+            if membership.is_some() {
+                wire.shutdown();
             }
         }
     }
 }
 
-/// Waits until `stream` has something to read (or is closed), or `deadline`
+/// Reads from the socket itself, blocking until something arrives.
+fn read_socket(wire: &Wire, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match (&**wire.socket()).read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            read => return read,
+        }
+    }
+}
+
+/// Reads plaintext through TLS: what the session holds already, else what
+/// the client sends next, waiting for it with poll (and delivering room
+/// messages meanwhile) until `deadline`.
+fn read_tls(
+    wire: &Wire,
+    mailbox: Option<&Mailbox>,
+    deadline: Option<Instant>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    loop {
+        if let Some(read) = wire.read_buffered(buf) {
+            return read;
+        }
+        if !wait_readable(wire, mailbox, deadline)? {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        wire.receive()?;
+    }
+}
+
+/// Waits until `wire` has something to read (or is closed), or `deadline`
 /// passes: then false. Meanwhile sends the room messages waiting in
-/// `mailbox` whenever the socket can take them.
+/// `mailbox`, and the records TLS has waiting, whenever the socket can take
+/// them.
 fn wait_readable(
-    stream: &TcpStream,
+    wire: &Wire,
     mailbox: Option<&Mailbox>,
     deadline: Option<Instant>,
 ) -> io::Result<bool> {
     loop {
-        let sending = mailbox.is_some_and(Mailbox::has_waiting);
+        let sending = match mailbox {
+            Some(mailbox) => mailbox.has_waiting(),
+            None => wire.has_output(),
+        };
         let mut fds = [
             libc::pollfd {
-                fd: stream.as_raw_fd(),
+                fd: wire.fd().as_raw_fd(),
                 events: libc::POLLIN | if sending { libc::POLLOUT } else { 0 },
                 revents: 0,
             },
@@ -411,12 +450,18 @@ fn wait_readable(
         if sys::poll(&mut fds, timeout)? == 0 {
             return Ok(false);
         }
-        if let Some(mailbox) = mailbox {
-            if fds[1].revents != 0 {
-                mailbox.wakeup().clear();
-            }
-            if fds[0].revents & libc::POLLOUT != 0 {
-                mailbox.send_waiting();
+        if let Some(mailbox) = mailbox
+            && fds[1].revents != 0
+        {
+            mailbox.wakeup().clear();
+        }
+        if fds[0].revents & libc::POLLOUT != 0 {
+            match mailbox {
+                Some(mailbox) => mailbox.send_waiting(),
+                // What is left goes with the next write, or the next wait.
+                None => {
+                    let _ = wire.drain();
+                }
             }
         }
         // Data, end of stream, or an error: `read` will say which.

@@ -25,14 +25,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsFd as _;
+use std::os::fd::AsRawFd as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 
 use log::warn;
 
 use crate::sys::{self, Wakeup};
+use crate::wire::Wire;
 
 /// Longest room name, in bytes.
 pub const MAX_ROOM_NAME: usize = 128;
@@ -316,7 +316,8 @@ enum Posted {
 #[derive(Debug)]
 pub struct Mailbox {
     id: u64,
-    socket: Arc<TcpStream>,
+    /// The member's socket, or TLS over it: messages are encrypted as they go.
+    wire: Arc<Wire>,
     outbox: Mutex<Outbox>,
     /// Held by whoever writes to the socket (a publisher, or the member's own
     /// thread), until what it writes is out whole.
@@ -347,11 +348,11 @@ impl Outbox {
 }
 
 impl Mailbox {
-    /// A mailbox for the connection `id` on `socket`.
-    pub fn new(id: u64, socket: Arc<TcpStream>) -> io::Result<Self> {
+    /// A mailbox for the connection `id` on `wire`.
+    pub fn new(id: u64, wire: Arc<Wire>) -> io::Result<Self> {
         Ok(Mailbox {
             id,
-            socket,
+            wire,
             outbox: Mutex::new(Outbox::default()),
             writer: Mutex::new(()),
             wakeup: Wakeup::new()?,
@@ -368,9 +369,10 @@ impl Mailbox {
         &self.wakeup
     }
 
-    /// Whether messages are waiting for the socket.
+    /// Whether messages (or the TLS records of sent ones) are waiting for
+    /// the socket.
     pub fn has_waiting(&self) -> bool {
-        sys::lock(&self.outbox).waiting > 0
+        sys::lock(&self.outbox).waiting > 0 || self.wire.has_output()
     }
 
     /// Whether it was cut off or its client is gone.
@@ -382,7 +384,7 @@ impl Mailbox {
     /// own thread is waiting for.
     pub fn close(&self) {
         sys::lock(&self.outbox).close();
-        let _ = self.socket.shutdown(Shutdown::Both);
+        self.wire.shutdown();
     }
 
     /// Queues `message` unless that would leave more than `backlog` bytes
@@ -441,7 +443,7 @@ impl Mailbox {
     pub fn write(&self, data: &[u8]) -> io::Result<()> {
         let guard = sys::lock(&self.writer);
         self.flush(&guard, true);
-        let written = io::Write::write_all(&mut &*self.socket, data);
+        let written = self.wire.write_all(data);
         drop(guard);
         // Messages queued while the lock was held were left to this thread.
         if self.has_waiting() {
@@ -455,15 +457,22 @@ impl Mailbox {
     /// and returns true if anything is left.
     fn flush(&self, _writer: &MutexGuard<'_, ()>, blocking: bool) -> bool {
         loop {
-            let (message, sent) = {
+            let front = {
                 let outbox = sys::lock(&self.outbox);
-                match outbox.queue.front() {
-                    Some(message) => (Arc::clone(message), outbox.sent),
-                    None => return false,
-                }
+                let front = outbox.queue.front();
+                front.map(|message| (Arc::clone(message), outbox.sent))
             };
-            match sys::send_now(self.socket.as_fd(), &message[sent..]) {
+            // Over TLS, sending a message is encrypting it: its records may
+            // still wait for the socket once the queue is empty.
+            let sending = match &front {
+                Some((message, sent)) => self.wire.send_now(&message[*sent..]),
+                None => self.wire.drain().map(|()| 0),
+            };
+            match sending {
                 Ok(n) => {
+                    let Some((message, _)) = front else {
+                        return false;
+                    };
                     let mut outbox = sys::lock(&self.outbox);
                     // `close` may have emptied the queue meanwhile.
                     if outbox.closed {
@@ -482,7 +491,7 @@ impl Mailbox {
                         return true;
                     }
                     let mut fds = [libc::pollfd {
-                        fd: std::os::fd::AsRawFd::as_raw_fd(&*self.socket),
+                        fd: self.wire.fd().as_raw_fd(),
                         events: libc::POLLOUT,
                         revents: 0,
                     }];
@@ -505,14 +514,14 @@ impl Mailbox {
 mod tests {
     use super::*;
     use std::io::Read as _;
-    use std::net::TcpListener;
+    use std::net::{TcpListener, TcpStream};
 
     fn pair(id: u64) -> (Arc<Mailbox>, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         (
-            Arc::new(Mailbox::new(id, Arc::new(server)).unwrap()),
+            Arc::new(Mailbox::new(id, Arc::new(Wire::plain(Arc::new(server)))).unwrap()),
             client,
         )
     }

@@ -70,15 +70,30 @@ pub enum Refusal {
     Untrusted,
     /// Its PROXY header was missing, invalid or too slow.
     ProxyHeader,
+    /// It did not finish the TLS handshake within
+    /// `--tls-handshake-timeout`: most often a client that says nothing.
+    TlsTimeout,
+    /// It spoke plaintext to a TLS listener.
+    TlsPlaintext,
+    /// It sent no client certificate where one is required, or one the
+    /// client CA did not sign.
+    TlsClientCertificate,
+    /// Its TLS handshake failed otherwise: no protocol version or cipher in
+    /// common, a client that refused our certificate, a broken record.
+    TlsHandshake,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 5] = [
+    const ALL: [Refusal; 9] = [
         Refusal::Full,
         Refusal::PerIp,
         Refusal::NoThread,
         Refusal::Untrusted,
         Refusal::ProxyHeader,
+        Refusal::TlsTimeout,
+        Refusal::TlsPlaintext,
+        Refusal::TlsClientCertificate,
+        Refusal::TlsHandshake,
     ];
 
     /// The stable name `/status` counts it under.
@@ -89,6 +104,10 @@ impl Refusal {
             Refusal::NoThread => "no_thread",
             Refusal::Untrusted => "untrusted",
             Refusal::ProxyHeader => "proxy_header",
+            Refusal::TlsTimeout => "tls_timeout",
+            Refusal::TlsPlaintext => "tls_plaintext",
+            Refusal::TlsClientCertificate => "tls_client_certificate",
+            Refusal::TlsHandshake => "tls_handshake",
         }
     }
 
@@ -226,6 +245,14 @@ impl Admission {
             Refusal::ProxyHeader => warn!(
                 "conn from {peer}: {detail}: closing it; {refused} closed so far for their \
                  PROXY header"
+            ),
+            Refusal::TlsTimeout
+            | Refusal::TlsPlaintext
+            | Refusal::TlsClientCertificate
+            | Refusal::TlsHandshake => warn!(
+                "conn from {peer}: {detail}: closing it; {refused} closed so far for this \
+                 reason ({})",
+                why.name()
             ),
         }
     }

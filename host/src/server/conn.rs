@@ -3,7 +3,7 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{Level, warn};
 
@@ -12,7 +12,10 @@ use crate::server::admission::{Refusal, Slot};
 use crate::server::listener::{Listener, stop_reason};
 use crate::server::proxy::{self, Origin, Relayed};
 use crate::server::registry::Pinned;
+use crate::server::settings::ListenerSettings;
+use crate::server::tls::HandshakeError;
 use crate::watchdog::Expiry;
+use crate::wire::Wire;
 
 /// One accepted client and everything it holds until it closes.
 pub struct Conn {
@@ -47,6 +50,8 @@ impl Conn {
             mut slot,
             listener,
         } = self;
+        // The PROXY header and the TLS handshake share one deadline.
+        let accepted = Instant::now();
         let settings = version.settings();
         let rules = &settings.rules;
         // Accepted sockets inherit non-blocking mode from the listener on some
@@ -60,7 +65,7 @@ impl Conn {
         let admission = listener.admission();
         let (peer, tls) = match &rules.proxy {
             None => (socket_peer, None),
-            Some(_) => match proxy::read_header(&stream, proxy::HEADER_TIMEOUT) {
+            Some(_) => match proxy::read_header(&stream, header_timeout(settings)) {
                 Ok(Relayed { origin, tls }) => match origin {
                     Origin::Client(client) => (client, tls),
                     Origin::Balancer => (socket_peer, tls),
@@ -74,6 +79,20 @@ impl Conn {
         if let Err(why) = slot.claim(peer.ip(), per_ip) {
             return admission.refuse(why, peer, &per_ip.unwrap_or_default().to_string());
         }
+        // The handshake runs here, on the connection's own thread, and a
+        // client that never finishes it holds its slot until the deadline.
+        let (wire, tls) = match &settings.tls {
+            None => (Wire::plain(Arc::new(stream)), tls),
+            Some(config) => {
+                let deadline = accepted + config.handshake_timeout();
+                match config.handshake(&stream, deadline) {
+                    // What this listener's handshake established is what
+                    // the client sees, whatever a balancer said.
+                    Ok((session, info)) => (Wire::tls(Arc::new(stream), session), Some(info)),
+                    Err(e) => return admission.refuse(refusal(&e), peer, &e.to_string()),
+                }
+            }
+        };
         let registry = listener.registry();
         // Every log line of the connection names it, its client (and the
         // balancer it came through), its listener and its version.
@@ -87,7 +106,7 @@ impl Conn {
         let log = |level, message: std::fmt::Arguments<'_>| fields.log(level, message);
         // Replies are usually one small write each: do not hold them back waiting
         // for an ACK that delayed-ACK on the client holds back in turn.
-        if let Err(e) = stream.set_nodelay(true) {
+        if let Err(e) = wire.socket().set_nodelay(true) {
             log(
                 Level::Warn,
                 format_args!("cannot set TCP_NODELAY ({e}); replies may be delayed"),
@@ -99,16 +118,16 @@ impl Conn {
         }
         let started = Instant::now();
         // Shared with the watchdog, which shuts it down when time is up.
-        let stream = Arc::new(stream);
         let watch = listener.watchdog().watch(
-            &stream,
+            wire.socket(),
             rules.idle_timeout,
             rules.max_connection_time,
             version.drain(),
         );
         let traffic = listener.metrics().traffic();
         let rooms = Arc::clone(listener.rooms());
-        let conn = Connection::new(id, peer, stream, Some(watch), traffic, rooms).with_tls(tls);
+        let conn =
+            Connection::new(id, peer, Arc::new(wire), Some(watch), traffic, rooms).with_tls(tls);
         let Served {
             outcome,
             instantiated_in,
@@ -162,6 +181,25 @@ impl Conn {
                 registry.record_fault(&version);
             }
         }
+    }
+}
+
+/// How long a PROXY header may take: its own limit, and on a TLS listener
+/// no longer than the handshake, which must finish within the same time.
+fn header_timeout(settings: &ListenerSettings) -> Duration {
+    match &settings.tls {
+        None => proxy::HEADER_TIMEOUT,
+        Some(tls) => proxy::HEADER_TIMEOUT.min(tls.handshake_timeout()),
+    }
+}
+
+/// What a failed handshake is counted as.
+fn refusal(error: &HandshakeError) -> Refusal {
+    match error {
+        HandshakeError::Timeout => Refusal::TlsTimeout,
+        HandshakeError::Plaintext => Refusal::TlsPlaintext,
+        e if e.is_client_certificate() => Refusal::TlsClientCertificate,
+        _ => Refusal::TlsHandshake,
     }
 }
 

@@ -255,7 +255,9 @@ impl Collector for ProcessCollector {
         family(
             &mut encoder,
             "connections_refused",
-            "Clients closed as soon as accepted, by reason: full, per_ip, no_thread.",
+            "Clients closed before their handler ran, by reason: full, per_ip, no_thread, \
+             untrusted, proxy_header, tls_timeout, tls_plaintext, tls_client_certificate, \
+             tls_handshake.",
             Counter,
             listeners
                 .iter()
@@ -268,6 +270,28 @@ impl Collector for ProcessCollector {
                         )
                     })
                 }),
+        )?;
+        // The certificates new connections are served with now.
+        let tls: Vec<_> = listeners
+            .iter()
+            .map(|l| l.registry().settings().tls.clone())
+            .collect();
+        family(
+            &mut encoder,
+            "tls_certificate_expiry_timestamp_seconds",
+            "When each certificate a TLS listener serves expires (its not-after), in seconds \
+             since the Unix epoch, by listener and certificate file.",
+            Gauge,
+            listeners.iter().zip(&tls).flat_map(|(listener, tls)| {
+                let expiries = tls.iter().flat_map(|tls| tls.expiries());
+                expiries.map(|(file, at)| {
+                    let labels = vec![
+                        ("listener", listener.name()),
+                        ("certificate", file.as_str()),
+                    ];
+                    (labels, (*at).max(0) as u64)
+                })
+            }),
         )?;
         let versions: Vec<_> = listeners.iter().map(|s| s.registry().versions()).collect();
         let failures: Vec<Vec<_>> = versions

@@ -43,6 +43,6 @@ pub use run::{AdminConfig, Config, Control, ListenerConfig, Server, Takeover};
 pub use settings::{DEFAULT_IDLE_TIMEOUT, ListenerSettings, Policy, Rules};
 pub use stats::ListenerMetrics;
 pub use tls::{
-    CertFiles, Certificates, ClientAuth, DEFAULT_HANDSHAKE_TIMEOUT, EXPIRY_WARNING, SniCert,
-    TlsConfig, TlsSettings, provider as tls_provider,
+    CertFiles, Certificates, ClientAuth, DEFAULT_HANDSHAKE_TIMEOUT, EXPIRY_WARNING, HandshakeError,
+    SniCert, Tls, TlsSettings, provider as tls_provider,
 };

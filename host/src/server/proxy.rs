@@ -407,7 +407,7 @@ fn tls_info(header: &v2::Header<'_>) -> Result<Option<TlsInfo>, String> {
 /// characters and bytes that are not UTF-8 as `\XX` (hex), so that a
 /// certificate's CN can neither add attributes to the subject nor lines to
 /// the log.
-fn dn_value(value: &[u8]) -> String {
+pub(crate) fn dn_value(value: &[u8]) -> String {
     let mut out = String::with_capacity(value.len());
     let last = value.len().saturating_sub(1);
     let mut at = 0;

@@ -1,5 +1,5 @@
 //! Reloading: on SIGHUP, and with `--watch` whenever a listener's handler
-//! file changes.
+//! file or one of its TLS files changes.
 //!
 //! Every reload goes through one thread, so reloads never overlap and never
 //! run on the accept path. What a reload does is the caller's: swap a
@@ -28,12 +28,15 @@ use crate::sys;
 pub const WATCH_QUIET: Duration = Duration::from_millis(300);
 
 /// Why a reload was asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Trigger {
     /// The operator sent SIGHUP.
     Signal,
     /// `--watch` saw the handler file of the listener with this index change.
     FileChanged(usize),
+    /// `--watch` saw a certificate, key or CA file of the listener with
+    /// this index change.
+    TlsChanged(usize),
 }
 
 /// Asks the reload thread to reload. Cheap to clone.
@@ -42,11 +45,12 @@ pub struct Reloader(Sender<Trigger>);
 
 impl Reloader {
     /// Starts the reload thread: `on_signal` runs for each SIGHUP, and
-    /// `on_change` with a listener's index once its watched file has been
-    /// quiet for [`WATCH_QUIET`].
+    /// `on_change` with what changed ([`Trigger::FileChanged`] or
+    /// [`Trigger::TlsChanged`]) once the watched files have been quiet for
+    /// [`WATCH_QUIET`].
     pub fn spawn(
         mut on_signal: impl FnMut() + Send + 'static,
-        mut on_change: impl FnMut(usize) + Send + 'static,
+        mut on_change: impl FnMut(Trigger) + Send + 'static,
     ) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
@@ -66,20 +70,19 @@ impl Reloader {
         let _ = self.0.send(trigger);
     }
 
-    /// Watches `path`, the handler file of the listener with `index`, and
-    /// requests a reload whenever it changes. The watch lasts as long as the
-    /// returned watcher is kept.
-    pub fn watch(&self, index: usize, path: &Path) -> Result<RecommendedWatcher> {
+    /// Watches `path` and requests `trigger` whenever it changes. The watch
+    /// lasts as long as the returned watcher is kept.
+    pub fn watch(&self, trigger: Trigger, path: &Path) -> Result<RecommendedWatcher> {
         // Watch the directory, not the file: builds and editors replace the
         // file (a new inode), which a watch on the old one would not see.
         let path = std::path::absolute(path)?;
         let dir = path
             .parent()
-            .context("the handler path has no directory")?
+            .with_context(|| format!("{} has no directory", path.display()))?
             .to_path_buf();
         let name = path
             .file_name()
-            .context("the handler path has no file name")?
+            .with_context(|| format!("{} has no file name", path.display()))?
             .to_owned();
         let reloader = self.clone();
         let mut watcher =
@@ -91,12 +94,12 @@ impl Reloader {
                             changed == Some(&name) || changed == Some(OsStr::new(KUBERNETES_DATA))
                         }) =>
                 {
-                    reloader.request(Trigger::FileChanged(index));
+                    reloader.request(trigger);
                 }
                 Ok(_) => {}
                 Err(e) => warn!("--watch: {e}"),
             })
-            .context("cannot watch the handler file")?;
+            .with_context(|| format!("cannot watch {}", path.display()))?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .with_context(|| format!("cannot watch {}", dir.display()))?;
@@ -124,20 +127,21 @@ fn changes_content(kind: &EventKind) -> bool {
 fn reload_on_request(
     requests: &Receiver<Trigger>,
     on_signal: &mut dyn FnMut(),
-    on_change: &mut dyn FnMut(usize),
+    on_change: &mut dyn FnMut(Trigger),
 ) {
     while let Ok(trigger) = requests.recv() {
         let mut signalled = trigger == Trigger::Signal;
         let mut changed = BTreeSet::new();
-        if let Trigger::FileChanged(index) = trigger {
-            changed.insert(index);
+        if trigger != Trigger::Signal {
+            changed.insert(trigger);
             // Wait for the writers to finish; whatever else comes meanwhile
-            // is folded in.
+            // is folded in: a certificate and its key, renewed together,
+            // are one reload.
             loop {
                 match requests.recv_timeout(WATCH_QUIET) {
                     Ok(Trigger::Signal) => signalled = true,
-                    Ok(Trigger::FileChanged(index)) => {
-                        changed.insert(index);
+                    Ok(trigger) => {
+                        changed.insert(trigger);
                     }
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => return,

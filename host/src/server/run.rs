@@ -26,6 +26,7 @@ use crate::server::notify::notify;
 use crate::server::registry::{Component, Registry, Setup, Swapped};
 use crate::server::reload::reload_handler;
 use crate::server::settings::ListenerSettings;
+use crate::server::tls::{Tls, TlsSettings};
 use crate::server::upgrade::{Continuity, Invocation, Upgrader, Upgrading};
 use crate::sys;
 
@@ -69,8 +70,45 @@ pub struct ListenerConfig {
     pub handler: PathBuf,
     /// Reload the handler whenever its file changes.
     pub watch: bool,
-    /// What its connections run under.
+    /// What its connections run under; `tls` there is filled from the
+    /// field below by [`ListenerConfig::load_settings`].
     pub settings: ListenerSettings,
+    /// Its TLS certificates and choices, if it speaks TLS (`--tls-cert`).
+    pub tls: Option<TlsSettings>,
+}
+
+impl ListenerConfig {
+    /// Its settings with the TLS certificates, keys and CAs read and
+    /// checked now: what a start or a reload installs. A bad file is an
+    /// error naming it; warnings (a certificate expiring soon) are logged.
+    pub fn load_settings(&self) -> Result<ListenerSettings> {
+        let mut settings = self.settings.clone();
+        settings.tls = match &self.tls {
+            None => None,
+            Some(tls) => {
+                let (tls, warnings) = Tls::load(tls).map_err(anyhow::Error::msg)?;
+                for warning in warnings {
+                    warn!("listener {}: {warning}", self.name);
+                }
+                Some(Arc::new(tls))
+            }
+        };
+        Ok(settings)
+    }
+
+    /// The files its TLS is read from, for `--watch`.
+    pub fn tls_files(&self) -> Vec<PathBuf> {
+        let Some(tls) = &self.tls else {
+            return Vec::new();
+        };
+        let mut files = vec![tls.default.cert.clone(), tls.default.key.clone()];
+        for entry in &tls.sni {
+            files.push(entry.files.cert.clone());
+            files.push(entry.files.key.clone());
+        }
+        files.extend(tls.client_ca.clone());
+        files
+    }
 }
 
 /// The admin API of a [`Config`].
@@ -232,7 +270,7 @@ impl Server {
             let setup = Setup {
                 name: listener.name.clone(),
                 runtime: Arc::clone(&runtime),
-                settings: listener.settings.clone(),
+                settings: listener.load_settings().map_err(named)?,
                 capacity: Some(Arc::clone(&capacity)),
             };
             let registry = match handed {
@@ -491,11 +529,40 @@ impl Control {
         );
     }
 
-    /// Reloads every listener's handler from its file: what SIGHUP does
-    /// without a config file.
-    pub fn reload_handlers(&self, why: &str) {
+    /// Reloads every listener's TLS files, then its handler from its file:
+    /// what SIGHUP does without a config file.
+    pub fn reload(&self, why: &str) {
         for index in 0..self.listeners.len() {
+            self.reload_tls(index, why);
             self.reload_handler(index, why);
+        }
+    }
+
+    /// Re-reads listener `index`'s certificates, keys and CAs and, if all
+    /// of them load and check, serves new connections with them; open
+    /// connections keep their sessions. Otherwise nothing changes and one
+    /// warning says why, naming the file: the old ones keep serving.
+    pub fn reload_tls(&self, index: usize, why: &str) {
+        let config = sys::lock(&self.config).listeners[index].clone();
+        if config.tls.is_none() {
+            return;
+        }
+        let why = self.why(index, why);
+        let registry = self.listeners[index].registry();
+        // The settings serving now, with only the certificates read again.
+        let mut settings = (*registry.settings()).clone();
+        let loaded = config.load_settings().and_then(|loaded| {
+            settings.tls = loaded.tls;
+            registry.stage(settings, None)
+        });
+        match loaded {
+            Ok(staged) => {
+                staged.commit();
+                info!("{why}: TLS certificates re-read; new connections get them");
+            }
+            Err(e) => {
+                warn!("{why}: TLS certificates not reloaded, the old ones keep serving: {e:#}")
+            }
         }
     }
 
@@ -538,9 +605,12 @@ impl Control {
                 source: config.handler.display().to_string(),
                 bytes: bytes.into(),
             };
+            let settings = config
+                .load_settings()
+                .with_context(|| format!("listener {name}"))?;
             let next = listener
                 .registry()
-                .stage(config.settings.clone(), Some(component))
+                .stage(settings, Some(component))
                 .with_context(|| format!("listener {name}"))?;
             staged.push(next);
         }

@@ -7,11 +7,13 @@
 //! (see `registry`): a connection never runs one generation's handler under
 //! another generation's settings.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::runtime::{DEFAULT_MAX_CONNECTIONS, DEFAULT_ROOM_BACKLOG, Profile};
 use crate::server::admission::WhenFull;
 use crate::server::proxy::Proxy;
+use crate::server::tls::Tls;
 
 /// Longest a `read` or `write` waits for the client, by default. Long enough
 /// for a person typing into `nc`, short enough that silent clients do not
@@ -28,6 +30,12 @@ pub struct ListenerSettings {
     pub rules: Rules,
     /// What swaps must respect.
     pub policy: Policy,
+    /// TLS on the listener, certificates loaded: `None` speaks plaintext.
+    /// Loaded from its [`TlsSettings`](crate::server::TlsSettings) by
+    /// [`ListenerConfig::load_settings`](crate::server::ListenerConfig::load_settings),
+    /// at start and at each reload, so every generation serves the files
+    /// as they were when it was made.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// How one listener treats its clients. All but `max_connections` may change

@@ -1,12 +1,9 @@
-//! Native TLS on a listener (issue 23), the configuration half: what the
-//! operator asks for ([`TlsSettings`]), the certificates and keys read from
-//! PEM files and checked ([`Certificates`]), the rustls `ServerConfig` made
-//! of them (certificates chosen by SNI, client certificates verified, ALPN),
-//! and [`TlsConfig`], which holds the current one and replaces it whole on
-//! a reload.
-//!
-//! Not yet used by the accept path: no option sets it and no connection is
-//! wrapped in TLS; wiring it in is a separate change.
+//! Native TLS on a listener (`--tls-cert`): what the operator asks for
+//! ([`TlsSettings`]), the certificates and keys read from PEM files and
+//! checked ([`Certificates`]), the rustls `ServerConfig` made of them
+//! (certificates chosen by SNI, client certificates verified, ALPN), held
+//! in one settings generation as [`Tls`], and the handshake each
+//! connection's thread runs ([`Tls::handshake`]) before its handler.
 //!
 //! Everything is read and checked before anything is installed, so a bad
 //! file on a reload leaves the old certificates serving and yields one error
@@ -15,20 +12,31 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{Error as TlsError, InconsistentKeys, RootCertStore, ServerConfig};
+use rustls::{
+    Error as TlsError, InconsistentKeys, ProtocolVersion, RootCertStore, ServerConfig,
+    ServerConnection,
+};
 use rustls_pki_types::pem::{Error as PemError, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
+use x509_parser::objects::{oid_registry, oid2abbrev};
+
+use crate::runtime::TlsInfo;
+use crate::server::proxy::dn_value;
+use crate::sys;
+use crate::wire::Now;
 
 /// Longest a client may take to complete the TLS handshake, by default
 /// (`--tls-handshake-timeout`). A real client needs a few round trips; ten
@@ -249,7 +257,8 @@ impl Certificates {
     /// The rustls configuration serving these certificates: chosen by SNI,
     /// client certificates verified as `client_auth` says, ALPN offered,
     /// TLS 1.2 and 1.3 only, session resumption as rustls does by default
-    /// (an in-memory cache and stateless tickets).
+    /// (an in-memory cache of 256 sessions, which TLS 1.3 tickets name). A
+    /// reload starts a new cache: clients resume no session across it.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, String> {
         let verifier = self.client_verifier()?;
         // TLS 1.2 stays for older clients; rustls has nothing older.
@@ -281,77 +290,310 @@ impl Certificates {
     }
 }
 
-/// A listener's TLS as it serves: the `ServerConfig` new connections get,
-/// replaced whole by [`TlsConfig::reload`] (SIGHUP) while connections
-/// already accepted keep the one they started with.
+/// A listener's TLS as loaded: what new connections are served with, in
+/// one generation of the listener's settings. A reload (SIGHUP, `--watch`)
+/// loads a new one whole and installs it with the next generation, so
+/// connections already accepted keep the one they started with.
 #[derive(Debug)]
-pub struct TlsConfig {
-    /// One generation: the config and the expiries of the certificates in
-    /// it, installed together so the metric never describes certificates
-    /// that are not the ones served.
-    current: ArcSwap<Generation>,
-}
-
-/// What one load built, swapped in as one value.
-#[derive(Debug)]
-struct Generation {
+pub struct Tls {
+    settings: TlsSettings,
+    /// What clients are served with.
     server: Arc<ServerConfig>,
+    /// The same without ALPN, for a client that offers only protocols this
+    /// listener does not speak: it is served, with no protocol agreed, and
+    /// its handler decides, rather than being cut off by a fatal alert.
+    without_alpn: Arc<ServerConfig>,
+    /// Each certificate file and its not-after, for the expiry metric.
     expiries: Vec<(String, i64)>,
-    handshake_timeout: Duration,
 }
 
-impl Generation {
-    /// Reads, checks and builds everything `settings` names, without
-    /// installing it.
-    fn build(settings: &TlsSettings) -> Result<(Generation, Vec<String>), String> {
+impl Tls {
+    /// Reads, checks and builds everything `settings` names; the warnings
+    /// (a certificate expiring soon, a client CA not used) are the caller's
+    /// to log. The error names the file at fault.
+    pub fn load(settings: &TlsSettings) -> Result<(Tls, Vec<String>), String> {
         let certificates = Certificates::load(settings)?;
         let server = certificates.server_config()?;
-        let generation = Generation {
+        let mut without_alpn = (*server).clone();
+        without_alpn.alpn_protocols.clear();
+        let tls = Tls {
+            settings: settings.clone(),
             server,
+            without_alpn: Arc::new(without_alpn),
             expiries: certificates.expiries,
-            handshake_timeout: settings.handshake_timeout,
         };
-        Ok((generation, certificates.warnings))
-    }
-}
-
-impl TlsConfig {
-    /// Loads `settings`; the warnings are the caller's to log.
-    pub fn new(settings: &TlsSettings) -> Result<(TlsConfig, Vec<String>), String> {
-        let (generation, warnings) = Generation::build(settings)?;
-        let config = TlsConfig {
-            current: ArcSwap::from_pointee(generation),
-        };
-        Ok((config, warnings))
+        Ok((tls, certificates.warnings))
     }
 
-    /// Re-reads every certificate, key and CA `settings` names and, only if
-    /// all of them load and check, serves them to new connections. On an
-    /// error nothing changes: the old certificates keep serving. Returns the
-    /// warnings for the caller to log.
-    pub fn reload(&self, settings: &TlsSettings) -> Result<Vec<String>, String> {
-        let (generation, warnings) = Generation::build(settings)?;
-        self.current.store(Arc::new(generation));
-        Ok(warnings)
+    /// What it was loaded from.
+    pub fn settings(&self) -> &TlsSettings {
+        &self.settings
     }
 
-    /// The configuration a new connection should use. Load it once per
-    /// connection and keep it: a reload meanwhile affects later connections.
-    pub fn current(&self) -> Arc<ServerConfig> {
-        Arc::clone(&self.current.load().server)
+    /// Each certificate file served and when its certificate expires
+    /// (not-after, in seconds since the Unix epoch), for the expiry metric.
+    pub fn expiries(&self) -> &[(String, i64)] {
+        &self.expiries
     }
 
     /// Longest a client may take to complete the handshake.
     pub fn handshake_timeout(&self) -> Duration {
-        self.current.load().handshake_timeout
+        self.settings.handshake_timeout
     }
 
-    /// Each certificate file being served and when its certificate expires
-    /// (not-after, in seconds since the Unix epoch), for the expiry metric.
-    pub fn expiries(&self) -> Vec<(String, i64)> {
-        self.current.load().expiries.clone()
+    /// The configuration for a client that offers the ALPN protocols
+    /// `offered` (`None`: it uses no ALPN).
+    fn config_for<'a>(&self, offered: Option<impl Iterator<Item = &'a [u8]>>) -> Arc<ServerConfig> {
+        let ours = &self.server.alpn_protocols;
+        let shared = match offered {
+            None => true,
+            Some(mut offered) => ours.is_empty() || offered.any(|p| ours.iter().any(|o| o == p)),
+        };
+        Arc::clone(if shared {
+            &self.server
+        } else {
+            &self.without_alpn
+        })
+    }
+
+    /// Runs the server's side of the handshake on `stream` (blocking, as
+    /// accepted), giving up at `deadline`, and returns the session and what
+    /// it established. Called on the connection's own thread, after its
+    /// PROXY header if any. A failure has sent the client its alert when
+    /// there was one to send.
+    pub fn handshake(
+        &self,
+        stream: &TcpStream,
+        deadline: Instant,
+    ) -> Result<(ServerConnection, TlsInfo), HandshakeError> {
+        let fd = stream.as_fd();
+        // A TLS client speaks first, with a handshake record (type 22);
+        // anything else is a plaintext client on the wrong port.
+        wait(fd, libc::POLLIN, deadline)?;
+        match sys::peek_byte(fd) {
+            Ok(Some(HANDSHAKE_RECORD)) => {}
+            Ok(Some(_)) => {
+                // Closed with what it sent unread, the socket would reset:
+                // read it first, so the client sees a plain end of stream.
+                let mut waiting = [0; 4096];
+                for _ in 0..16 {
+                    if !matches!(sys::recv_now(fd, &mut waiting), Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+                return Err(HandshakeError::Plaintext);
+            }
+            Ok(None) => return Err(HandshakeError::Closed),
+            Err(e) => return Err(HandshakeError::Io(e)),
+        }
+        let mut acceptor = Acceptor::default();
+        let accepted = loop {
+            match acceptor.read_tls(&mut Now(fd)) {
+                Ok(0) => return Err(HandshakeError::Closed),
+                Ok(_) => {}
+                Err(e) if would_wait(&e) => {}
+                Err(e) => return Err(HandshakeError::Io(e)),
+            }
+            match acceptor.accept() {
+                Ok(Some(accepted)) => break accepted,
+                Ok(None) => wait(fd, libc::POLLIN, deadline)?,
+                Err((error, mut alert)) => {
+                    let _ = alert.write(&mut Now(fd));
+                    return Err(HandshakeError::Tls(error));
+                }
+            }
+        };
+        let config = self.config_for(accepted.client_hello().alpn());
+        let mut session = match accepted.into_connection(config) {
+            Ok(session) => session,
+            Err((error, mut alert)) => {
+                let _ = alert.write(&mut Now(fd));
+                return Err(HandshakeError::Tls(error));
+            }
+        };
+        loop {
+            while session.wants_write() {
+                match session.write_tls(&mut Now(fd)) {
+                    Ok(_) => {}
+                    Err(e) if would_wait(&e) => wait(fd, libc::POLLOUT, deadline)?,
+                    Err(e) => return Err(HandshakeError::Io(e)),
+                }
+            }
+            if !session.is_handshaking() {
+                break;
+            }
+            wait(fd, libc::POLLIN, deadline)?;
+            match session.read_tls(&mut Now(fd)) {
+                Ok(0) => return Err(HandshakeError::Closed),
+                Ok(_) => {}
+                Err(e) if would_wait(&e) => continue,
+                Err(e) => return Err(HandshakeError::Io(e)),
+            }
+            if let Err(error) = session.process_new_packets() {
+                // The alert that says why, if the socket takes it now.
+                while session.wants_write() && session.write_tls(&mut Now(fd)).is_ok() {}
+                return Err(HandshakeError::Tls(error));
+            }
+        }
+        let info = info(&session);
+        Ok((session, info))
     }
 }
+
+/// The first byte of a TLS handshake record.
+const HANDSHAKE_RECORD: u8 = 22;
+
+/// Why a TLS handshake did not complete.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// Not complete by the deadline: a client that says nothing, or too
+    /// slowly.
+    Timeout,
+    /// The client's first bytes are not TLS: a plaintext client.
+    Plaintext,
+    /// The client closed the connection during the handshake.
+    Closed,
+    /// TLS refused the client, or the client refused us.
+    Tls(TlsError),
+    /// The socket failed.
+    Io(io::Error),
+}
+
+impl HandshakeError {
+    /// Whether the client's certificate is what failed: none was sent when
+    /// one is required, or it does not chain to the client CA.
+    pub fn is_client_certificate(&self) -> bool {
+        matches!(
+            self,
+            HandshakeError::Tls(
+                TlsError::NoCertificatesPresented | TlsError::InvalidCertificate(_)
+            )
+        )
+    }
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeError::Timeout => write!(f, "TLS handshake not done in time"),
+            HandshakeError::Plaintext => {
+                write!(f, "the client spoke plaintext to a TLS listener")
+            }
+            HandshakeError::Closed => write!(f, "the client closed during the TLS handshake"),
+            HandshakeError::Tls(TlsError::NoCertificatesPresented) => {
+                write!(
+                    f,
+                    "TLS: the client sent no certificate, and one is required"
+                )
+            }
+            HandshakeError::Tls(TlsError::InvalidCertificate(e)) => {
+                write!(f, "TLS: the client's certificate is refused: {e}")
+            }
+            HandshakeError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
+            HandshakeError::Io(e) => write!(f, "TLS handshake failed: {e}"),
+        }
+    }
+}
+
+/// Whether `e` only means "not now".
+fn would_wait(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// Waits for `events` on `fd` until `deadline`.
+fn wait(
+    fd: BorrowedFd<'_>,
+    events: libc::c_short,
+    deadline: Instant,
+) -> Result<(), HandshakeError> {
+    let mut fds = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    }];
+    let left = deadline.saturating_duration_since(Instant::now());
+    match sys::poll(&mut fds, Some(left)) {
+        Ok(0) => Err(HandshakeError::Timeout),
+        Ok(_) => Ok(()),
+        Err(e) => Err(HandshakeError::Io(e)),
+    }
+}
+
+/// What the handshake of `session` established, as a handler sees it.
+fn info(session: &ServerConnection) -> TlsInfo {
+    let version = match session.protocol_version() {
+        Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    };
+    let cipher = session
+        .negotiated_cipher_suite()
+        .map(|suite| format!("{:?}", suite.suite()))
+        .unwrap_or_default();
+    let certificates: Vec<Vec<u8>> = session
+        .peer_certificates()
+        .unwrap_or_default()
+        .iter()
+        .map(|cert| cert.to_vec())
+        .collect();
+    // rustls only completes a handshake whose client certificate the
+    // verifier accepted: a certificate here is a verified one.
+    let peer_subject = certificates.first().and_then(|leaf| subject(leaf));
+    TlsInfo {
+        version,
+        cipher,
+        server_name: session.server_name().map(str::to_string),
+        alpn: session
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+        peer_certificates: certificates,
+        peer_subject,
+    }
+}
+
+/// The subject of the certificate `der`, as RFC 4514 writes it: the last
+/// RDN first, `,` between RDNs, `+` within one, short names for the usual
+/// attributes and the dotted OID for others, values escaped (`\,`), and
+/// values that are not strings as `#` and their DER in hex.
+fn subject(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let rdns: Vec<String> = cert
+        .subject()
+        .iter_rdn()
+        .map(|rdn| {
+            let attributes: Vec<String> = rdn
+                .iter()
+                .map(|attribute| {
+                    let oid = attribute.attr_type();
+                    let name = match oid2abbrev(oid, oid_registry()) {
+                        Ok(name) if RFC4514_NAMES.contains(&name) => name.to_string(),
+                        _ => oid.to_id_string(),
+                    };
+                    let value = match attribute.as_str() {
+                        Ok(text) => dn_value(text.as_bytes()),
+                        Err(_) => {
+                            let der = attribute.attr_value().as_bytes();
+                            let hex: String = der.iter().map(|b| format!("{b:02x}")).collect();
+                            format!("#{hex}")
+                        }
+                    };
+                    format!("{name}={value}")
+                })
+                .collect();
+            attributes.join("+")
+        })
+        .collect();
+    let rdns: Vec<String> = rdns.into_iter().rev().collect();
+    Some(rdns.join(","))
+}
+
+/// The attribute names RFC 4514 (section 3) lets a string use; others are
+/// written as dotted OIDs.
+const RFC4514_NAMES: [&str; 9] = ["CN", "L", "ST", "O", "OU", "C", "STREET", "DC", "UID"];
 
 /// The cryptography TLS runs on: *ring*, because it builds with the C
 /// compiler alone, where rustls's default (aws-lc) needs more of the
@@ -853,25 +1095,24 @@ mod tests {
     }
 
     #[test]
-    fn a_reload_with_a_bad_file_keeps_the_old_config() {
+    fn a_bad_file_fails_the_load_naming_it() {
         let ca = Ca::new();
         let site = ca.server("site", &["localhost"]);
-        let (tls, warnings) = TlsConfig::new(&settings(site.clone())).unwrap();
+        let (tls, warnings) = Tls::load(&settings(site.clone())).unwrap();
         assert!(warnings.is_empty());
-        let before = tls.current();
-        let expiries = tls.expiries();
-
+        assert!(tls.expiries()[0].0.ends_with("site.crt"));
         std::fs::write(&site.key, "-----BEGIN PRIVATE KEY-----\ngarbage\n").unwrap();
-        let err = tls.reload(&settings(site.clone())).unwrap_err();
+        let err = Tls::load(&settings(site)).unwrap_err();
         assert!(err.contains("site.key"), "{err}");
-        assert!(Arc::ptr_eq(&before, &tls.current()));
-        assert_eq!(tls.expiries(), expiries);
+    }
 
-        // A good file is taken, and what it serves is the new generation.
-        let renewed = ca.server("renewed", &["localhost"]);
-        tls.reload(&settings(renewed)).unwrap();
-        assert!(!Arc::ptr_eq(&before, &tls.current()));
-        assert!(tls.expiries()[0].0.ends_with("renewed.crt"));
+    #[test]
+    fn subjects_are_written_as_rfc_4514_says() {
+        let ca = Ca::new();
+        let device = ca.issue("device", &["device.test"], VALID, true);
+        let der = leaf(&device);
+        let subject = subject(&der).unwrap();
+        assert!(subject.starts_with("CN="), "{subject}");
     }
 
     /// Runs a handshake between two in-memory connections, passing bytes
@@ -956,8 +1197,8 @@ mod tests {
             sni("*.example.com", wild.clone()),
         ];
         settings.alpn = vec!["h2".into(), "hotsock/1".into()];
-        let (tls, _) = TlsConfig::new(&settings).unwrap();
-        let server = tls.current();
+        let (tls, _) = Tls::load(&settings).unwrap();
+        let server = Arc::clone(&tls.server);
 
         let conn = connect(
             &server,
@@ -980,10 +1221,16 @@ mod tests {
         assert_eq!(conn.alpn_protocol(), Some(&b"h2"[..]));
 
         // A client offering only protocols the server does not speak is
-        // refused, as RFC 7301 asks.
-        let refused =
-            connect(&server, client(&ca, &["smtp"], None), "api.example.com").unwrap_err();
-        assert_eq!(refused, TlsError::NoApplicationProtocol);
+        // served without ALPN, not cut off (RFC 7301 would refuse it).
+        let offered = [&b"smtp"[..]];
+        let config = tls.config_for(Some(offered.into_iter()));
+        let conn = connect(&config, client(&ca, &["smtp"], None), "api.example.com").unwrap();
+        assert_eq!(conn.alpn_protocol(), None);
+        let offered = [&b"smtp"[..], &b"h2"[..]];
+        assert!(Arc::ptr_eq(
+            &tls.config_for(Some(offered.into_iter())),
+            &server
+        ));
     }
 
     #[test]
@@ -992,8 +1239,8 @@ mod tests {
         let mut settings = settings(ca.server("site", &["localhost"]));
         settings.client_ca = Some(ca.ca_file());
         settings.client_auth = ClientAuth::Require;
-        let (tls, _) = TlsConfig::new(&settings).unwrap();
-        let server = tls.current();
+        let (tls, _) = Tls::load(&settings).unwrap();
+        let server = Arc::clone(&tls.server);
 
         let refused = connect(&server, client(&ca, &[], None), "localhost").unwrap_err();
         assert_eq!(refused, TlsError::NoCertificatesPresented);
@@ -1014,7 +1261,7 @@ mod tests {
 
         // Optional lets the anonymous client in.
         settings.client_auth = ClientAuth::Optional;
-        tls.reload(&settings).unwrap();
-        connect(&tls.current(), client(&ca, &[], None), "localhost").unwrap();
+        let (tls, _) = Tls::load(&settings).unwrap();
+        connect(&tls.server, client(&ca, &[], None), "localhost").unwrap();
     }
 }

@@ -171,7 +171,7 @@ fn a_client_behind_haproxy_is_seen_with_its_own_address() {
 }
 
 /// Runs `openssl ARGS` in `dir`; fails the test if it fails.
-fn openssl(openssl: &Path, dir: &Path, args: &[&str]) {
+pub fn openssl(openssl: &Path, dir: &Path, args: &[&str]) {
     let out = Command::new(openssl)
         .args(args)
         .current_dir(dir)
@@ -278,7 +278,7 @@ fn whoami_over_tls(
 
 /// Sends `request` through `openssl s_client` to `frontend`, with the
 /// client certificate `cert` if any; the first line answered.
-fn ask_over_tls(
+pub fn ask_over_tls(
     tool: &Path,
     frontend: SocketAddr,
     dir: &Path,

@@ -18,15 +18,15 @@ use crate::util::{
 
 /// One sample of `/metrics`, as Prometheus's parser read it.
 #[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: serde_json::Map<String, Value>,
-    value: f64,
+pub struct Sample {
+    pub name: String,
+    pub labels: serde_json::Map<String, Value>,
+    pub value: f64,
 }
 
 /// `/metrics` of `server`, parsed by `prometheus_client` (which `make setup`
 /// installs into .venv), strictly: a format error fails the test.
-fn metrics(server: &Server) -> Vec<Sample> {
+pub fn metrics(server: &Server) -> Vec<Sample> {
     let endpoint = testkit::http::Endpoint::Tcp(server.metrics());
     let response = request(&endpoint, "GET", "/metrics", &[], b"");
     assert_eq!(response.status, 200);

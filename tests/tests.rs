@@ -33,4 +33,5 @@ mod scale;
 mod shutdown;
 mod state;
 mod swap;
+mod tls;
 mod upgrades;

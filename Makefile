@@ -2,8 +2,9 @@
 #   make run    install what is needed, build, serve the default echo handler on $(ADDR)
 #   make test   install what is needed, build every handler, run every test
 #   make lint   rustfmt check, clippy (warnings are errors) on every crate, and the host's layers
-#   make bench  hotsock against native Rust and Python echo servers, and its
-#               key-value stores against redis-benchmark, on loopback
+#   make bench  hotsock against native Rust and Python echo servers, its
+#               key-value stores against redis-benchmark, and its TLS against
+#               plaintext and HAProxy terminating TLS, on loopback
 #   make soak   10,000 idle connections on each of the three, with memory and mappings
 #   make fleet  three hotsock processes behind HAProxy (deploy/fleet.sh)
 #   make bench-fleet  one hotsock process, two sharing a port, three behind HAProxy;
@@ -38,9 +39,10 @@ PYYAML_VERSION            := 6.0.3
 PYYAML_STAMP              := $(VENV)/.pyyaml-$(PYYAML_VERSION)
 
 # Debian packages the tests run as real components, as COMMAND:PACKAGE:
-# HAProxy in front of a fleet, openssl to make the certificates of HAProxy
-# terminating TLS, systemd's socket activator and unit checker,
-# and curl, which the docs' admin API and metrics examples use (tests/docs.rs).
+# HAProxy in front of a fleet (and terminating TLS in `make bench`), openssl
+# to make test certificates (for the TLS tests and the docs' TLS example),
+# systemd's socket activator and unit checker, and curl, which the docs'
+# admin API and metrics examples use (tests/docs.rs).
 SYSTEM_PACKAGES := haproxy:haproxy openssl:openssl systemd-socket-activate:systemd systemd-analyze:systemd redis-server:redis-server curl:curl
 
 # `make bench` plots the hot swap with matplotlib, in the same .venv.
@@ -117,7 +119,9 @@ handler-cost: build
 ## hotsock against the same echo server in plain Rust and in Python, on loopback:
 ## round trips, new connections, memory per idle connection, instantiate time,
 ## a hot swap under load; increments/s through each key-value store against
-## redis-benchmark (the kit fixture, Debian's redis-server and redis-tools).
+## redis-benchmark (the kit fixture, Debian's redis-server and redis-tools);
+## new TLS connections and round trips over TLS, hotsock's own against
+## plaintext and against HAProxy terminating TLS (`--tls` runs that alone).
 ## Writes $(BENCH_OUT)/bench.json, swap.csv, swap-latency.png.
 bench: build $(MATPLOTLIB_STAMP)
 	$(CARGO) build --release --target $(WASM_TARGET) -p kit

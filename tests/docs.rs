@@ -22,8 +22,10 @@
 //!   are still checked, and at most half of all console blocks may be norun.
 //! - `toml`: a config file for `hotsock serve --config`. It is written to a
 //!   scratch directory with every `addr` and `metrics` address made
-//!   127.0.0.1:0 and every `handler` the built handler of the same file
-//!   name; `hotsock check --config` must accept it, and `hotsock serve
+//!   127.0.0.1:0, every `handler` the built handler of the same file name,
+//!   and every certificate file (`tls-cert`, `tls-key`, `tls-client-ca`, an
+//!   SNI entry's `cert` and `key`) one made for the test, for the entry's
+//!   `name`; `hotsock check --config` must accept it, and `hotsock serve
 //!   --config` must announce every listener.
 //! - `toml,fails`: a config both must refuse with an `error:`.
 //! - `toml,cargo`: a `Cargo.toml` fragment; it must parse as TOML.
@@ -51,7 +53,7 @@ use std::time::{Duration, Instant};
 use testkit::http::Endpoint;
 use testkit::{Launch, ServerProcess};
 
-use crate::util::{START_TIMEOUT, Server, hotsock, repo_root, system_tool, wasm};
+use crate::util::{START_TIMEOUT, Server, TestCa, hotsock, repo_root, system_tool, wasm};
 
 /// Longest one documented command may run: the slowest is a rolling swap
 /// with `--pause 1s` between two servers.
@@ -710,14 +712,17 @@ impl Servers {
 /// that does not do what the block shows.
 fn run_console(block: &Block) {
     let steps = steps(block);
-    // curl comes from a Debian package, like HAProxy for the fleet tests.
-    let curl = steps.iter().any(|step| {
-        simple_commands(&step.command)
-            .iter()
-            .any(|command| command[0] == "curl")
-    });
-    if curl && system_tool("curl", "curl").is_none() {
-        return;
+    // curl and openssl come from Debian packages, like HAProxy for the
+    // fleet tests.
+    for tool in ["curl", "openssl"] {
+        let used = steps.iter().any(|step| {
+            simple_commands(&step.command)
+                .iter()
+                .any(|command| command[0] == tool)
+        });
+        if used && system_tool(tool, tool).is_none() {
+            return;
+        }
     }
     let scratch = Scratch::new();
     let mut dir = scratch.dir.path().to_path_buf();
@@ -832,15 +837,62 @@ fn every_console_block_runs_as_shown() {
 }
 
 /// A config block made servable here: addresses on 127.0.0.1:0, handlers the
-/// ones built for the tests; and how many listeners it has.
-fn servable(block: &Block) -> (String, usize) {
+/// ones built for the tests, certificate files made in `dir`; and how many
+/// listeners it has.
+fn servable(block: &Block, dir: &Path) -> (String, usize) {
     let mut out = String::new();
     let (mut addrs, mut tables) = (0, 0);
+    let ca = TestCa::new();
+    // The current table's `name`, and the key of the certificate made last,
+    // for the `key` or `tls-key` after it.
+    let (mut name, mut key_file, mut made) = (None, None, 0);
     for line in block.body.lines() {
         let key = line.split('=').next().unwrap_or("").trim();
         let mut line = line.to_string();
         if line.trim() == "[[listener]]" {
             tables += 1;
+        }
+        if line.trim_start().starts_with('[') {
+            name = None;
+        }
+        let value = line.split('"').nth(1).map(str::to_string);
+        let replace = |line: &mut String, file: &Path| {
+            let value = value.as_deref().expect("a file name in quotes");
+            *line = line.replacen(
+                &format!("\"{value}\""),
+                &format!("{:?}", file.display().to_string()),
+                1,
+            );
+        };
+        match key {
+            "name" => name = value.clone(),
+            "tls-cert" | "cert" => {
+                // A listener's `name` is not a server name; an SNI entry's is.
+                let server = match key {
+                    "cert" => name
+                        .clone()
+                        .expect("an SNI entry's `name` before its `cert`"),
+                    _ => "localhost".to_string(),
+                };
+                made += 1;
+                let cert = dir.join(format!("cert-{made}.pem"));
+                let pair = dir.join(format!("key-{made}.pem"));
+                ca.issue(&[&server], &cert, &pair);
+                replace(&mut line, &cert);
+                key_file = Some(pair);
+            }
+            "tls-key" | "key" => {
+                let pair = key_file
+                    .take()
+                    .expect("a `key` or `tls-key` after its certificate");
+                replace(&mut line, &pair);
+            }
+            "tls-client-ca" => {
+                let file = dir.join("client-ca.pem");
+                ca.write_ca(&file);
+                replace(&mut line, &file);
+            }
+            _ => {}
         }
         if key == "addr" || key == "metrics" {
             let quoted: Vec<String> = line
@@ -889,7 +941,7 @@ fn every_config_block_serves_or_fails_as_marked() {
             continue;
         }
         let scratch = tempfile::tempdir().unwrap();
-        let (config, listeners) = servable(block);
+        let (config, listeners) = servable(block, scratch.path());
         let file = scratch.path().join("hotsock.toml");
         std::fs::write(&file, &config).unwrap();
         let path = std::env::var_os("PATH").unwrap_or_default();

@@ -457,6 +457,69 @@ fn haproxy_terminating_tls_passes_on_only_a_verified_client_certificate() {
 }
 
 #[test]
+fn haproxy_passes_tls_through_to_hotsock_processes_that_terminate_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let Some((binary, tool)) = tls_tools(dir) else {
+        return;
+    };
+    let file = |name: &str| dir.join(name).display().to_string();
+    let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
+    let args = [
+        "--proxy-protocol",
+        "--metrics",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &ca,
+        "--tls-client-auth",
+        "optional",
+        "--tls-alpn",
+        "hotsock/1",
+    ];
+    let servers: Vec<Server> = (0..3).map(|_| Server::start_with("kit", &args)).collect();
+    let backends: Vec<_> = servers.iter().map(|s| (s.addr(), s.metrics())).collect();
+    let proxy = Haproxy::start_with(
+        &binary,
+        |frontend| {
+            haproxy::tls_passthrough_config(haproxy::TLS_PASSTHROUGH_SHIPPED, frontend, &backends)
+        },
+        &dir.join("haproxy.cfg"),
+        &dir.join("haproxy.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let tls = |cert| ask_over_tls(&tool, proxy.frontend(), dir, cert, "tls\n");
+    // hotsock did the handshake: the client's certificates reached it
+    // whole (s_client sends its own and the CA it chains to, from -CAfile).
+    let device =
+        tls(Some("device")).unwrap_or_else(|| panic!("no answer; haproxy:\n{}", proxy.log()));
+    assert!(device.starts_with("tls TLSv1.3 TLS13_"), "{device}");
+    assert!(
+        device.contains(" sni=localhost alpn=hotsock/1 certs=")
+            && !device.contains(" certs=0 ")
+            && device.ends_with(" subject=CN=device-42"),
+        "{device}"
+    );
+    let anonymous = tls(None).expect("a client without a certificate is served");
+    assert!(anonymous.ends_with(" certs=0 subject=-"), "{anonymous}");
+    // Another CA's certificate: hotsock refuses it, HAProxy only passed it on.
+    assert_eq!(tls(Some("stranger")), None);
+    // Each came through HAProxy's PROXY v2 header.
+    let through: usize = servers
+        .iter()
+        .map(|s| s.log().matches(" via 127.0.0.1:").count())
+        .sum();
+    assert!(
+        through >= 2,
+        "{}",
+        servers.iter().map(|s| s.log()).collect::<String>()
+    );
+}
+
+#[test]
 fn a_proxy_listener_serves_only_trusted_sources_with_a_header() {
     let server = Server::start_with(
         "probe",

@@ -12,7 +12,8 @@ use libc::{SIGHUP, SIGTERM};
 use serde_json::Value;
 
 use crate::util::{
-    Server, TIMEOUT, ask, connect, echo, error_of, hotsock, is_closed, repo_root, request, wasm,
+    Server, TIMEOUT, TestCa, ask, connect, echo, error_of, hotsock, is_closed, repo_root, request,
+    wasm,
 };
 
 /// One sample of `/metrics`, as Prometheus's parser read it.
@@ -498,6 +499,54 @@ fn check_validates_the_example_config_and_names_a_bad_listener() {
     assert!(
         stderr.contains("`127.0.0.1:notaport` is not an address"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn the_example_configs_tls_listener_checks_once_uncommented() {
+    let example = std::fs::read_to_string(repo_root().join("deploy/hotsock.toml")).unwrap();
+    let start = example
+        .find("# [[listener]]")
+        .expect("deploy/hotsock.toml has a commented TLS listener");
+    let handler = wasm("whoami").display().to_string();
+    let listener: String = example[start..]
+        .lines()
+        .map(|line| line.strip_prefix('#').unwrap_or(line))
+        .map(|line| line.strip_prefix(' ').unwrap_or(line))
+        .map(|line| line.replace("../target/wasm32-wasip2/release/whoami.wasm", &handler))
+        .map(|line| line + "\n")
+        .collect();
+    assert!(listener.contains("tls-cert = "), "{listener}");
+    // Its certificates, where it names them.
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    let ca = TestCa::new();
+    ca.write_ca(&tls.join("ca.pem"));
+    ca.issue(
+        &["localhost"],
+        &tls.join("server.pem"),
+        &tls.join("server.key"),
+    );
+    ca.issue(
+        &["api.example.com"],
+        &tls.join("api.pem"),
+        &tls.join("api.key"),
+    );
+    let path = config(dir.path(), &listener);
+    let output = hotsock()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{listener}\n{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("ok: listener devices on 127.0.0.1:50443"),
+        "{stdout}"
     );
 }
 

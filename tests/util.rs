@@ -545,3 +545,60 @@ pub fn error_of(command: &mut Command) -> String {
 pub fn free_port() -> u16 {
     must(testkit::free_port())
 }
+
+/// A certificate authority made for one test with rcgen (ECDSA P-256, no
+/// openssl needed), which issues server certificates as PEM files: for
+/// config examples that name certificate files.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "hotsock test CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        TestCa {
+            issuer: rcgen::Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    /// Writes the CA's own certificate, as a client CA file, to `path`.
+    pub fn write_ca(&self, path: &Path) {
+        write_creating(path, &self.pem);
+    }
+
+    /// Issues a server certificate for `names` (DNS names, `*.` wildcards or
+    /// IP addresses), in date for 30 days, and writes it to `cert` and its
+    /// key to `key`.
+    pub fn issue(&self, names: &[&str], cert: &Path, key: &Path) {
+        let pair = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().map_or("", String::as_str),
+        );
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(30);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let issued = params.signed_by(&pair, &self.issuer).unwrap();
+        write_creating(cert, &issued.pem());
+        write_creating(key, &pair.serialize_pem());
+    }
+}
+
+/// Writes `text` to `path`, creating its directory first.
+fn write_creating(path: &Path, text: &str) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(path, text).unwrap();
+}

@@ -55,8 +55,9 @@ pub fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 }
 
 /// Sends [`MESSAGE`] and reads until the whole reply is in (TCP may deliver
-/// it in pieces), then checks it is the echo of the message.
-pub fn round_trip(stream: &mut TcpStream) -> io::Result<()> {
+/// it in pieces), then checks it is the echo of the message. Any stream:
+/// a socket, or TLS over one.
+pub fn round_trip(stream: &mut (impl Read + Write)) -> io::Result<()> {
     stream.write_all(MESSAGE)?;
     let mut reply = [0; REPLY_LEN];
     let mut have = 0;
@@ -96,7 +97,7 @@ pub fn connect_once(addr: SocketAddr) -> io::Result<()> {
 
 /// Makes closing `stream` send a reset instead of a FIN (`SO_LINGER` with a
 /// zero timeout); std's `set_linger` is not stable yet.
-fn reset_on_close(stream: &TcpStream) -> io::Result<()> {
+pub fn reset_on_close(stream: &TcpStream) -> io::Result<()> {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -205,11 +206,23 @@ pub fn persistent_with(
     duration: Duration,
     operation: impl Fn(&mut TcpStream) -> io::Result<()> + Send + Sync + 'static,
 ) -> Result<Throughput> {
+    persistent_over(clients, duration, move || connect(addr), operation)
+}
+
+/// Like [`persistent_with`], over any stream `open` makes (TLS over a
+/// socket, say): each client opens its own before the run starts, and a
+/// client whose `open` fails counts one failure and sits the run out.
+pub fn persistent_over<S: 'static>(
+    clients: usize,
+    duration: Duration,
+    open: impl Fn() -> io::Result<S> + Send + Sync + 'static,
+    operation: impl Fn(&mut S) -> io::Result<()> + Send + Sync + 'static,
+) -> Result<Throughput> {
     let tallies = run_clients(
         clients,
         WARMUP,
         duration,
-        move || connect(addr),
+        open,
         move |stream, window| {
             let mut tally = Tally::default();
             let Ok(mut stream) = stream else {
@@ -237,6 +250,16 @@ pub fn persistent_with(
 /// New connections (connect, one round trip, close) from `clients` threads
 /// that each open the next as soon as the last is done.
 pub fn new_connections(addr: SocketAddr, clients: usize, duration: Duration) -> Result<Throughput> {
+    new_connections_with(clients, duration, move || connect_once(addr))
+}
+
+/// Like [`new_connections`], with `once` as a new connection's whole life
+/// (connect, a TLS handshake, one round trip, close, say).
+pub fn new_connections_with(
+    clients: usize,
+    duration: Duration,
+    once: impl Fn() -> io::Result<()> + Send + Sync + 'static,
+) -> Result<Throughput> {
     let tallies = run_clients(
         clients,
         WARMUP,
@@ -246,7 +269,7 @@ pub fn new_connections(addr: SocketAddr, clients: usize, duration: Duration) -> 
             let mut tally = Tally::default();
             while Instant::now() < window.until {
                 let began = Instant::now();
-                match connect_once(addr) {
+                match once() {
                     Ok(()) => tally.record(&window, began),
                     Err(_) => {
                         tally.failed += 1;

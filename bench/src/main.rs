@@ -2,7 +2,8 @@
 //! thread-per-connection echo server in plain Rust (`native-echo`) and in
 //! Python (`socketserver.ThreadingTCPServer`), on loopback, in one run; then
 //! increments per second through each key-value store, against
-//! `redis-benchmark` on the same machine.
+//! `redis-benchmark` on the same machine; then native TLS against plaintext
+//! and against HAProxy terminating TLS.
 //!
 //! # Layout
 //!
@@ -16,6 +17,8 @@
 //! - [`swap`]: the hot swap under load, hotsock only.
 //! - [`keyvalue`]: increments per second through each key-value store,
 //!   against `redis-benchmark -t incr` on the same machine.
+//! - [`tls`]: new TLS connections and round trips over TLS: hotsock's own
+//!   TLS against plaintext, and against HAProxy terminating TLS.
 //! - [`report`]: statistics, the summary rows and their targets, the table.
 //! - [`soak`]: `--soak`: many idle connections held at once.
 //! - [`fleet`]: `--fleet`: one hotsock process, two sharing a port, three
@@ -36,6 +39,7 @@ mod report;
 mod servers;
 mod soak;
 mod swap;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -108,6 +112,16 @@ then, in --rounds rounds of its own:
                      back is checked against the increments acknowledged.
                      Needs redis-server and redis-benchmark (skipped without,
                      unless CI=true)
+then, in --rounds rounds of its own (at most 5):
+  TLS                hotsock in plaintext, hotsock with --tls-cert/--tls-key,
+                     and HAProxy terminating TLS in front of hotsock
+                     --proxy-protocol, started afresh each round: 10
+                     persistent connections' round trips, then 8 clients'
+                     new connections (connect, full handshake, one round
+                     trip, close), in an order that rotates. ECDSA P-256
+                     certificates made at start; a rustls client with
+                     resumption off. HAProxy's column is skipped without it,
+                     unless CI=true
 
 With --soak, per server: open N connections one after the other, each with a
 round trip; once all are open, a round trip on every one again; report the
@@ -123,6 +137,9 @@ ports replaced. Writes OUT/fleet.json.
 
 With --keyvalue, only the key-value scenario: 5 rounds unless --rounds says
 otherwise. Writes OUT/keyvalue.json.
+
+With --tls, only the TLS scenario: 5 rounds unless --rounds says otherwise.
+Writes OUT/tls.json.
 
 Targets are reported with ✓ or ✗; a miss does not fail the run.";
 
@@ -160,6 +177,10 @@ struct Options {
     /// store against redis-benchmark. --rounds defaults to 5
     #[arg(long, conflicts_with_all = ["soak", "fleet"])]
     keyvalue: bool,
+    /// run only the TLS scenario instead: hotsock's own TLS against
+    /// plaintext and against HAProxy terminating TLS. --rounds defaults to 5
+    #[arg(long, conflicts_with_all = ["soak", "fleet", "keyvalue"])]
+    tls: bool,
 }
 
 impl Options {
@@ -183,6 +204,9 @@ impl Options {
         }
         if options.keyvalue && defaulted("rounds") {
             options.rounds = keyvalue::DEFAULT_ROUNDS;
+        }
+        if options.tls && defaulted("rounds") {
+            options.rounds = tls::DEFAULT_ROUNDS;
         }
         Ok(options)
     }
@@ -317,6 +341,9 @@ fn run(options: &Options) -> Result<()> {
     if options.keyvalue {
         return run_keyvalue(options);
     }
+    if options.tls {
+        return run_tls(options);
+    }
     let programs = &options.programs;
     programs.check()?;
     programs.check_kit()?;
@@ -349,6 +376,9 @@ fn run(options: &Options) -> Result<()> {
     )?;
     eprintln!("key-value increments, {} round(s)", options.rounds);
     let keyvalue = keyvalue::run(programs, options.rounds, options.duration, &options.out)?;
+    let tls_rounds = options.rounds.min(tls::DEFAULT_ROUNDS);
+    eprintln!("TLS, {tls_rounds} round(s)");
+    let tls = tls::run(programs, tls_rounds, options.duration, &options.out)?;
 
     let rows = summary(&rounds, &swap);
     let (met, targets) = rows
@@ -358,7 +388,10 @@ fn run(options: &Options) -> Result<()> {
             (met + usize::from(m == Some(true)), all + 1)
         });
     let notes = notes(options, &rounds);
-    let stderr_lines = stderr_lines(&logs, servers::log_names());
+    let stderr_lines = stderr_lines(
+        &logs,
+        servers::log_names().into_iter().chain(tls::log_names()),
+    );
     print_report(
         &machine,
         &rows,
@@ -369,6 +402,7 @@ fn run(options: &Options) -> Result<()> {
         options,
     );
     print_keyvalue(&keyvalue);
+    print_tls(&tls);
 
     let json = json!({
         "machine": machine,
@@ -390,6 +424,7 @@ fn run(options: &Options) -> Result<()> {
         "rounds": rounds,
         "swap": swap,
         "keyvalue": keyvalue,
+        "tls": tls,
         "server_stderr_lines": stderr_lines.into_iter().collect::<BTreeMap<_, _>>(),
     });
     let path = report::write_json(&options.out, "bench.json", &json)?;
@@ -432,6 +467,51 @@ fn run_keyvalue(options: &Options) -> Result<()> {
     Ok(())
 }
 
+/// `--tls`: the TLS scenario alone.
+fn run_tls(options: &Options) -> Result<()> {
+    let open_files = raise_open_files_limit(200)?;
+    let machine = Machine::detect(open_files);
+    eprintln!(
+        "hotsock-bench --tls: {} round(s), {:?} per run; about {} minute(s)",
+        options.rounds,
+        options.duration,
+        (tls::estimate_seconds(options.rounds, options.duration) / 60.0).ceil()
+    );
+    let tls = tls::run(
+        &options.programs,
+        options.rounds,
+        options.duration,
+        &options.out,
+    )?;
+    println!();
+    println!(
+        "hotsock TLS bench, {}: {} cores ({}), Linux {}, git {}",
+        machine.date,
+        machine.nproc,
+        machine.cpu,
+        machine.kernel,
+        machine.git.as_deref().unwrap_or("unknown")
+    );
+    print_tls(&tls);
+    for (path, lines) in stderr_lines(&options.out.join("logs"), tls::log_names()) {
+        println!("note: {path} has {lines} line(s) of server stderr");
+    }
+    let json = json!({ "machine": machine, "tls": tls });
+    let path = report::write_json(&options.out, "tls.json", &json)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// The TLS table and its notes, after the key-value one.
+fn print_tls(tls: &tls::Tls) {
+    println!();
+    print!("{}", tls::table(tls));
+    println!();
+    for note in tls::method_notes(tls) {
+        println!("note: {note}");
+    }
+}
+
 /// The key-value table and its notes, after the main report.
 fn print_keyvalue(keyvalue: &keyvalue::KeyValue) {
     println!();
@@ -461,7 +541,9 @@ fn estimate_minutes(options: &Options) -> u64 {
     let per_round = throughput_runs * (options.duration + load::WARMUP).as_secs_f64()
         + 3.0 * 3.0 * memory::SETTLE.as_secs_f64()
         + 5.0;
-    ((per_round * options.rounds as f64 + 10.0 + keyvalue_seconds(options)) / 60.0).ceil() as u64
+    let tls = tls::estimate_seconds(options.rounds.min(tls::DEFAULT_ROUNDS), options.duration);
+    ((per_round * options.rounds as f64 + 10.0 + keyvalue_seconds(options) + tls) / 60.0).ceil()
+        as u64
 }
 
 /// One round: start the servers, run each scenario on each in turn, stop them.
@@ -994,6 +1076,19 @@ mod tests {
         assert!(!parse(&[]).unwrap().keyvalue);
         assert!(parse(&["--keyvalue", "--fleet"]).is_err());
         assert!(parse(&["--keyvalue", "--soak", "10"]).is_err());
+    }
+
+    #[test]
+    fn tls_options() {
+        let options = parse(&["--tls"]).unwrap();
+        assert!(options.tls);
+        assert_eq!(options.rounds, super::tls::DEFAULT_ROUNDS);
+        assert_eq!(options.out, PathBuf::from("target/bench"));
+        assert_eq!(parse(&["--tls", "--rounds", "2"]).unwrap().rounds, 2);
+        assert!(!parse(&[]).unwrap().tls);
+        assert!(parse(&["--tls", "--keyvalue"]).is_err());
+        assert!(parse(&["--tls", "--fleet"]).is_err());
+        assert!(parse(&["--tls", "--soak", "10"]).is_err());
     }
 
     #[test]

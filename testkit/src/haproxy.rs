@@ -28,6 +28,11 @@ pub const TLS_PATH: &str = "deploy/haproxy-tls.cfg";
 pub const TLS_SHIPPED: &str = include_str!("../../deploy/haproxy-tls.cfg");
 pub const TLS_DIR: &str = "/etc/hotsock/tls/";
 
+/// deploy/haproxy-tls-passthrough.cfg, HAProxy passing TLS through to
+/// hotsock processes that terminate it: where it is, and its text as built.
+pub const TLS_PASSTHROUGH_PATH: &str = "deploy/haproxy-tls-passthrough.cfg";
+pub const TLS_PASSTHROUGH_SHIPPED: &str = include_str!("../../deploy/haproxy-tls-passthrough.cfg");
+
 /// Where HAProxy is when it is not on PATH: Debian installs it there, and
 /// /usr/sbin is not on every user's PATH.
 const FALLBACK: &str = "/usr/sbin/haproxy";
@@ -73,6 +78,23 @@ pub fn tls_config(
         "{TLS_PATH} should name {TLS_DIR}: the tests replace it (testkit/src/haproxy.rs)"
     );
     Ok(config.replace(TLS_DIR, &format!("{}/", certificates.display())))
+}
+
+/// `shipped` (deploy/haproxy-tls-passthrough.cfg's text,
+/// [`TLS_PASSTHROUGH_SHIPPED`]) with its frontend on `frontend` and its
+/// three servers at `backends` (as for [`config`]).
+pub fn tls_passthrough_config(
+    shipped: &str,
+    frontend: SocketAddr,
+    backends: &[(SocketAddr, SocketAddr)],
+) -> Result<String> {
+    ports(
+        TLS_PASSTHROUGH_PATH,
+        shipped,
+        "bind 127.0.0.1:50443",
+        frontend,
+        backends,
+    )
 }
 
 /// `shipped`, the file at `path`, with the line `bind` on `frontend` and
@@ -319,6 +341,33 @@ mod tests {
         assert!(config.contains("send-proxy-v2-ssl-cn"), "{config}");
         assert!(!config.contains(TLS_DIR), "{config}");
         assert_eq!(config.lines().count(), TLS_SHIPPED.lines().count());
+    }
+
+    #[test]
+    fn the_shipped_tls_passthrough_config_gets_the_ports_given() {
+        let backends = [
+            (addr(41101), addr(41201)),
+            (addr(41102), addr(41202)),
+            (addr(41103), addr(41203)),
+        ];
+        let config =
+            tls_passthrough_config(TLS_PASSTHROUGH_SHIPPED, addr(41443), &backends).unwrap();
+        assert!(config.contains("    bind 127.0.0.1:41443\n"), "{config}");
+        assert!(config.contains("send-proxy-v2 check"), "{config}");
+        // HAProxy passes TLS through: no certificate of its own.
+        let settings: Vec<&str> = config
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect();
+        assert!(!settings.iter().any(|l| l.contains("ssl")), "{settings:#?}");
+        for n in 1..=3 {
+            let line = format!("server hotsock{n} 127.0.0.1:4110{n} check port 4120{n}\n");
+            assert!(config.contains(&line), "{config}");
+        }
+        assert_eq!(
+            config.lines().count(),
+            TLS_PASSTHROUGH_SHIPPED.lines().count()
+        );
     }
 
     #[test]

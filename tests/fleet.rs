@@ -192,13 +192,7 @@ pub fn openssl(openssl: &Path, dir: &Path, args: &[&str]) {
 /// by the CA) and a client `stranger` (`CN=device-42` too, issued by
 /// another CA).
 pub fn certificates(tool: &Path, dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
+    let ec = crate::tls::EC;
     for (name, cn) in [("ca", "hotsock test CA"), ("other-ca", "another CA")] {
         let subject = format!("/CN={cn}");
         let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
@@ -207,53 +201,15 @@ pub fn certificates(tool: &Path, dir: &Path) {
         args.extend(["-keyout", &key, "-out", &pem]);
         openssl(tool, dir, &args);
     }
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    // An X.509 v3 certificate (any extension makes one): rustls refuses v1.
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for (name, cn, ca) in [
-        ("server", "localhost", "ca"),
-        ("device", "device-42", "ca"),
-        ("stranger", "device-42", "other-ca"),
+    // X.509 v3 certificates (any extension makes one): rustls refuses v1.
+    let server = "subjectAltName=DNS:localhost,IP:127.0.0.1";
+    let client = "extendedKeyUsage=clientAuth";
+    for (name, cn, ext, ca) in [
+        ("server", "localhost", server, "ca"),
+        ("device", "device-42", client, "ca"),
+        ("stranger", "device-42", client, "other-ca"),
     ] {
-        let subject = format!("/CN={cn}");
-        let (key, csr, pem) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-        );
-        let mut args = vec!["req", "-new", "-subj", &subject];
-        args.extend(ec);
-        args.extend(["-keyout", &key, "-out", &csr]);
-        openssl(tool, dir, &args);
-        let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
-        let mut args = vec![
-            "x509",
-            "-req",
-            "-days",
-            "2",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_pem,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &pem,
-        ];
-        args.extend([
-            "-extfile",
-            if name == "server" {
-                "server.ext"
-            } else {
-                "client.ext"
-            },
-        ]);
-        openssl(tool, dir, &args);
+        crate::tls::issue_by(tool, dir, name, cn, ext, ca, &ec);
     }
     // HAProxy takes the certificate and its key in one file.
     let bundle = [dir.join("server.pem"), dir.join("server.key")]

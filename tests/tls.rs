@@ -90,7 +90,7 @@ fn strs(args: &[String]) -> Vec<&str> {
 
 /// The `openssl req` options for a new ECDSA P-256 key, quick to make (as
 /// [`certificates`] makes them).
-const EC: [&str; 5] = [
+pub const EC: [&str; 5] = [
     "-newkey",
     "ec",
     "-pkeyopt",
@@ -113,7 +113,15 @@ fn issue(tool: &Path, dir: &Path, name: &str, cn: &str, san: &str) {
 /// file), signed by `{ca}.pem` with `{ca}.key`, for a new key made by the
 /// `openssl req` options `newkey`. For the certificates [`issue`] does not
 /// make: an intermediate CA, an RSA key.
-fn issue_by(tool: &Path, dir: &Path, name: &str, cn: &str, ext: &str, ca: &str, newkey: &[&str]) {
+pub fn issue_by(
+    tool: &Path,
+    dir: &Path,
+    name: &str,
+    cn: &str,
+    ext: &str,
+    ca: &str,
+    newkey: &[&str],
+) {
     let ext_file = format!("{name}.ext");
     std::fs::write(dir.join(&ext_file), format!("{ext}\n")).unwrap();
     let (key, csr, pem) = (
@@ -1055,25 +1063,24 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The kit fixture over TLS, asking clients for certificates of the test
+/// CA as `mode` (`require`, `optional`) says, with an admin API for
+/// `/status`.
+fn client_auth_server(tools: &Tools, mode: &str) -> Server {
+    let mut args = tools.tls_args();
+    let ca = tools.path("ca.pem").display().to_string();
+    let more = ["--tls-client-auth", mode, "--tls-client-ca", &ca];
+    args.extend(more.map(String::from));
+    args.extend(["--admin", "127.0.0.1:0"].map(String::from));
+    Server::start_with("kit", &strs(&args))
+}
+
 #[test]
 fn required_client_certificates_name_the_device_and_refuse_the_rest() {
     let Some(tools) = tools() else {
         return;
     };
-    let mut args = tools.tls_args();
-    let ca = tools.path("ca.pem").display().to_string();
-    args.extend(
-        [
-            "--tls-client-auth",
-            "require",
-            "--tls-client-ca",
-            &ca,
-            "--admin",
-            "127.0.0.1:0",
-        ]
-        .map(String::from),
-    );
-    let server = Server::start_with("kit", &strs(&args));
+    let server = client_auth_server(&tools, "require");
 
     // A device of the fleet's CA: verified, and the handler knows it.
     let report = python(
@@ -1130,20 +1137,7 @@ fn optional_client_certificates_serve_anonymous_clients_but_not_strangers() {
     let Some(tools) = tools() else {
         return;
     };
-    let mut args = tools.tls_args();
-    let ca = tools.path("ca.pem").display().to_string();
-    args.extend(
-        [
-            "--tls-client-auth",
-            "optional",
-            "--tls-client-ca",
-            &ca,
-            "--admin",
-            "127.0.0.1:0",
-        ]
-        .map(String::from),
-    );
-    let server = Server::start_with("kit", &strs(&args));
+    let server = client_auth_server(&tools, "optional");
     let tls = |cert| {
         python(
             &tools,

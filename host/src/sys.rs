@@ -387,7 +387,13 @@ impl SignalStack {
         };
         // SAFETY: the memory is this thread's own, unused by its frames, and
         // outlives the registration, which `drop` removes before the thread ends.
-        (unsafe { libc::sigaltstack(&stack, ptr::null_mut()) } == 0).then_some(SignalStack)
+        let installed = unsafe { libc::sigaltstack(&stack, ptr::null_mut()) } == 0;
+        if installed {
+            // What `release_stack_below` may hand back: above the signal
+            // stack, below the frames.
+            UNUSED_STACK_FLOOR.set(low as usize + SIGNAL_STACK);
+        }
+        installed.then_some(SignalStack)
     }
 }
 
@@ -400,6 +406,47 @@ impl Drop for SignalStack {
         };
         // SAFETY: only unregisters the calling thread's signal stack.
         unsafe { libc::sigaltstack(&disable, ptr::null_mut()) };
+    }
+}
+
+thread_local! {
+    /// The lowest address of the calling thread's stack that
+    /// [`release_stack_below`] may hand back: just above its signal stack,
+    /// on threads from [`spawn_thread`]; 0 on any other thread.
+    static UNUSED_STACK_FLOOR: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Room left below the caller's frame for [`release_stack_below`]'s own
+/// frame and the `madvise` stub, which need a small part of it.
+const STACK_MARGIN: usize = 1024;
+
+/// Hands the pages of the calling thread's stack below the caller's frame
+/// back to the kernel. A connection's thread keeps every page its deepest
+/// moment touched for as long as its client stays, and instantiating a
+/// handler goes about a page deeper than the handler's reads and writes
+/// ever do: called once the handler first waits for its client, this makes
+/// an idle connection a page (4 KiB) cheaper. Nothing below the caller's
+/// frame is live, so those pages read as zeros if touched again. Only on
+/// threads from [`spawn_thread`] (elsewhere the stack's extent is not
+/// known), and never their signal stack.
+#[inline(never)]
+pub fn release_stack_below() {
+    let floor = UNUSED_STACK_FLOOR.get();
+    if floor == 0 {
+        return;
+    }
+    let marker = 0u8;
+    let here = std::hint::black_box(&raw const marker) as usize;
+    let page = page_size();
+    let start = floor.next_multiple_of(page);
+    let end = here.saturating_sub(STACK_MARGIN) & !(page - 1);
+    if end > start {
+        // SAFETY: [start, end) is this thread's own stack, above its signal
+        // stack and below every live frame: the caller's, and this one's,
+        // which the margin leaves room for. MADV_DONTNEED on private
+        // anonymous memory only makes the pages read as zeros when next
+        // touched; it cannot fail in a way that matters here.
+        unsafe { libc::madvise(start as *mut c_void, end - start, libc::MADV_DONTNEED) };
     }
 }
 
@@ -561,5 +608,61 @@ impl Wakeup {
     pub fn fd(&self) -> BorrowedFd<'_> {
         use std::os::fd::AsFd as _;
         self.0.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// Touches `depth` KiB of stack below the caller, and returns a value
+    /// that depends on all of it, so none of it is optimised away.
+    #[inline(never)]
+    fn deep(depth: usize) -> u64 {
+        let mut frame = [0u8; 1024];
+        for (i, byte) in frame.iter_mut().enumerate() {
+            *byte = (i + depth) as u8;
+        }
+        let below = if depth > 1 { deep(depth - 1) } else { 0 };
+        std::hint::black_box(&frame)
+            .iter()
+            .map(|&b| u64::from(b))
+            .sum::<u64>()
+            + below
+    }
+
+    /// Pages of the calling thread's stack resident now, of the `len`
+    /// bytes below `top`.
+    fn resident(top: usize, len: usize) -> usize {
+        let page = page_size();
+        let start = (top - len) & !(page - 1);
+        let mut pages = vec![0u8; (top - start) / page];
+        // SAFETY: the range is this thread's mapped stack; mincore writes
+        // one byte per page into `pages`, which is sized for them.
+        let ok = unsafe { libc::mincore(start as *mut c_void, top - start, pages.as_mut_ptr()) };
+        assert_eq!(ok, 0, "{}", io::Error::last_os_error());
+        pages.iter().filter(|&&p| p & 1 == 1).count()
+    }
+
+    #[test]
+    fn released_stack_below_the_caller_is_given_back_and_reads_as_new() {
+        let (tx, rx) = mpsc::channel();
+        let job = Box::new(move || {
+            let marker = 0u8;
+            let here = std::hint::black_box(&raw const marker) as usize;
+            let value = deep(64);
+            let before = resident(here, 80 * 1024);
+            release_stack_below();
+            let after = resident(here, 80 * 1024);
+            // The frames above are intact, and going deep again works.
+            let again = deep(64);
+            let _ = tx.send((before, after, value == again));
+        });
+        spawn_thread(c"test", 1024 * 1024, job).unwrap();
+        let (before, after, same) = rx.recv().unwrap();
+        assert!(before >= 16, "the deep call touched {before} pages");
+        assert!(after <= 2, "{after} of {before} pages still resident");
+        assert!(same);
     }
 }

@@ -84,6 +84,8 @@ pub struct Connection {
     /// What TLS established for it, if it came over TLS: contract 0.3.0's
     /// `tls()`.
     tls: Option<TlsInfo>,
+    /// Whether the thread's stack below the first read was handed back.
+    stack_released: bool,
 }
 
 /// What a TLS handshake established for a connection, by this listener or
@@ -131,6 +133,7 @@ impl Connection {
             membership: None,
             buf: Vec::new(),
             tls: None,
+            stack_released: false,
         }
     }
 
@@ -160,6 +163,7 @@ impl Connection {
             membership: None,
             buf: Vec::new(),
             tls: None,
+            stack_released: false,
         }
     }
 
@@ -207,6 +211,12 @@ impl Connection {
             return Err(IoError::Refused);
         }
         self.check_expiry()?;
+        if !self.stack_released {
+            // The handler's first wait for its client: instantiating it went
+            // deeper into the thread's stack than serving it will.
+            self.stack_released = true;
+            sys::release_stack_below();
+        }
         let want = max.min(MAX_READ) as usize;
         let wire = match &self.io {
             Io::Wire(wire) => wire,

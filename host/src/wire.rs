@@ -81,6 +81,16 @@ impl Wire {
         }
     }
 
+    /// Whether the TLS session holds plaintext, or the end of the stream,
+    /// that a read would return without the socket.
+    pub fn has_buffered(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| {
+            let mut session = sys::lock(tls);
+            let state = session.process_new_packets();
+            state.is_ok_and(|io| io.plaintext_bytes_to_read() > 0 || io.peer_has_closed())
+        })
+    }
+
     /// Takes what the client sent into the session, once `poll` said the
     /// socket is readable, and answers what TLS itself asks for (a key
     /// update, an alert). Plaintext, if any came, is then for

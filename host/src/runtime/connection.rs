@@ -30,6 +30,17 @@ use crate::wire::Wire;
 /// bytes than asked for, so this is invisible to a correct guest.
 pub const MAX_READ: u32 = 64 * 1024;
 
+/// How long a client must send nothing, while its handler waits to read,
+/// before its thread hands back the stack it no longer needs. A client in
+/// the middle of an exchange answers well within it; a client that waits
+/// longer is idle, and may stay so for hours.
+const QUIET: Duration = Duration::from_millis(50);
+
+/// How many of a connection's first reads look for [`QUIET`]. Each costs a
+/// `poll` before the read; a client that never goes quiet within them keeps
+/// its thread's stack as it is, and its reads their one system call.
+const QUIET_CHECKS: u8 = 16;
+
 /// Why a read or write failed, as the guest is told it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoError {
@@ -84,8 +95,9 @@ pub struct Connection {
     /// What TLS established for it, if it came over TLS: contract 0.3.0's
     /// `tls()`.
     tls: Option<TlsInfo>,
-    /// Whether the thread's stack below the first read was handed back.
-    stack_released: bool,
+    /// How many more reads may first wait [`QUIET`] to learn whether the
+    /// client went quiet, so that its idle thread can hand back stack.
+    quiet_checks: u8,
 }
 
 /// What a TLS handshake established for a connection, by this listener or
@@ -133,7 +145,7 @@ impl Connection {
             membership: None,
             buf: Vec::new(),
             tls: None,
-            stack_released: false,
+            quiet_checks: QUIET_CHECKS,
         }
     }
 
@@ -163,7 +175,7 @@ impl Connection {
             membership: None,
             buf: Vec::new(),
             tls: None,
-            stack_released: false,
+            quiet_checks: QUIET_CHECKS,
         }
     }
 
@@ -211,12 +223,6 @@ impl Connection {
             return Err(IoError::Refused);
         }
         self.check_expiry()?;
-        if !self.stack_released {
-            // The handler's first wait for its client: instantiating it went
-            // deeper into the thread's stack than serving it will.
-            self.stack_released = true;
-            sys::release_stack_below();
-        }
         let want = max.min(MAX_READ) as usize;
         let wire = match &self.io {
             Io::Wire(wire) => wire,
@@ -227,6 +233,16 @@ impl Connection {
         }
         let read = {
             let _waiting = self.watch.as_ref().map(|w| w.waiting(Wait::Read));
+            if self.quiet_checks > 0 && self.membership.is_none() && deadline.is_none() {
+                self.quiet_checks -= 1;
+                if went_quiet(wire) {
+                    // Instantiating the handler went deeper into this
+                    // thread's stack than serving it does: a client that
+                    // idles should not keep those pages.
+                    self.quiet_checks = 0;
+                    sys::release_stack_below();
+                }
+            }
             let mailbox = self.membership.as_ref().map(|m| &*m.mailbox);
             let buf = &mut self.buf[..want];
             match (wire.is_tls(), mailbox, deadline) {
@@ -398,6 +414,21 @@ impl Drop for Connection {
             }
         }
     }
+}
+
+/// Whether the client sent nothing for [`QUIET`]: no data, no end of
+/// stream, nothing TLS holds already. A failed poll counts as not quiet:
+/// the read that follows will say what is wrong.
+fn went_quiet(wire: &Wire) -> bool {
+    if wire.has_buffered() {
+        return false;
+    }
+    let mut fds = [libc::pollfd {
+        fd: wire.fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    matches!(sys::poll(&mut fds, Some(QUIET)), Ok(0))
 }
 
 /// Reads from the socket itself, blocking until something arrives.

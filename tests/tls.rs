@@ -1047,13 +1047,24 @@ fn wait_for_cn(
     server_name: Option<&str>,
     cn: &str,
 ) {
+    eventually(
+        || cn_for(tools, server, addr, server_name) == cn,
+        || {
+            format!(
+                "{server_name:?} is not served {cn} after {TIMEOUT:?}:\n{}",
+                server.log()
+            )
+        },
+    );
+}
+
+/// Asks `done` every 100 ms until it says yes; fails the test with
+/// `failure()` if it has not within [`TIMEOUT`]: what a reload has to do
+/// before new connections show it.
+fn eventually(mut done: impl FnMut() -> bool, failure: impl Fn() -> String) {
     let deadline = Instant::now() + TIMEOUT;
-    while cn_for(tools, server, addr, server_name) != cn {
-        assert!(
-            Instant::now() < deadline,
-            "{server_name:?} is not served {cn} after {TIMEOUT:?}:\n{}",
-            server.log()
-        );
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", failure());
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -1180,15 +1191,15 @@ fn install(tools: &Tools, from: &str, cert: &Path, key: &Path) {
 /// file `expected` (a reload has taken effect), for at most [`TIMEOUT`].
 fn wait_for_certificate(server: &Server, tools: &Tools, expected: &str) {
     let want = leaf(&tools.path(expected));
-    let deadline = Instant::now() + TIMEOUT;
-    while Session::open(server.addr(), &tools.path("ca.pem")).leaf() != want {
-        assert!(
-            Instant::now() < deadline,
-            "new connections still do not get {expected} after {TIMEOUT:?}:\n{}",
-            server.log()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        || Session::open(server.addr(), &tools.path("ca.pem")).leaf() == want,
+        || {
+            format!(
+                "new connections still do not get {expected} after {TIMEOUT:?}:\n{}",
+                server.log()
+            )
+        },
+    );
 }
 
 #[test]
@@ -1310,15 +1321,15 @@ fn watch_reloads_the_client_ca() {
     // The other CA now signs the clients: the stranger gets in, the device
     // no longer does.
     std::fs::copy(tools.path("other-ca.pem"), &clients).unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    while subject("stranger").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the new client CA is not used after {TIMEOUT:?}:\n{}",
-            server.log()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        || subject("stranger").is_some(),
+        || {
+            format!(
+                "the new client CA is not used after {TIMEOUT:?}:\n{}",
+                server.log()
+            )
+        },
+    );
     assert_eq!(subject("device"), None);
 }
 
@@ -1675,24 +1686,28 @@ fn the_certificate_expiry_is_a_metric() {
     std::fs::copy(new_key, &key).unwrap();
     std::fs::copy(new_cert, &cert).unwrap();
     server.signal(libc::SIGHUP);
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let expiries = samples(&server, "hotsock_tls_certificate_expiry_timestamp_seconds");
-        let now: Vec<f64> = expiries
-            .iter()
-            .filter(|(labels, _)| labels.get("certificate").map(String::as_str) == cert.to_str())
-            .map(|(_, value)| *value)
-            .collect();
-        if now == [renewed as f64] {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{now:?}, not {renewed}, after SIGHUP:\n{}",
-            server.log()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    let now = std::cell::RefCell::new(Vec::new());
+    eventually(
+        || {
+            let expiries = samples(&server, "hotsock_tls_certificate_expiry_timestamp_seconds");
+            let mut now = now.borrow_mut();
+            *now = expiries
+                .iter()
+                .filter(|(labels, _)| {
+                    labels.get("certificate").map(String::as_str) == cert.to_str()
+                })
+                .map(|(_, value)| *value)
+                .collect();
+            *now == [renewed as f64]
+        },
+        || {
+            format!(
+                "{:?}, not {renewed}, after SIGHUP:\n{}",
+                now.borrow(),
+                server.log()
+            )
+        },
+    );
 }
 
 #[test]

@@ -47,7 +47,7 @@ use testkit::http::Endpoint;
 use testkit::{Launch, ServerProcess, Stderr};
 
 use crate::cpu::{self, CpuMeter, CpuUse};
-use crate::load::{self, Throughput};
+use crate::load::{self, SetupRound, Throughput};
 use crate::report::{self, Machine, median};
 use crate::servers::{self, Programs};
 use crate::{NEW_CONNECTION_CLIENTS, Options};
@@ -139,25 +139,8 @@ impl Setup {
     }
 }
 
-/// What one set-up did in one round.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SetupRound {
-    /// Round trips over [`PERSISTENT_CLIENTS`] persistent connections.
-    pub round_trips: Option<Throughput>,
-    /// New connections from [`NEW_CONNECTION_CLIENTS`] clients.
-    pub new_connections: Option<Throughput>,
-}
-
-/// One round: the three set-ups, started afresh, each through both scenarios.
-#[derive(Debug, Clone, Serialize)]
-pub struct Round {
-    /// 1, 2, ...
-    pub round: usize,
-    /// The order the set-ups were measured in.
-    pub order: Vec<Setup>,
-    /// What each did.
-    pub setups: BTreeMap<Setup, SetupRound>,
-}
+/// One round: every set-up, started afresh, each through both scenarios.
+pub type Round = load::Round<Setup>;
 
 /// One set-up's results over all rounds: medians, and ratios against `one`.
 #[derive(Debug, Clone, Serialize)]

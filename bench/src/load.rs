@@ -475,3 +475,25 @@ pub fn open_idle(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, u64) {
     }
     (open, failed)
 }
+
+/// What one set-up of a side-by-side bench (`--fleet`, `--tls`) did in one
+/// round: its two scenarios.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SetupRound {
+    /// Round trips over the scenario's persistent connections.
+    pub round_trips: Option<Throughput>,
+    /// New connections from the scenario's clients.
+    pub new_connections: Option<Throughput>,
+}
+
+/// One round of a side-by-side bench: its set-ups `S`, started afresh,
+/// each through both scenarios.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Round<S: Ord> {
+    /// 1, 2, ...
+    pub round: usize,
+    /// The order the set-ups were measured in.
+    pub order: Vec<S>,
+    /// What each did.
+    pub setups: std::collections::BTreeMap<S, SetupRound>,
+}

@@ -51,7 +51,7 @@ use testkit::haproxy::{self, Haproxy};
 use testkit::{Launch, ServerProcess, Stderr};
 
 use crate::cpu::{self, CpuMeter, CpuUse};
-use crate::load::{self, Throughput};
+use crate::load::{self, SetupRound, Throughput};
 use crate::report::{self, median};
 use crate::servers::{self, Programs};
 
@@ -125,25 +125,8 @@ impl Setup {
     }
 }
 
-/// What one set-up did in one round.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SetupRound {
-    /// Round trips over [`PERSISTENT_CLIENTS`] persistent connections.
-    pub round_trips: Option<Throughput>,
-    /// New connections from [`NEW_CONNECTION_CLIENTS`] clients.
-    pub new_connections: Option<Throughput>,
-}
-
-/// One round: the set-ups, started afresh, each through both scenarios.
-#[derive(Debug, Clone, Serialize)]
-pub struct Round {
-    /// 1, 2, ...
-    pub round: usize,
-    /// The order the set-ups were measured in.
-    pub order: Vec<Setup>,
-    /// What each did.
-    pub setups: BTreeMap<Setup, SetupRound>,
-}
+/// One round: every set-up, started afresh, each through both scenarios.
+pub type Round = load::Round<Setup>;
 
 /// One row of the summary: a metric for each set-up, medians over rounds,
 /// and the two ratios that matter, each the median of the rounds' ratios.

@@ -5,7 +5,7 @@
 #   make bench  hotsock against native Rust and Python echo servers, its
 #               key-value stores against redis-benchmark, and its TLS against
 #               plaintext and HAProxy terminating TLS, on loopback
-#   make soak   10,000 idle connections on each of the three, with memory and mappings
+#   make soak   14,000 idle connections on each of the three, with memory and mappings
 #   make fleet  three hotsock processes behind HAProxy (deploy/fleet.sh)
 #   make bench-fleet  one hotsock process, two sharing a port, three behind HAProxy;
 #                     then a binary upgrade of the three under load
@@ -51,7 +51,7 @@ MATPLOTLIB_STAMP   := $(VENV)/.matplotlib-$(MATPLOTLIB_VERSION)
 BENCH_OUT          := target/bench
 SOAK_OUT           := target/soak
 BENCH_FLEET_OUT    := target/bench-fleet
-SOAK_CONNECTIONS   ?= 10000
+SOAK_CONNECTIONS   ?= 14000
 
 .PHONY: all setup rust-setup system-packages build guests python-handlers run test handler-cost bench bench-fleet soak fleet lint fmt clean
 
@@ -138,7 +138,7 @@ bench-fleet: build
 	$(CARGO) build --release -p hotsock-bench
 	target/release/hotsock-bench --fleet --out $(BENCH_FLEET_OUT)
 
-## 10,000 idle connections held at once by hotsock, native-echo and Python:
+## 14,000 idle connections held at once by hotsock, native-echo and Python:
 ## time to open, RSS, memory mappings and threads per connection, all answered.
 ## Writes $(SOAK_OUT)/soak.json.
 soak: build

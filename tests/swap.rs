@@ -470,3 +470,36 @@ fn two_hundred_swaps_do_not_grow_memory() {
         "old versions are still loaded: {status:#}"
     );
 }
+
+/// A Rust handler (one memory, a few KiB of initial data, copied into each
+/// instance) and a Python one (megabytes, mapped copy-on-write) run in
+/// instance pools of their own: swapping from one to the other reserves the
+/// second pool, and connections of both are served side by side.
+#[test]
+fn small_and_large_handlers_serve_side_by_side_from_pools_of_their_own() {
+    for (guest, initial_data, mappings) in [
+        ("probe", "copied into each instance", 4),
+        ("python_echo", "mapped copy-on-write", 6),
+    ] {
+        let output = crate::util::hotsock()
+            .arg("check")
+            .arg(wasm(guest))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let expected = format!("(initial data {initial_data}), up to {mappings} memory mappings");
+        assert!(stdout.contains(&expected), "{guest}: {stdout}");
+    }
+
+    let server = Server::start_with("probe", &["--admin", "127.0.0.1:0"]);
+    let mut small = server.connect();
+    assert_eq!(who_answers(&mut small, "one"), Replier::Probe);
+    swap_ok(&server, "python_echo");
+    let mut large = server.connect();
+    assert_eq!(who_answers(&mut large, "two"), Replier::Echo);
+    assert_eq!(who_answers(&mut small, "three"), Replier::Probe);
+    swap_ok(&server, "probe");
+    assert_eq!(who_answers_new(server.addr()), Replier::Probe);
+    assert_eq!(who_answers(&mut large, "four"), Replier::Echo);
+    assert_eq!(who_answers(&mut small, "five"), Replier::Probe);
+}

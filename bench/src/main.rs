@@ -164,7 +164,7 @@ struct Options {
     #[command(flatten)]
     programs: Programs,
     /// run only the soak instead: N idle connections held at once on each
-    /// server (`make soak` holds 10000)
+    /// server (`make soak` holds 14000)
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     soak: Option<usize>,
     /// run only the fleet bench instead (`make bench-fleet`): hotsock as one

@@ -1,4 +1,4 @@
-//! The soak: many idle connections held at once (10,000 in `make soak`),
+//! The soak: many idle connections held at once (14,000 in `make soak`),
 //! which is where a thread-per-connection server meets the machine's limits
 //! (threads, open files, memory mappings) rather than its CPU.
 //!

@@ -61,9 +61,11 @@ pub fn run(args: &CheckArgs) -> Result<()> {
         println!("  may need: {grant}");
     }
     println!(
-        "  each connection: {} linear memor{}, up to {} memory mappings with its thread",
+        "  each connection: {} linear memor{} (initial data {}), up to {} memory mappings with \
+         its thread",
         handler.memories(),
         if handler.memories() == 1 { "y" } else { "ies" },
+        handler.footprint().describe(),
         handler.mappings_per_instance() as u64 + THREAD_MAPPINGS
     );
     Ok(())

@@ -56,21 +56,16 @@ pub struct CacheStats {
 /// The on-disk cache of compiled components; a no-op when disabled.
 pub struct CodeCache {
     dir: Option<PathBuf>,
-    /// The engine's compatibility hash, in hex: half of every entry's name.
-    engine_key: String,
     /// Loads that found an entry, and that did not (so compiled).
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
 impl CodeCache {
-    /// A cache in `dir` for code compiled by `engine`, or none with `None`.
-    /// The directory is created (private to this user) if needed; if it
-    /// cannot be, or is not safe to load code from, the cache is off.
-    pub fn new(engine: &Engine, dir: Option<PathBuf>) -> Self {
-        let mut hasher = DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let engine_key = format!("{:016x}", hasher.finish());
+    /// A cache in `dir`, or none with `None`. The directory is created
+    /// (private to this user) if needed; if it cannot be, or is not safe to
+    /// load code from, the cache is off.
+    pub fn new(dir: Option<PathBuf>) -> Self {
         let dir = dir.filter(|dir| match prepare(dir) {
             Ok(()) => true,
             Err(why) => {
@@ -80,7 +75,6 @@ impl CodeCache {
         });
         CodeCache {
             dir,
-            engine_key,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -94,7 +88,7 @@ impl CodeCache {
     /// The compiled form of the component whose sha256 is `sha256`, if the
     /// cache has it.
     pub fn load(&self, engine: &Engine, sha256: &str) -> Option<Component> {
-        let entry = self.entry(sha256)?;
+        let entry = self.entry(engine, sha256)?;
         let found = self.find(engine, &entry);
         let counter = match found {
             Some(_) => &self.hits,
@@ -135,7 +129,7 @@ impl CodeCache {
     /// Keeps the compiled form of a component for next time. Called only for
     /// components that passed validation, so rejected files take no space.
     pub fn store(&self, component: &Component, sha256: &str) {
-        let (Some(dir), Some(entry)) = (&self.dir, self.entry(sha256)) else {
+        let (Some(dir), Some(entry)) = (&self.dir, self.entry(component.engine(), sha256)) else {
             return;
         };
         match component
@@ -148,9 +142,13 @@ impl CodeCache {
         }
     }
 
-    fn entry(&self, sha256: &str) -> Option<PathBuf> {
+    /// The entry for the component whose sha256 is `sha256` compiled by
+    /// `engine`: named by both, with the engine's compatibility hash.
+    fn entry(&self, engine: &Engine, sha256: &str) -> Option<PathBuf> {
         let dir = self.dir.as_ref()?;
-        Some(dir.join(format!("{sha256}-{}.cwasm", self.engine_key)))
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Some(dir.join(format!("{sha256}-{:016x}.cwasm", hasher.finish())))
     }
 }
 

@@ -20,7 +20,7 @@ use wasmtime::{Engine, Precompiled};
 use crate::runtime::bindings::{v0_1, v0_2, v0_3};
 use crate::runtime::connection::Connection;
 use crate::runtime::console::Fields;
-use crate::runtime::engine::{Profile, Runtime};
+use crate::runtime::engine::{Footprint, Profile, Runtime};
 use crate::runtime::outcome::{Fault, Outcome};
 use crate::runtime::record::{Inputs, Recorder, Replay};
 use crate::runtime::store::StoreData;
@@ -213,6 +213,31 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// The linear memories the component's core modules define, and the bytes
+/// of them their active data segments initialise, summed over all modules:
+/// what decides its [`Footprint`], before it is compiled for one. What does
+/// not parse counts as nothing; compiling says what is wrong with it.
+fn memory_shape(bytes: &[u8]) -> (u64, u64) {
+    let (mut memories, mut data) = (0, 0);
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::MemorySection(section)) => {
+                memories += u64::from(section.count());
+            }
+            Ok(wasmparser::Payload::DataSection(section)) => {
+                data += section
+                    .into_iter()
+                    .flatten()
+                    .filter(|segment| matches!(segment.kind, wasmparser::DataKind::Active { .. }))
+                    .map(|segment| segment.data.len() as u64)
+                    .sum::<u64>();
+            }
+            _ => {}
+        }
+    }
+    (memories, data)
+}
+
 /// What serving one connection came to.
 #[derive(Debug)]
 pub struct Served {
@@ -231,14 +256,12 @@ pub struct Handler {
     export: &'static str,
     /// Linear memories each instance has.
     memories: usize,
+    /// Which engine and instance pool it runs in.
+    footprint: Footprint,
+    /// The engine it was compiled for.
+    engine: Engine,
     pre: Pre,
 }
-
-/// Most memory mappings one linear memory takes in its pool slot: the part
-/// before its copy-on-write image of initial data, the image, the heap after
-/// it, and the reserve beyond the heap (each a mapping of its own, since
-/// their backing or protection differs).
-const MAPPINGS_PER_MEMORY: usize = 4;
 
 impl Handler {
     /// Reads, validates and compiles the handler component at `path`, to run
@@ -269,7 +292,9 @@ impl Handler {
         sha256: &str,
     ) -> Result<Self, HandlerError> {
         let fail = |problem| HandlerError::new(&name, problem);
-        let (component, fresh) = match Engine::detect_precompiled(bytes) {
+        // Reserving a pool fails only when the machine cannot hold it.
+        let capacity = |e: anyhow::Error| fail(Problem::ExceedsCapacity(format!("{e:#}")));
+        let (component, fresh, footprint) = match Engine::detect_precompiled(bytes) {
             Some(Precompiled::Component) => {
                 warn!(
                     "loading precompiled native code: only load .cwasm files you compiled yourself"
@@ -278,27 +303,43 @@ impl Handler {
                 // this file to hotsock (on the command line, or through the
                 // admin API), which is the trust `hotsock compile` output needs.
                 let loaded = unsafe { runtime.deserialize(bytes) };
-                (
-                    loaded.map_err(|e| fail(Problem::ForeignPrecompiled(format!("{e:#}"))))?,
-                    false,
-                )
+                let (component, footprint) =
+                    loaded.map_err(|e| fail(Problem::ForeignPrecompiled(format!("{e:#}"))))?;
+                (component, false, footprint)
             }
             Some(Precompiled::Module) => return Err(fail(Problem::PrecompiledModule)),
             None if bytes.starts_with(b"\x7fELF") => return Err(fail(Problem::DamagedPrecompiled)),
             None if Parser::is_core_wasm(bytes) => return Err(fail(Problem::CoreModule)),
             None if !Parser::is_component(bytes) => return Err(fail(Problem::NotAComponent)),
-            None => match runtime.cache().load(runtime.engine(), sha256) {
-                Some(component) => (component, false),
-                None => {
-                    let compiled = Component::new(runtime.engine(), bytes)
-                        .map_err(|e| fail(Problem::Invalid(format!("{e:#}"))))?;
-                    (compiled, true)
+            None => {
+                let (memories, data) = memory_shape(bytes);
+                let footprint = Footprint::of(memories, data);
+                let load = |footprint| {
+                    let engine = runtime.engine(footprint).map_err(capacity)?;
+                    match runtime.cache().load(engine, sha256) {
+                        Some(component) => Ok((component, false)),
+                        None => Component::new(engine, bytes)
+                            .map(|compiled| (compiled, true))
+                            .map_err(|e| fail(Problem::Invalid(format!("{e:#}")))),
+                    }
+                };
+                let (component, fresh) = load(footprint)?;
+                // A module instantiated twice has two memories though it
+                // defines one: only the compiled component knows for sure.
+                let instantiated = component
+                    .resources_required()
+                    .map_or(0, |r| u64::from(r.num_memories));
+                if instantiated > u64::from(footprint.max_memories()) {
+                    let (component, fresh) = load(Footprint::Large)?;
+                    (component, fresh, Footprint::Large)
+                } else {
+                    (component, fresh, footprint)
                 }
-            },
+            }
         };
 
         let ty = component.component_type();
-        let engine = runtime.engine();
+        let engine = component.engine();
         let Some(export) = std::iter::once(HANDLER_EXPORT)
             .chain(OLDER_HANDLER_EXPORTS)
             .find(|export| ty.get_export(engine, export).is_some())
@@ -311,7 +352,8 @@ impl Handler {
             .resources_required()
             .map_or(0, |r| r.num_memories as usize);
         let pre = runtime
-            .linker()
+            .linker(footprint)
+            .map_err(capacity)?
             .instantiate_pre(&component)
             .map_err(|e| fail(Problem::UnsupportedImport(format!("{e:#}"))))?;
         let shape = |e: wasmtime::Error| fail(Problem::WrongExportShape(format!("{e:#}")));
@@ -326,6 +368,8 @@ impl Handler {
             imports,
             export,
             memories,
+            footprint,
+            engine: engine.clone(),
             pre,
         };
         handler.check(runtime, profile)?;
@@ -342,7 +386,9 @@ impl Handler {
     /// refused before a connection would find out. A reload that changes a
     /// listener's limits checks the versions it keeps with this.
     pub fn check(&self, runtime: &Runtime, profile: &Profile) -> Result<(), HandlerError> {
-        let _slot = runtime.trial_slot();
+        let _slot = runtime.trial_slot(self.footprint).map_err(|e| {
+            HandlerError::new(&self.name, Problem::ExceedsCapacity(format!("{e:#}")))
+        })?;
         self.instantiate(
             runtime,
             profile,
@@ -435,7 +481,7 @@ impl Handler {
             },
             instantiated_in: None,
         };
-        let mut store = match runtime.store(profile, fields, conn.verdict(), inputs) {
+        let mut store = match runtime.store(&self.engine, profile, fields, conn.verdict(), inputs) {
             Ok(store) => store,
             Err(e) => return error(format!("{e:#}")),
         };
@@ -472,7 +518,7 @@ impl Handler {
         fields: &Fields,
     ) -> Result<(), String> {
         let mut store = runtime
-            .store(profile, fields, None, &Inputs::Real)
+            .store(&self.engine, profile, fields, None, &Inputs::Real)
             .map_err(|e| format!("{e:#}"))?;
         let instantiated = with_pre!(&self.pre, pre => pre.instantiate(&mut store).map(drop));
         match instantiated {
@@ -510,7 +556,12 @@ impl Handler {
     /// Most memory mappings one instance adds to the process while it lives:
     /// what `vm.max_map_count` must leave room for, per connection.
     pub fn mappings_per_instance(&self) -> usize {
-        self.memories * MAPPINGS_PER_MEMORY
+        self.memories * self.footprint.mappings_per_memory()
+    }
+
+    /// Which instance pool it runs in, by the shape of its memory.
+    pub fn footprint(&self) -> Footprint {
+        self.footprint
     }
 
     /// The `handler` interface it exports, e.g. `hotsock:plugin/handler@0.3.0`.

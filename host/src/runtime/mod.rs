@@ -36,7 +36,7 @@ pub use cache::{CACHE_DIR_ENV, CacheStats, default_dir as default_cache_dir};
 pub use command::run_command;
 pub use connection::{Connection, MAX_READ, TlsInfo, Traffic};
 pub use console::Fields;
-pub use engine::{Profile, Runtime, RuntimeConfig, compile_in_background};
+pub use engine::{Footprint, Profile, Runtime, RuntimeConfig, compile_in_background};
 pub use fleet::{Fleet, FleetStats, NODE_SHIFT, NODE_TTL, RoomsStore};
 pub use handler::{
     HANDLER_EXPORT, Handler, HandlerError, OLDER_HANDLER_EXPORTS, Problem, Served, read_component,

@@ -16,6 +16,7 @@ mod compile;
 mod concurrency;
 mod contract;
 mod crashes;
+mod dev;
 mod docs;
 mod echo;
 mod fleet;

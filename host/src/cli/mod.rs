@@ -8,6 +8,7 @@ mod check;
 mod client;
 mod compile;
 mod config;
+mod dev;
 mod keyvalue;
 mod logging;
 mod new;
@@ -52,6 +53,8 @@ pub enum Command {
     New(new::NewArgs),
     /// Replay recorded or hand-written transcripts against a handler, in process, and compare its replies.
     Test(test::TestArgs),
+    /// Build a handler project, serve it on loopback, and rebuild and swap it in on every save.
+    Dev(dev::DevArgs),
     /// Run a WASI command component, such as the unit tests `cargo test` builds for wasm32-wasip2.
     Run(test::RunArgs),
 }
@@ -76,6 +79,7 @@ pub fn run(command: Command, matches: &ArgMatches) -> Result<()> {
         Command::Client(args) => client::run(&args),
         Command::New(args) => new::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Dev(args) => dev::run(args),
         Command::Run(args) => test::run_program(&args),
     }
 }

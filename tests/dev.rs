@@ -1,0 +1,149 @@
+//! `hotsock dev`: builds a project, serves it, and on every saved edit
+//! builds again and swaps the new build in; a build that fails leaves the
+//! last good one serving, with the compiler's error in the terminal.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{connect, echo_line, hotsock, repo_root};
+
+/// Upper bound on one build and swap: the first build of a scaffold
+/// compiles wit-bindgen, on a busy two-core machine.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// A `hotsock dev` process, killed when dropped.
+struct Dev {
+    child: Child,
+    addr: SocketAddr,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl Dev {
+    fn start(project: &Path, target: &Path) -> Self {
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let mut child = hotsock()
+            .args(["dev", "--addr", "127.0.0.1:0"])
+            .arg(project)
+            .env("CARGO_TARGET_DIR", target)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        // Blocks until the first build is served; the test's own timeout
+        // bounds it if the build hangs.
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        break addr.parse().unwrap();
+                    }
+                }
+                _ => {
+                    let _ = child.kill();
+                    panic!("hotsock dev never served:\n{}", read(stderr.path()));
+                }
+            }
+        };
+        Dev {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    fn log(&self) -> String {
+        read(self.stderr.path())
+    }
+
+    /// What a new connection answers to `line`.
+    fn ask_new(&self, line: &str) -> String {
+        echo_line(&mut connect(self.addr), line)
+    }
+
+    /// Waits until `done` holds, failing with the log after [`BUILD_TIMEOUT`].
+    fn wait_for(&self, what: &str, done: impl Fn(&Dev) -> bool) {
+        let began = Instant::now();
+        while !done(self) {
+            assert!(
+                began.elapsed() < BUILD_TIMEOUT,
+                "{what} did not happen:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn an_edit_is_built_and_swapped_in_and_a_broken_one_leaves_the_last_good_build() {
+    let parent = tempfile::tempdir().unwrap();
+    let status = hotsock()
+        .current_dir(parent.path())
+        .args(["new", "dev-handler"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let project = parent.path().join("dev-handler");
+    let lib = project.join("src/lib.rs");
+    // The scaffolds' shared target directory: wit-bindgen is built once.
+    let dev = Dev::start(&project, &repo_root().join("target/scaffold-test"));
+
+    let mut before = connect(dev.addr);
+    assert_eq!(echo_line(&mut before, "one"), "one");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    let edited = source.replace(
+        "    message.to_vec()",
+        "    [b\"v2 \".as_slice(), message].concat()",
+    );
+    assert_ne!(source, edited, "the template's reply() changed");
+    std::fs::write(&lib, &edited).unwrap();
+    dev.wait_for("the edit served", |dev| dev.ask_new("two") == "v2 two");
+    // The connection opened before the edit keeps its version.
+    assert_eq!(echo_line(&mut before, "three"), "three");
+
+    // A syntax error: the compiler's message is shown, the last good build serves.
+    std::fs::write(&lib, edited.replace(".concat()", ".concat(")).unwrap();
+    dev.wait_for("the failed build reported", |dev| {
+        dev.log().contains("the last good build still serves")
+    });
+    let log = dev.log();
+    assert!(log.contains("error"), "{log}");
+    assert!(log.contains("src/lib.rs"), "{log}");
+    assert_eq!(dev.ask_new("four"), "v2 four");
+    assert_eq!(echo_line(&mut before, "five"), "five");
+}
+
+#[test]
+fn a_directory_that_is_not_a_project_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = hotsock()
+        .arg("dev")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("is not a handler project") && stderr.contains("hotsock new NAME"),
+        "{stderr}"
+    );
+}

@@ -22,10 +22,11 @@ struct Dev {
 }
 
 impl Dev {
-    fn start(project: &Path, target: &Path) -> Self {
+    fn start(project: &Path, target: &Path, args: &[&str]) -> Self {
         let stderr = tempfile::NamedTempFile::new().unwrap();
         let mut child = hotsock()
             .args(["dev", "--addr", "127.0.0.1:0"])
+            .args(args)
             .arg(project)
             .env("CARGO_TARGET_DIR", target)
             .env("RUST_LOG", "info")
@@ -103,8 +104,13 @@ fn an_edit_is_built_and_swapped_in_and_a_broken_one_leaves_the_last_good_build()
     assert!(status.success());
     let project = parent.path().join("dev-handler");
     let lib = project.join("src/lib.rs");
+    let record = parent.path().join("tried");
     // The scaffolds' shared target directory: wit-bindgen is built once.
-    let dev = Dev::start(&project, &repo_root().join("target/scaffold-test"));
+    let dev = Dev::start(
+        &project,
+        &repo_root().join("target/scaffold-test"),
+        &["--record", record.to_str().unwrap()],
+    );
 
     let mut before = connect(dev.addr);
     assert_eq!(echo_line(&mut before, "one"), "one");
@@ -129,6 +135,12 @@ fn an_edit_is_built_and_swapped_in_and_a_broken_one_leaves_the_last_good_build()
     assert!(log.contains("src/lib.rs"), "{log}");
     assert_eq!(dev.ask_new("four"), "v2 four");
     assert_eq!(echo_line(&mut before, "five"), "five");
+
+    // What was tried is kept, for `hotsock test` to replay.
+    drop(before);
+    dev.wait_for("the transcripts written", |_| {
+        std::fs::read_dir(&record).is_ok_and(|entries| entries.count() >= 3)
+    });
 }
 
 #[test]

@@ -144,6 +144,9 @@ impl Row {
             Target::OverNativeAtMost(ceiling) => format!("≤ {ceiling:.2}× native"),
             Target::AtMost(ceiling) if self.unit == "ratio" => format!("≤ {ceiling}×"),
             Target::AtMost(ceiling) if self.unit == "count" => format!("= {ceiling}"),
+            Target::AtMost(ceiling) if ceiling.fract() == 0.0 => {
+                format!("≤ {} {}", number(ceiling, 0), self.unit)
+            }
             Target::AtMost(ceiling) => format!("≤ {ceiling} {}", self.unit),
         }
     }
@@ -421,6 +424,10 @@ mod tests {
         assert_eq!(maps.describe(Target::AtMost(4.5)), "≤ 4.5 mappings");
         // A value that was not measured is neither met nor missed.
         let missing = Row::new("x", "x", "instructions", [None, Some(910.0), None]);
+        assert_eq!(
+            missing.describe(Target::AtMost(5000.0)),
+            "≤ 5,000 instructions"
+        );
         assert_eq!(missing.met(Target::AtMost(5000.0)), None);
         assert_eq!(missing.met(Target::OverNativeAtMost(1.1)), None);
     }

@@ -11,7 +11,10 @@
 //! `callgrind_control -d` dumps the counts since. The dump covers the whole
 //! process (callgrind's default `--separate-threads=no`), but only the
 //! connection's thread runs meanwhile; the others wait in the kernel, apart
-//! from hotsock's epoch ticker waking every 10 ms. It goes to the output
+//! from hotsock's epoch ticker waking every 10 ms (with
+//! `--separate-threads=yes`, all of them together came to about 5,000
+//! instructions over the 3,000 round trips: under 2 a round trip, against
+//! the connection thread's 6,860). It goes to the output
 //! file's name with `.1` added (`.N` for the Nth dump), while the file itself
 //! is written only when the process exits.
 //!

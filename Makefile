@@ -41,9 +41,10 @@ PYYAML_STAMP              := $(VENV)/.pyyaml-$(PYYAML_VERSION)
 # Debian packages the tests run as real components, as COMMAND:PACKAGE:
 # HAProxy in front of a fleet (and terminating TLS in `make bench`), openssl
 # to make test certificates (for the TLS tests and the docs' TLS example),
-# systemd's socket activator and unit checker, and curl, which the docs'
-# admin API and metrics examples use (tests/docs.rs).
-SYSTEM_PACKAGES := haproxy:haproxy openssl:openssl systemd-socket-activate:systemd systemd-analyze:systemd redis-server:redis-server curl:curl
+# systemd's socket activator and unit checker, curl, which the docs'
+# admin API and metrics examples use (tests/docs.rs), and valgrind, whose
+# callgrind counts the instructions per round trip in `make bench`.
+SYSTEM_PACKAGES := haproxy:haproxy openssl:openssl systemd-socket-activate:systemd systemd-analyze:systemd redis-server:redis-server curl:curl valgrind:valgrind
 
 # `make bench` plots the hot swap with matplotlib, in the same .venv.
 MATPLOTLIB_VERSION := 3.11.2
@@ -117,8 +118,9 @@ handler-cost: build
 	$(PYTHON) bench/handler_cost.py $(HOTSOCK) rust-echo=$(HANDLER) python-echo=$(WASM_DIR)/python_echo.wasm
 
 ## hotsock against the same echo server in plain Rust and in Python, on loopback:
-## round trips, new connections, memory per idle connection, instantiate time,
-## a hot swap under load; increments/s through each key-value store against
+## round trips, new connections, memory per idle connection (RSS, PSS and
+## mappings), instantiate time, instructions per round trip (callgrind, hotsock
+## and native), a hot swap under load; increments/s through each key-value store against
 ## redis-benchmark (the kit fixture, Debian's redis-server and redis-tools);
 ## new TLS connections and round trips over TLS, hotsock's own against
 ## plaintext and against HAProxy terminating TLS (`--tls` runs that alone).

@@ -12,8 +12,9 @@
 //!   and logs; started, watched and stopped through testkit.
 //! - [`load`]: the load generator: blocking clients, one thread per
 //!   connection; round trips and new connections.
-//! - [`memory`]: resident memory per idle connection.
+//! - [`memory`]: memory per idle connection: RSS, PSS and mappings.
 //! - [`instantiate`]: the in-process per-connection instantiate micro-benchmark.
+//! - [`instructions`]: user-space instructions per round trip, under callgrind.
 //! - [`swap`]: the hot swap under load, hotsock only.
 //! - [`keyvalue`]: increments per second through each key-value store,
 //!   against `redis-benchmark -t incr` on the same machine.
@@ -32,6 +33,7 @@
 mod cpu;
 mod fleet;
 mod instantiate;
+mod instructions;
 mod keyvalue;
 mod load;
 mod memory;
@@ -55,6 +57,7 @@ use serde_json::json;
 
 use cpu::{CpuMeter, CpuUse};
 use instantiate::{InstantiateTime, Instantiator};
+use instructions::Instructions;
 use load::Throughput;
 use memory::IdleMemory;
 use report::{Machine, Row, Target, median};
@@ -71,6 +74,21 @@ const NEW_CONNECTION_CLIENTS: usize = 8;
 /// Open files the bench needs at once: the idle connections, plus the
 /// servers' listeners and pipes, plus room.
 const OPEN_FILES_NEEDED: u64 = memory::IDLE_CONNECTIONS as u64 + 200;
+
+/// Most memory an idle connection may cost hotsock beyond what it costs
+/// native-echo, as RSS and as PSS, KiB (issue 24): a third of what it was,
+/// so that one machine holds three times the idle clients.
+const IDLE_MEMORY_BEYOND_NATIVE_KIB: f64 = 14.0;
+
+/// Most memory mappings an idle connection may add to hotsock (issue 24):
+/// under the default `vm.max_map_count` (65,530) that leaves room for
+/// 14,000 connections, as `make soak` holds.
+const IDLE_MAPPINGS: f64 = 4.5;
+
+/// Most user-space instructions an echo round trip may cost hotsock
+/// (issue 24): about 1,900 fewer than the 6,900 it took, the sandbox's
+/// crossings made cheaper; native-echo takes about 900.
+const INSTRUCTIONS_PER_ROUND_TRIP: f64 = 5000.0;
 
 /// Longest `--duration` accepted: every loop here stays bounded.
 const MAX_DURATION: Duration = Duration::from_secs(600);
@@ -92,14 +110,22 @@ Paths are relative to the current directory: run from the repository root.
 hotsock-bench` builds this and native-echo.
 
 Scenarios, per server and round:
-  idle memory        VmRSS before and after opening 1000 connections that
-                     each make one round trip and then stay idle
+  idle memory        RSS (VmRSS), PSS (smaps_rollup) and memory mappings
+                     (lines of /proc/PID/maps) before and after opening 1000
+                     connections that each make one round trip and then
+                     stay idle
   round trips        1, 10 and 100 persistent connections, one 64-byte
                      message in flight on each: rate, p50 and p99 latency
   new connections    8 clients, each connect + one round trip + close, in a loop
 and once:
   instantiate        in process: hotsock's per-connection store + instance,
                      20,000 samples (each round)
+  instructions       hotsock and native-echo under valgrind's callgrind: one
+                     connection, 500 round trips of a 64-byte line, then
+                     3000 counted; user-space instructions per round trip.
+                     hotsock with --max-connections 4 and a code cache filled
+                     first; dumps in OUT/callgrind. Skipped, with a note,
+                     without valgrind
   hot swap           hotsock only: the new-connection loop for 6 s, swapping
                      to slow-echo at 2 s and back at 4 s via the admin API;
                      every connection goes to OUT/swap.csv
@@ -368,6 +394,8 @@ fn run(options: &Options) -> Result<()> {
     }
     // Its instance pool is sized for 1000 connections: free it before the swap.
     drop(instantiator);
+    eprintln!("instructions per round trip, under callgrind");
+    let instructions = instructions::run(programs, &options.out.join("callgrind"), &logs)?;
     eprintln!("hot swap under load (hotsock only)");
     let swap = swap::run(
         programs,
@@ -380,14 +408,14 @@ fn run(options: &Options) -> Result<()> {
     eprintln!("TLS, {tls_rounds} round(s)");
     let tls = tls::run(programs, tls_rounds, options.duration, &options.out)?;
 
-    let rows = summary(&rounds, &swap);
+    let rows = summary(&rounds, &swap, &instructions);
     let (met, targets) = rows
         .iter()
         .flat_map(|row| row.targets.iter().map(|&t| row.met(t)))
         .fold((0, 0), |(met, all), m| {
             (met + usize::from(m == Some(true)), all + 1)
         });
-    let notes = notes(options, &rounds);
+    let notes = notes(options, &rounds, &instructions);
     let stderr_lines = stderr_lines(
         &logs,
         servers::log_names().into_iter().chain(tls::log_names()),
@@ -423,6 +451,7 @@ fn run(options: &Options) -> Result<()> {
         "targets": targets,
         "rounds": rounds,
         "swap": swap,
+        "instructions": instructions,
         "keyvalue": keyvalue,
         "tls": tls,
         "server_stderr_lines": stderr_lines.into_iter().collect::<BTreeMap<_, _>>(),
@@ -542,8 +571,11 @@ fn estimate_minutes(options: &Options) -> u64 {
         + 3.0 * 3.0 * memory::SETTLE.as_secs_f64()
         + 5.0;
     let tls = tls::estimate_seconds(options.rounds.min(tls::DEFAULT_ROUNDS), options.duration);
-    ((per_round * options.rounds as f64 + 10.0 + keyvalue_seconds(options) + tls) / 60.0).ceil()
-        as u64
+    // hotsock starts in about 20 s under callgrind, native-echo in a few.
+    let instructions = 40.0;
+    ((per_round * options.rounds as f64 + 10.0 + instructions + keyvalue_seconds(options) + tls)
+        / 60.0)
+        .ceil() as u64
 }
 
 /// One round: start the servers, run each scenario on each in turn, stop them.
@@ -581,9 +613,11 @@ fn round(
     for server in &servers {
         let idle = memory::idle_memory(server)?;
         eprintln!(
-            "  idle memory, {}: {:.1} KiB per connection ({} open, {} failed)",
+            "  idle memory, {}: {:.1} KiB RSS, {:.1} KiB PSS, {:.2} mappings per connection ({} open, {} failed)",
             server.kind.name(),
             idle.per_connection_kib,
+            idle.pss_per_connection_kib,
+            idle.maps_per_connection,
             idle.connections,
             idle.failed
         );
@@ -670,7 +704,7 @@ fn disturbed_runs(rounds: &[Round]) -> Vec<(usize, Kind, String, f64)> {
 }
 
 /// The summary rows: the median over rounds of each metric, with targets.
-fn summary(rounds: &[Round], swap: &HotSwap) -> Vec<Row> {
+fn summary(rounds: &[Round], swap: &HotSwap, instructions: &Instructions) -> Vec<Row> {
     let per_server = |f: &dyn Fn(&ServerRound) -> Option<f64>| {
         Kind::ALL.map(|kind| {
             median(
@@ -709,10 +743,14 @@ fn summary(rounds: &[Round], swap: &HotSwap) -> Vec<Row> {
             "1/s",
             &|s| trips(s).map(|t| t.per_s),
         );
+        // Issue 24 asks 0.95× native at 10 connections; 100 keeps 0.90×.
+        match clients {
+            10 => rate = rate.target(Target::OverNativeAtLeast(0.95)),
+            100 => rate = rate.target(Target::OverNativeAtLeast(0.90)),
+            _ => {}
+        }
         if clients >= 10 {
-            rate = rate
-                .target(Target::OverNativeAtLeast(0.90))
-                .target(Target::OverPythonAtLeast(5.0));
+            rate = rate.target(Target::OverPythonAtLeast(5.0));
         }
         rows.push(rate);
         rows.push(
@@ -733,15 +771,17 @@ fn summary(rounds: &[Round], swap: &HotSwap) -> Vec<Row> {
             )
             .decimals(1),
         );
-        rows.push(
-            row(
-                format!("round_trip_server_cpu_us_{clients}"),
-                &label("  server CPU µs/op"),
-                "µs",
-                &|s| trips(s).and_then(|t| t.server_cpu_us_per_op),
-            )
-            .decimals(1),
-        );
+        let mut cpu = row(
+            format!("round_trip_server_cpu_us_{clients}"),
+            &label("  server CPU µs/op"),
+            "µs",
+            &|s| trips(s).and_then(|t| t.server_cpu_us_per_op),
+        )
+        .decimals(1);
+        if clients == 10 {
+            cpu = cpu.target(Target::OverNativeAtMost(1.10));
+        }
+        rows.push(cpu);
     }
     let new = |s: &ServerRound| s.new_connections.clone();
     rows.push(
@@ -751,7 +791,7 @@ fn summary(rounds: &[Round], swap: &HotSwap) -> Vec<Row> {
             "1/s",
             &|s| new(s).map(|t| t.per_s),
         )
-        .target(Target::OverNativeAtLeast(0.85))
+        .target(Target::OverNativeAtLeast(1.5))
         .target(Target::OverPythonAtLeast(5.0)),
     );
     rows.push(
@@ -800,18 +840,69 @@ fn summary(rounds: &[Round], swap: &HotSwap) -> Vec<Row> {
         "count",
         failed,
     ));
-    let memory = per_server(&|s| s.idle_memory.as_ref().map(|m| m.per_connection_kib));
-    rows.push(Row::new("idle_memory_kib", "memory per idle conn KiB", "KiB", memory).decimals(1));
-    let beyond = memory[0].zip(memory[1]).map(|(h, n)| h - n);
+    let idle = |f: fn(&IdleMemory) -> f64| per_server(&|s| s.idle_memory.as_ref().map(f));
+    // Beyond native: the sandbox's own cost per connection, which is what
+    // the target bounds (native's thread and socket buffers are the floor).
+    let beyond =
+        |values: [Option<f64>; 3]| hotsock_only(values[0].zip(values[1]).map(|(h, n)| h - n));
+    let rss = idle(|m| m.per_connection_kib);
+    rows.push(
+        Row::new(
+            "idle_memory_kib",
+            "memory per idle conn, RSS KiB",
+            "KiB",
+            rss,
+        )
+        .decimals(1),
+    );
     rows.push(
         Row::new(
             "idle_memory_beyond_native_kib",
             "  beyond native KiB/conn",
             "KiB",
-            hotsock_only(beyond),
+            beyond(rss),
         )
         .decimals(1)
-        .target(Target::AtMost(64.0)),
+        .target(Target::AtMost(IDLE_MEMORY_BEYOND_NATIVE_KIB)),
+    );
+    let pss = idle(|m| m.pss_per_connection_kib);
+    rows.push(
+        Row::new(
+            "idle_memory_pss_kib",
+            "memory per idle conn, PSS KiB",
+            "KiB",
+            pss,
+        )
+        .decimals(1),
+    );
+    rows.push(
+        Row::new(
+            "idle_memory_pss_beyond_native_kib",
+            "  beyond native KiB/conn",
+            "KiB",
+            beyond(pss),
+        )
+        .decimals(1)
+        .target(Target::AtMost(IDLE_MEMORY_BEYOND_NATIVE_KIB)),
+    );
+    rows.push(
+        Row::new(
+            "idle_mappings",
+            "mappings per idle conn",
+            "mappings",
+            idle(|m| m.maps_per_connection),
+        )
+        .decimals(2)
+        .target(Target::AtMost(IDLE_MAPPINGS)),
+    );
+    rows.push(
+        Row::new(
+            "instructions_per_round_trip",
+            "instructions per round trip",
+            "instructions",
+            Kind::ALL.map(|kind| instructions.per_round_trip(kind)),
+        )
+        .target(Target::AtMost(INSTRUCTIONS_PER_ROUND_TRIP)),
     );
     let instantiate =
         |f: fn(&InstantiateTime) -> f64| median(rounds.iter().map(|r| f(&r.instantiate)));
@@ -823,7 +914,7 @@ fn summary(rounds: &[Round], swap: &HotSwap) -> Vec<Row> {
             hotsock_only(instantiate(|i| i.p50_us)),
         )
         .decimals(2)
-        .target(Target::AtMost(10.0)),
+        .target(Target::AtMost(6.0)),
     );
     rows.push(
         Row::new(
@@ -875,7 +966,7 @@ fn summary(rounds: &[Round], swap: &HotSwap) -> Vec<Row> {
 }
 
 /// What a reader needs to know to read the numbers right.
-fn notes(options: &Options, rounds: &[Round]) -> Vec<String> {
+fn notes(options: &Options, rounds: &[Round], instructions: &Instructions) -> Vec<String> {
     let mut notes = vec![
         format!(
             "medians over {} round(s); a ratio is the median of each round's ratio (the servers measured back to back); every round's values are in bench.json",
@@ -890,7 +981,9 @@ fn notes(options: &Options, rounds: &[Round]) -> Vec<String> {
         ),
         "hot swap windows: from 0.25 s before a swap request to 0.5 s after its answer; steady state is the rest".into(),
         "server CPU µs/op: the server process's CPU time over the run, warm-up included, per operation completed".into(),
+        "memory per idle conn: RSS counts a page mapped by many connections (the compiled handler's code) once per mapping, PSS once in all".into(),
     ];
+    notes.extend(instructions.notes());
     let disturbed = disturbed_runs(rounds);
     if !disturbed.is_empty() {
         notes.push(format!(
@@ -1103,6 +1196,22 @@ mod tests {
         );
         assert!(help.contains(&fleet), "{help}");
         assert!(help.contains("[default: target/bench]"), "{help}");
+    }
+
+    #[test]
+    fn the_help_names_issue_24s_figures() {
+        let help = <Options as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for figure in [
+            "RSS",
+            "PSS",
+            "memory mappings",
+            "callgrind",
+            "--max-connections 4",
+        ] {
+            assert!(help.contains(figure), "{figure} is not in:\n{help}");
+        }
         assert!(help.contains("[default: 10]"), "{help}");
     }
 }

@@ -36,6 +36,8 @@ pub enum Target {
     OverNativeAtLeast(f64),
     /// hotsock / python at least this.
     OverPythonAtLeast(f64),
+    /// hotsock / native at most this: for costs, where less is better.
+    OverNativeAtMost(f64),
     /// hotsock's value at most this.
     AtMost(f64),
 }
@@ -124,6 +126,10 @@ impl Row {
         match target {
             Target::OverNativeAtLeast(floor) => at_least(self.over_native(), floor),
             Target::OverPythonAtLeast(floor) => at_least(self.over_python(), floor),
+            Target::OverNativeAtMost(ceiling) => self
+                .over_native()
+                .filter(|r| r.is_finite())
+                .map(|r| r <= ceiling),
             Target::AtMost(ceiling) => self.values[0]
                 .filter(|v| v.is_finite())
                 .map(|v| v <= ceiling),
@@ -135,8 +141,12 @@ impl Row {
         match target {
             Target::OverNativeAtLeast(floor) => format!("≥ {floor:.2}× native"),
             Target::OverPythonAtLeast(floor) => format!("≥ {floor}× python"),
+            Target::OverNativeAtMost(ceiling) => format!("≤ {ceiling:.2}× native"),
             Target::AtMost(ceiling) if self.unit == "ratio" => format!("≤ {ceiling}×"),
             Target::AtMost(ceiling) if self.unit == "count" => format!("= {ceiling}"),
+            Target::AtMost(ceiling) if ceiling.fract() == 0.0 => {
+                format!("≤ {} {}", number(ceiling, 0), self.unit)
+            }
             Target::AtMost(ceiling) => format!("≤ {ceiling} {}", self.unit),
         }
     }
@@ -365,7 +375,7 @@ pub fn write_json(dir: &Path, name: &str, json: &serde_json::Value) -> anyhow::R
 
 #[cfg(test)]
 mod tests {
-    use super::{median, number, percentile};
+    use super::{Row, Target, median, number, percentile};
 
     #[test]
     fn percentiles_by_nearest_rank() {
@@ -390,5 +400,35 @@ mod tests {
         assert_eq!(number(999.24, 1), "999.2");
         assert_eq!(number(-1234.5, 1), "-1,234.5");
         assert_eq!(number(-0.01, 1), "0.0");
+    }
+
+    #[test]
+    fn targets_on_costs_and_on_rates() {
+        // A cost: hotsock 11 µs against native's 10 is 1.10×, just met.
+        let cpu = Row::new("cpu", "cpu", "µs", [Some(11.0), Some(10.0), None])
+            .target(Target::OverNativeAtMost(1.10));
+        assert_eq!(cpu.met(Target::OverNativeAtMost(1.10)), Some(true));
+        assert_eq!(cpu.met(Target::OverNativeAtMost(1.05)), Some(false));
+        assert_eq!(
+            cpu.describe(Target::OverNativeAtMost(1.1)),
+            "≤ 1.10× native"
+        );
+        // A rate, measured as paired ratios rather than from the values.
+        let rate = Row::new("rate", "rate", "1/s", [Some(95.0), Some(100.0), None])
+            .ratios([Some(0.94), None]);
+        assert_eq!(rate.met(Target::OverNativeAtLeast(0.95)), Some(false));
+        assert_eq!(rate.met(Target::OverPythonAtLeast(5.0)), None);
+        // An absolute ceiling reads in the row's unit.
+        let maps = Row::new("maps", "maps", "mappings", [Some(4.5), Some(4.0), None]);
+        assert_eq!(maps.met(Target::AtMost(4.5)), Some(true));
+        assert_eq!(maps.describe(Target::AtMost(4.5)), "≤ 4.5 mappings");
+        // A value that was not measured is neither met nor missed.
+        let missing = Row::new("x", "x", "instructions", [None, Some(910.0), None]);
+        assert_eq!(
+            missing.describe(Target::AtMost(5000.0)),
+            "≤ 5,000 instructions"
+        );
+        assert_eq!(missing.met(Target::AtMost(5000.0)), None);
+        assert_eq!(missing.met(Target::OverNativeAtMost(1.1)), None);
     }
 }

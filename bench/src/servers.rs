@@ -172,7 +172,7 @@ impl Programs {
     }
 
     /// The command line that starts `kind`, and the environment it needs.
-    fn command(&self, kind: Kind) -> Command {
+    pub fn command(&self, kind: Kind) -> Command {
         match kind {
             Kind::Hotsock => self.hotsock_command("127.0.0.1:0", &admin_socket()),
             Kind::Native => {

@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::load::{open_idle, round_trip};
-use crate::memory::SETTLE;
+use crate::memory::{SETTLE, maps};
 use crate::servers::{Kind, Server};
 
 /// What the soak found on one server.
@@ -133,12 +133,6 @@ pub fn table(soaks: &[Soak]) -> String {
         ));
     }
     out
-}
-
-fn maps(pid: u32) -> Result<u64> {
-    let path = format!("/proc/{pid}/maps");
-    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    Ok(text.lines().count() as u64)
 }
 
 fn threads(pid: u32) -> Result<u64> {

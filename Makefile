@@ -31,6 +31,15 @@ COMPONENTIZE_PY         := $(VENV)/bin/componentize-py
 COMPONENTIZE_PY_STAMP   := $(VENV)/.componentize-py-$(COMPONENTIZE_PY_VERSION)
 PY_HANDLERS             := $(WASM_DIR)/python_echo.wasm
 
+# JavaScript handlers are built with componentize-js, which npm installs into
+# each handler's own node_modules (never globally) from its package-lock.json,
+# at the version `hotsock new --lang js|ts` pins (COMPONENTIZE_JS_VERSION in
+# host/src/cli/new.rs; a unit test there keeps handlers/js-echo at the same pin).
+COMPONENTIZE_JS_VERSION := $(shell sed -n 's/.*COMPONENTIZE_JS_VERSION: &str = "\(.*\)";/\1/p' host/src/cli/new.rs)
+JS_ECHO                 := handlers/js-echo
+JS_ECHO_STAMP           := $(JS_ECHO)/node_modules/.componentize-js-$(COMPONENTIZE_JS_VERSION)
+JS_HANDLERS             := $(WASM_DIR)/js_echo.wasm
+
 # The tests read /metrics with Prometheus's own Python parser, and
 # deploy/kubernetes.yaml with PyYAML, in the same .venv.
 PROMETHEUS_CLIENT_VERSION := 0.26.0
@@ -42,8 +51,9 @@ PYYAML_STAMP              := $(VENV)/.pyyaml-$(PYYAML_VERSION)
 # HAProxy in front of a fleet (and terminating TLS in `make bench`), openssl
 # to make test certificates (for the TLS tests and the docs' TLS example),
 # systemd's socket activator and unit checker, and curl, which the docs'
-# admin API and metrics examples use (tests/docs.rs).
-SYSTEM_PACKAGES := haproxy:haproxy openssl:openssl systemd-socket-activate:systemd systemd-analyze:systemd redis-server:redis-server curl:curl
+# admin API and metrics examples use (tests/docs.rs); Node and npm, which
+# build the JavaScript handlers and the `--lang js|ts` scaffolds.
+SYSTEM_PACKAGES := haproxy:haproxy openssl:openssl systemd-socket-activate:systemd systemd-analyze:systemd redis-server:redis-server curl:curl node:nodejs npm:npm
 
 # `make bench` plots the hot swap with matplotlib, in the same .venv.
 MATPLOTLIB_VERSION := 3.11.2
@@ -53,7 +63,7 @@ SOAK_OUT           := target/soak
 BENCH_FLEET_OUT    := target/bench-fleet
 SOAK_CONNECTIONS   ?= 10000
 
-.PHONY: all setup rust-setup system-packages build guests python-handlers run test handler-cost bench bench-fleet soak fleet lint fmt clean
+.PHONY: all setup rust-setup system-packages build guests python-handlers js-handlers run test handler-cost bench bench-fleet soak fleet lint fmt clean
 
 all: build
 
@@ -84,8 +94,8 @@ $(PYYAML_STAMP):
 system-packages:
 	tools/system-packages.sh $(SYSTEM_PACKAGES)
 
-## Build the host and every handler, Rust and Python (release).
-build: setup python-handlers
+## Build the host and every handler, Rust, Python and JavaScript (release).
+build: setup python-handlers js-handlers
 	$(CARGO) build --release --target $(WASM_TARGET) $(GUESTS)
 	$(CARGO) build --release -p hotsock
 
@@ -99,6 +109,17 @@ $(WASM_DIR)/python_echo.wasm: handlers/python-echo/app.py wit/plugin.wit $(wildc
 	mkdir -p $(WASM_DIR)
 	$(COMPONENTIZE_PY) --quiet -d wit -w plugin componentize -p handlers/python-echo app -o $@
 
+js-handlers: $(JS_HANDLERS)
+
+$(JS_ECHO_STAMP): $(JS_ECHO)/package.json $(JS_ECHO)/package-lock.json | system-packages
+	cd $(JS_ECHO) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(WASM_DIR)/js_echo.wasm: $(JS_ECHO)/app.js wit/plugin.wit $(wildcard wit/deps/*/*.wit) $(JS_ECHO_STAMP)
+	mkdir -p $(WASM_DIR)
+	cd $(JS_ECHO) && npm run --silent build
+	mv $(JS_ECHO)/js-echo.wasm $@
+
 ## Serve the default echo handler on $(ADDR); try `nc 127.0.0.1 50007`.
 run: rust-setup
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest-handler
@@ -106,7 +127,7 @@ run: rust-setup
 	$(HOTSOCK) serve --addr $(ADDR) $(HANDLER)
 
 ## Run all tests: the real server over TCP, and the guests' unit tests.
-test: setup guests python-handlers
+test: setup guests python-handlers js-handlers
 	$(CARGO) test --release -p hotsock
 	$(CARGO) test --release -p hotsock-bench
 	$(CARGO) test --release -p testkit
@@ -114,7 +135,7 @@ test: setup guests python-handlers
 
 ## What a handler costs: start-up (compiling, then cached), new connection, memory per connection.
 handler-cost: build
-	$(PYTHON) bench/handler_cost.py $(HOTSOCK) rust-echo=$(HANDLER) python-echo=$(WASM_DIR)/python_echo.wasm
+	$(PYTHON) bench/handler_cost.py $(HOTSOCK) rust-echo=$(HANDLER) python-echo=$(WASM_DIR)/python_echo.wasm js-echo=$(WASM_DIR)/js_echo.wasm
 
 ## hotsock against the same echo server in plain Rust and in Python, on loopback:
 ## round trips, new connections, memory per idle connection, instantiate time,

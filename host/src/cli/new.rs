@@ -34,6 +34,10 @@ pub struct NewArgs {
 /// The componentize-py release the Python template is built and tested with.
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 
+/// The componentize-js release the JavaScript and TypeScript templates pin,
+/// and `handlers/js-echo` is built with (the Makefile reads it from here).
+pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
+
 /// The contract, as every project gets it: `wit/plugin.wit` and the WIT
 /// packages it imports, under `wit/deps/` where wit-bindgen and
 /// componentize-py look for them.

@@ -39,6 +39,12 @@ COMPONENTIZE_JS_VERSION := $(shell sed -n 's/.*COMPONENTIZE_JS_VERSION: &str = "
 JS_ECHO                 := handlers/js-echo
 JS_ECHO_STAMP           := $(JS_ECHO)/node_modules/.componentize-js-$(COMPONENTIZE_JS_VERSION)
 JS_HANDLERS             := $(WASM_DIR)/js_echo.wasm
+COMPONENTIZE_JS         := $(JS_ECHO)/node_modules/.bin/componentize-js
+# Components showing the mistakes a JavaScript author meets, for the tests of
+# what hotsock says about them (tests/bad_handler.rs): js-echo built without
+# `-d http fetch-event` (it imports wasi:http), and a module exporting a bare
+# `handle` function instead of the `handler` interface.
+JS_FIXTURES             := $(WASM_DIR)/js_wasi_http.wasm $(WASM_DIR)/js_no_handler.wasm
 
 # The tests read /metrics with Prometheus's own Python parser, and
 # deploy/kubernetes.yaml with PyYAML, in the same .venv.
@@ -63,7 +69,7 @@ SOAK_OUT           := target/soak
 BENCH_FLEET_OUT    := target/bench-fleet
 SOAK_CONNECTIONS   ?= 10000
 
-.PHONY: all setup rust-setup system-packages build guests python-handlers js-handlers run test handler-cost bench bench-fleet soak fleet lint fmt clean
+.PHONY: all setup rust-setup system-packages build guests python-handlers js-handlers js-fixtures run test handler-cost bench bench-fleet soak fleet lint fmt clean
 
 all: build
 
@@ -120,6 +126,17 @@ $(WASM_DIR)/js_echo.wasm: $(JS_ECHO)/app.js wit/plugin.wit $(wildcard wit/deps/*
 	cd $(JS_ECHO) && npm run --silent build
 	mv $(JS_ECHO)/js-echo.wasm $@
 
+js-fixtures: $(JS_FIXTURES)
+
+$(WASM_DIR)/js_wasi_http.wasm: $(JS_ECHO)/app.js wit/plugin.wit $(wildcard wit/deps/*/*.wit) $(JS_ECHO_STAMP)
+	mkdir -p $(WASM_DIR)
+	$(COMPONENTIZE_JS) $(JS_ECHO)/app.js --wit wit --world-name plugin -o $@ >/dev/null
+
+$(WASM_DIR)/js_no_handler.wasm: tests/fixtures/js-no-handler/app.js tests/fixtures/js-no-handler/world.wit $(JS_ECHO_STAMP)
+	mkdir -p $(WASM_DIR)
+	$(COMPONENTIZE_JS) tests/fixtures/js-no-handler/app.js --wit tests/fixtures/js-no-handler/world.wit \
+		--world-name plugin -d http fetch-event -o $@ >/dev/null
+
 ## Serve the default echo handler on $(ADDR); try `nc 127.0.0.1 50007`.
 run: rust-setup
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest-handler
@@ -127,7 +144,7 @@ run: rust-setup
 	$(HOTSOCK) serve --addr $(ADDR) $(HANDLER)
 
 ## Run all tests: the real server over TCP, and the guests' unit tests.
-test: setup guests python-handlers js-handlers
+test: setup guests python-handlers js-handlers js-fixtures
 	$(CARGO) test --release -p hotsock
 	$(CARGO) test --release -p hotsock-bench
 	$(CARGO) test --release -p testkit

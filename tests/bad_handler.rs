@@ -87,6 +87,28 @@ fn a_component_of_another_world() {
 }
 
 #[test]
+fn a_javascript_handler_built_with_wasi_http_is_told_how_to_build_it() {
+    // handlers/js-echo built by componentize-js with its defaults, which
+    // import wasi:http (the Makefile's js-fixtures).
+    // The hint follows the linker's own words, and only for wasi:http.
+    rejects(
+        &wasm("js_wasi_http"),
+        "and WASI 0.2 interfaces; a JavaScript handler built by componentize-js imports \
+         wasi:http unless built with `-d http fetch-event`",
+    );
+}
+
+#[test]
+fn a_handler_exporting_a_bare_handle_is_told_which_export_hotsock_expects() {
+    // `export function handle` in JavaScript, against a world that lets it.
+    rejects(
+        &wasm("js_no_handler"),
+        "it exports handle): hotsock calls the function `handle` of the interface `handler` \
+         (in JavaScript `export const handler = { handle(conn) { ... } }`",
+    );
+}
+
+#[test]
 fn check_accepts_the_default_handler() {
     let output = hotsock()
         .arg("check")

@@ -85,7 +85,7 @@ const CONTRACT: &[Template] = &[
 ];
 
 /// A template file: its path in the project, and its text with `{{name}}`,
-/// `{{crate}}`, `{{npm_name}}` and version placeholders (see [`create`]). Every project also gets
+/// `{{crate}}` and version placeholders (see [`create`]). Every project also gets
 /// the [`CONTRACT`] files, as they are.
 type Template = (&'static str, &'static str);
 
@@ -174,6 +174,14 @@ fn create(parent: &Path, name: &str, lang: Lang) -> Result<PathBuf> {
             "`{name}` cannot name a handler: use letters, digits, `-` and `_`, starting with a letter"
         );
     }
+    // npm refuses a package name with capitals, and the build names the
+    // component after the package.
+    if matches!(lang, Lang::Js | Lang::Ts) && name.chars().any(|c| c.is_ascii_uppercase()) {
+        bail!(
+            "`{name}` cannot name a JavaScript handler: npm package names are lower case, e.g. `{}`",
+            name.to_ascii_lowercase()
+        );
+    }
     let dir = parent.join(name);
     if dir.exists() {
         bail!(
@@ -189,15 +197,12 @@ fn create(parent: &Path, name: &str, lang: Lang) -> Result<PathBuf> {
         Lang::Js => JS,
         Lang::Ts => TS,
     };
-    // npm wants a package name in lower case.
-    let npm_name = name.to_ascii_lowercase();
     let files = templates
         .iter()
         .map(|&(path, text)| {
             let text = text
                 .replace("{{name}}", name)
                 .replace("{{crate}}", &crate_name)
-                .replace("{{npm_name}}", &npm_name)
                 .replace("{{componentize_py}}", COMPONENTIZE_PY_VERSION)
                 .replace("{{componentize_js}}", COMPONENTIZE_JS_VERSION)
                 .replace("{{preview2_shim}}", PREVIEW2_SHIM_VERSION)
@@ -272,12 +277,12 @@ mod tests {
     #[test]
     fn js_and_ts_projects_pin_exact_versions() {
         let parent = tempfile::tempdir().unwrap();
-        for (name, lang) in [("My-Js", Lang::Js), ("My-Ts", Lang::Ts)] {
+        for (name, lang) in [("my-js", Lang::Js), ("my-ts", Lang::Ts)] {
             let dir = create(parent.path(), name, lang).unwrap();
             let text = fs::read_to_string(dir.join("package.json")).unwrap();
             assert!(!text.contains("{{"), "{text}");
             let package: serde_json::Value = serde_json::from_str(&text).unwrap();
-            assert_eq!(package["name"], name.to_ascii_lowercase());
+            assert_eq!(package["name"], name);
             let script = package["scripts"]["build"].as_str().unwrap();
             assert!(script.contains(&format!("-o {name}.wasm")), "{script}");
             assert!(script.contains("-d http fetch-event"), "{script}");
@@ -299,6 +304,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// npm takes no capitals in a package name, which names the component.
+    #[test]
+    fn a_js_or_ts_handler_name_is_lower_case() {
+        let parent = tempfile::tempdir().unwrap();
+        for lang in [Lang::Js, Lang::Ts] {
+            let e = create(parent.path(), "My-Handler", lang).unwrap_err();
+            assert!(e.to_string().contains("e.g. `my-handler`"), "{e}");
+        }
+        assert!(!parent.path().join("My-Handler").exists());
+        create(parent.path(), "My-Handler", Lang::Rust).unwrap();
     }
 
     /// handlers/js-echo is built with the componentize-js (and WASI shim)

@@ -1,8 +1,9 @@
 // {{name}}: a hotsock handler. hotsock calls `handler.handle` once per client
 // connection, in a fresh instance on that connection's own thread.
 //
-// `npm run build` generates types/ from wit/plugin.wit (jco guest-types), so
-// tsc checks this file against the contract. Unused here, but there to take:
+// `npm run build` writes the contract's types into generated/, from
+// wit/plugin.wit (jco guest-types), and tsc checks this file against them.
+// Unused here, but there to take:
 //
 //   import { join, publish, members } from "hotsock:plugin/rooms@0.3.0";
 //     join(conn, "lobby");                        // get what others publish to "lobby"

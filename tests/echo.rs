@@ -130,7 +130,7 @@ fn python_passes_the_echo_tests_and_starts_fast_from_the_cache() {
 }
 
 /// The JavaScript handler (componentize-js) passes the same tests. Its first
-/// start compiles 12 MB of component (about 15 s on two cores); the second
+/// start compiles 12 MB of component (7 to 14 s on two busy cores); the second
 /// loads the compiled code from the cache and must take well under a second.
 #[test]
 fn javascript_passes_the_echo_tests_and_starts_fast_from_the_cache() {

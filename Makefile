@@ -31,6 +31,21 @@ COMPONENTIZE_PY         := $(VENV)/bin/componentize-py
 COMPONENTIZE_PY_STAMP   := $(VENV)/.componentize-py-$(COMPONENTIZE_PY_VERSION)
 PY_HANDLERS             := $(WASM_DIR)/python_echo.wasm
 
+# JavaScript handlers are built with componentize-js, which npm installs into
+# each handler's own node_modules (never globally) from its package-lock.json,
+# at the version `hotsock new --lang js|ts` pins (COMPONENTIZE_JS_VERSION in
+# host/src/cli/new.rs; a unit test there keeps handlers/js-echo at the same pin).
+COMPONENTIZE_JS_VERSION := $(shell sed -n 's/.*COMPONENTIZE_JS_VERSION: &str = "\(.*\)";/\1/p' host/src/cli/new.rs)
+JS_ECHO                 := handlers/js-echo
+JS_ECHO_STAMP           := $(JS_ECHO)/node_modules/.componentize-js-$(COMPONENTIZE_JS_VERSION)
+JS_HANDLERS             := $(WASM_DIR)/js_echo.wasm
+COMPONENTIZE_JS         := $(JS_ECHO)/node_modules/.bin/componentize-js
+# Components showing the mistakes a JavaScript author meets, for the tests of
+# what hotsock says about them (tests/bad_handler.rs): js-echo built without
+# `-d http fetch-event` (it imports wasi:http), and a module exporting a bare
+# `handle` function instead of the `handler` interface.
+JS_FIXTURES             := $(WASM_DIR)/js_wasi_http.wasm $(WASM_DIR)/js_no_handler.wasm
+
 # The tests read /metrics with Prometheus's own Python parser, and
 # deploy/kubernetes.yaml with PyYAML, in the same .venv.
 PROMETHEUS_CLIENT_VERSION := 0.26.0
@@ -42,9 +57,11 @@ PYYAML_STAMP              := $(VENV)/.pyyaml-$(PYYAML_VERSION)
 # HAProxy in front of a fleet (and terminating TLS in `make bench`), openssl
 # to make test certificates (for the TLS tests and the docs' TLS example),
 # systemd's socket activator and unit checker, curl, which the docs'
-# admin API and metrics examples use (tests/docs.rs), and valgrind, whose
-# callgrind counts the instructions per round trip in `make bench`.
-SYSTEM_PACKAGES := haproxy:haproxy openssl:openssl systemd-socket-activate:systemd systemd-analyze:systemd redis-server:redis-server curl:curl valgrind:valgrind
+# admin API and metrics examples use (tests/docs.rs); Node and npm, which
+# build the JavaScript handlers and the `--lang js|ts` scaffolds; and
+# valgrind, whose callgrind counts the instructions per round trip in
+# `make bench`.
+SYSTEM_PACKAGES := haproxy:haproxy openssl:openssl systemd-socket-activate:systemd systemd-analyze:systemd redis-server:redis-server curl:curl node:nodejs npm:npm valgrind:valgrind
 
 # `make bench` plots the hot swap with matplotlib, in the same .venv.
 MATPLOTLIB_VERSION := 3.11.2
@@ -54,7 +71,7 @@ SOAK_OUT           := target/soak
 BENCH_FLEET_OUT    := target/bench-fleet
 SOAK_CONNECTIONS   ?= 14000
 
-.PHONY: all setup rust-setup system-packages build guests python-handlers run test handler-cost bench bench-fleet soak fleet lint fmt clean
+.PHONY: all setup rust-setup system-packages build guests python-handlers js-handlers js-fixtures run test handler-cost bench bench-fleet soak fleet lint fmt clean
 
 all: build
 
@@ -85,8 +102,8 @@ $(PYYAML_STAMP):
 system-packages:
 	tools/system-packages.sh $(SYSTEM_PACKAGES)
 
-## Build the host and every handler, Rust and Python (release).
-build: setup python-handlers
+## Build the host and every handler, Rust, Python and JavaScript (release).
+build: setup python-handlers js-handlers
 	$(CARGO) build --release --target $(WASM_TARGET) $(GUESTS)
 	$(CARGO) build --release -p hotsock
 
@@ -100,6 +117,28 @@ $(WASM_DIR)/python_echo.wasm: handlers/python-echo/app.py wit/plugin.wit $(wildc
 	mkdir -p $(WASM_DIR)
 	$(COMPONENTIZE_PY) --quiet -d wit -w plugin componentize -p handlers/python-echo app -o $@
 
+js-handlers: $(JS_HANDLERS)
+
+$(JS_ECHO_STAMP): $(JS_ECHO)/package.json $(JS_ECHO)/package-lock.json | system-packages
+	cd $(JS_ECHO) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(WASM_DIR)/js_echo.wasm: $(JS_ECHO)/app.js wit/plugin.wit $(wildcard wit/deps/*/*.wit) $(JS_ECHO_STAMP)
+	mkdir -p $(WASM_DIR)
+	cd $(JS_ECHO) && npm run --silent build
+	mv $(JS_ECHO)/js-echo.wasm $@
+
+js-fixtures: $(JS_FIXTURES)
+
+$(WASM_DIR)/js_wasi_http.wasm: $(JS_ECHO)/app.js wit/plugin.wit $(wildcard wit/deps/*/*.wit) $(JS_ECHO_STAMP)
+	mkdir -p $(WASM_DIR)
+	$(COMPONENTIZE_JS) $(JS_ECHO)/app.js --wit wit --world-name plugin -o $@ >/dev/null
+
+$(WASM_DIR)/js_no_handler.wasm: tests/fixtures/js-no-handler/app.js tests/fixtures/js-no-handler/world.wit $(JS_ECHO_STAMP)
+	mkdir -p $(WASM_DIR)
+	$(COMPONENTIZE_JS) tests/fixtures/js-no-handler/app.js --wit tests/fixtures/js-no-handler/world.wit \
+		--world-name plugin -d http fetch-event -o $@ >/dev/null
+
 ## Serve the default echo handler on $(ADDR); try `nc 127.0.0.1 50007`.
 run: rust-setup
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest-handler
@@ -107,7 +146,7 @@ run: rust-setup
 	$(HOTSOCK) serve --addr $(ADDR) $(HANDLER)
 
 ## Run all tests: the real server over TCP, and the guests' unit tests.
-test: setup guests python-handlers
+test: setup guests python-handlers js-handlers js-fixtures
 	$(CARGO) test --release -p hotsock
 	$(CARGO) test --release -p hotsock-bench
 	$(CARGO) test --release -p testkit
@@ -115,7 +154,7 @@ test: setup guests python-handlers
 
 ## What a handler costs: start-up (compiling, then cached), new connection, memory per connection.
 handler-cost: build
-	$(PYTHON) bench/handler_cost.py $(HOTSOCK) rust-echo=$(HANDLER) python-echo=$(WASM_DIR)/python_echo.wasm
+	$(PYTHON) bench/handler_cost.py $(HOTSOCK) rust-echo=$(HANDLER) python-echo=$(WASM_DIR)/python_echo.wasm js-echo=$(WASM_DIR)/js_echo.wasm
 
 ## hotsock against the same echo server in plain Rust and in Python, on loopback:
 ## round trips, new connections, memory per idle connection (RSS, PSS and

@@ -8,7 +8,22 @@ use crate::util::{hotsock, wasm};
 /// Runs `serve` and `check` on `handler`; both must fail with one line that
 /// contains `expected`.
 fn rejects(handler: &Path, expected: &str) {
-    for args in [&["serve", "--addr", "127.0.0.1:0"][..], &["check"]] {
+    rejects_with(
+        handler,
+        expected,
+        &[&["serve", "--addr", "127.0.0.1:0"], &["check"]],
+    );
+}
+
+/// [`rejects`] for a 12 MB JavaScript component, with `check` alone: `serve`
+/// loads through the same code and says the same, and each run compiles the
+/// whole component again (hotsock caches only what it accepts), for seconds.
+fn check_rejects(handler: &Path, expected: &str) {
+    rejects_with(handler, expected, &[&["check"]]);
+}
+
+fn rejects_with(handler: &Path, expected: &str, commands: &[&[&str]]) {
+    for &args in commands {
         let output = hotsock()
             .args(args)
             .arg(handler)
@@ -83,6 +98,28 @@ fn a_component_of_another_world() {
         &wasm("not-a-handler"),
         "does not export `hotsock:plugin/handler@0.3.0` (nor the older \
          `hotsock:plugin/handler@0.2.0`, `hotsock:plugin/handler@0.1.0`; it exports wasi:cli/run",
+    );
+}
+
+#[test]
+fn a_javascript_handler_built_with_wasi_http_is_told_how_to_build_it() {
+    // handlers/js-echo built by componentize-js with its defaults, which
+    // import wasi:http (the Makefile's js-fixtures).
+    // The hint follows the linker's own words, and only for wasi:http.
+    check_rejects(
+        &wasm("js_wasi_http"),
+        "and WASI 0.2 interfaces; a JavaScript handler built by componentize-js imports \
+         wasi:http unless built with `-d http fetch-event`",
+    );
+}
+
+#[test]
+fn a_handler_exporting_a_bare_handle_is_told_which_export_hotsock_expects() {
+    // `export function handle` in JavaScript, against a world that lets it.
+    check_rejects(
+        &wasm("js_no_handler"),
+        "it exports handle): hotsock calls the function `handle` of the interface `handler` \
+         (in JavaScript `export const handler = { handle(conn) { ... } }`",
     );
 }
 

@@ -66,11 +66,14 @@ const DEFAULT_ADDR: &str = "127.0.0.1:50007";
 /// hotsock's.
 const OTHER_PROGRAMS: &[&str] = &[
     "cargo",
+    "componentize-js",
     "componentize-py",
     "curl",
+    "jco",
     "kubectl",
     "make",
     "nc",
+    "npm",
     "pip",
     "rustup",
     "sysctl",

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::util::{Server, componentize_py, echo_line, error_of, hotsock, repo_root};
+use crate::util::{Server, componentize_py, echo_line, error_of, hotsock, repo_root, system_tool};
 
 fn scaffold(parent: &Path, name: &str, lang: &str) {
     let output = hotsock()
@@ -108,6 +108,89 @@ fn a_python_handler_scaffolds_builds_and_serves() {
     let server = Server::start_path(&project.join("py_handler.wasm"), &[]);
     assert_eq!(echo_line(&mut server.connect(), "hello"), "hello");
     server.wait_for_log(&["stdout: serving 127.0.0.1:"]);
+}
+
+/// npm in `project`, with a cache under the repository's target directory,
+/// so that a rerun installs from it instead of the registry.
+fn npm(npm: &Path, project: &Path) -> Command {
+    let mut command = Command::new(npm);
+    command
+        .current_dir(project)
+        .env("npm_config_cache", repo_root().join("target/npm-cache"))
+        .env("npm_config_prefer_offline", "true")
+        .env("npm_config_audit", "false")
+        .env("npm_config_fund", "false")
+        .env("npm_config_update_notifier", "false");
+    command
+}
+
+/// The commands a JavaScript or TypeScript scaffold's README gives: `npm
+/// install`, `npm run build` (writing NAME.wasm) and `npm test` (`hotsock
+/// test` on its transcript, with the hotsock under test on PATH); then the
+/// component serves.
+fn npm_builds_tests_and_serves(npm_path: &Path, project: &Path, name: &str) {
+    run(npm(npm_path, project).arg("install"));
+    run(npm(npm_path, project).args(["run", "build"]));
+    let hotsock_dir = Path::new(env!("CARGO_BIN_EXE_hotsock")).parent().unwrap();
+    let path = std::env::join_paths(std::iter::once(hotsock_dir.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .unwrap();
+    run(npm(npm_path, project).arg("test").env("PATH", path));
+
+    let server = Server::start_path(&project.join(format!("{name}.wasm")), &[]);
+    assert_eq!(echo_line(&mut server.connect(), "hello"), "hello");
+    server.wait_for_log(&["stdout: serving 127.0.0.1:"]);
+}
+
+#[test]
+fn a_js_handler_scaffolds_builds_and_serves() {
+    let Some(npm_path) = system_tool("npm", "npm") else {
+        return;
+    };
+    let parent = tempfile::tempdir().unwrap();
+    scaffold(parent.path(), "js-handler", "js");
+    npm_builds_tests_and_serves(&npm_path, &parent.path().join("js-handler"), "js-handler");
+}
+
+/// The TypeScript scaffold builds like the JavaScript one, and its build
+/// type-checks `app.ts` against the contract: a type error stops it with
+/// tsc's message.
+#[test]
+fn a_ts_handler_scaffolds_builds_and_serves_and_a_type_error_stops_its_build() {
+    let Some(npm_path) = system_tool("npm", "npm") else {
+        return;
+    };
+    let parent = tempfile::tempdir().unwrap();
+    scaffold(parent.path(), "ts-handler", "ts");
+    let project = parent.path().join("ts-handler");
+    npm_builds_tests_and_serves(&npm_path, &project, "ts-handler");
+
+    // `read` takes a number of bytes (`u32` in wit/plugin.wit).
+    let app = project.join("app.ts");
+    let source = std::fs::read_to_string(&app).unwrap();
+    let broken = source.replace("conn.read(4096)", "conn.read(\"4096\")");
+    assert_ne!(broken, source, "app.ts no longer calls conn.read(4096)");
+    std::fs::write(&app, broken).unwrap();
+    std::fs::remove_file(project.join("ts-handler.wasm")).unwrap();
+    let output = npm(&npm_path, &project)
+        .args(["run", "build"])
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "the build passed:\n{printed}");
+    assert!(
+        printed.contains("app.ts(") && printed.contains("error TS2345: Argument of type 'string' is not assignable to parameter of type 'number'"),
+        "{printed}"
+    );
+    assert!(
+        !project.join("ts-handler.wasm").exists(),
+        "a component was built from code that does not type-check"
+    );
 }
 
 #[test]

@@ -17,6 +17,11 @@ pub enum Lang {
     Rust,
     /// A Python module built with componentize-py.
     Python,
+    /// A JavaScript module built with componentize-js, through npm.
+    Js,
+    /// A TypeScript module type-checked against the contract and compiled
+    /// with tsc, then built with componentize-js, through npm.
+    Ts,
 }
 
 /// Options of `hotsock new`.
@@ -33,6 +38,24 @@ pub struct NewArgs {
 
 /// The componentize-py release the Python template is built and tested with.
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+
+/// The componentize-js release the JavaScript and TypeScript templates pin,
+/// and `handlers/js-echo` is built with (the Makefile reads it from here).
+pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
+
+/// The WASI shim componentize-js 0.23.0 imports without declaring it as a
+/// dependency (npm ci would leave it out), pinned beside it. The TypeScript
+/// template also holds jco to it: from 0.26 the shim preopens no directory by
+/// default, and `jco guest-types` (jco-transpile 0.15) then cannot read wit/.
+pub const PREVIEW2_SHIM_VERSION: &str = "0.25.0";
+
+/// The jco release whose `guest-types` writes the TypeScript template's
+/// types for the contract (the one componentize-js 0.23.0 resolves to).
+pub const JCO_VERSION: &str = "1.35.0";
+
+/// The TypeScript compiler the TypeScript template type-checks with (the one
+/// jco 1.35.0 depends on).
+pub const TYPESCRIPT_VERSION: &str = "7.0.2";
 
 /// The contract, as every project gets it: `wit/plugin.wit` and the WIT
 /// packages it imports, under `wit/deps/` where wit-bindgen and
@@ -62,7 +85,7 @@ const CONTRACT: &[Template] = &[
 ];
 
 /// A template file: its path in the project, and its text with `{{name}}`,
-/// `{{crate}}` and `{{componentize_py}}` placeholders. Every project also gets
+/// `{{crate}}` and version placeholders (see [`create`]). Every project also gets
 /// the [`CONTRACT`] files, as they are.
 type Template = (&'static str, &'static str);
 
@@ -100,6 +123,32 @@ const PYTHON: &[Template] = &[
     ),
 ];
 
+const JS: &[Template] = &[
+    (
+        "package.json",
+        include_str!("../../templates/js/package.json"),
+    ),
+    ("app.js", include_str!("../../templates/js/app.js")),
+    ("tests/echo.transcript", ECHO_TRANSCRIPT),
+    ("README.md", include_str!("../../templates/js/README.md")),
+    (".gitignore", include_str!("../../templates/js/gitignore")),
+];
+
+const TS: &[Template] = &[
+    (
+        "package.json",
+        include_str!("../../templates/ts/package.json"),
+    ),
+    (
+        "tsconfig.json",
+        include_str!("../../templates/ts/tsconfig.json"),
+    ),
+    ("app.ts", include_str!("../../templates/ts/app.ts")),
+    ("tests/echo.transcript", ECHO_TRANSCRIPT),
+    ("README.md", include_str!("../../templates/ts/README.md")),
+    (".gitignore", include_str!("../../templates/ts/gitignore")),
+];
+
 /// Creates the project and says how to build it.
 pub fn run(args: &NewArgs) -> Result<()> {
     let dir = create(Path::new("."), &args.name, args.lang)?;
@@ -125,6 +174,14 @@ fn create(parent: &Path, name: &str, lang: Lang) -> Result<PathBuf> {
             "`{name}` cannot name a handler: use letters, digits, `-` and `_`, starting with a letter"
         );
     }
+    // npm refuses a package name with capitals, and the build names the
+    // component after the package.
+    if matches!(lang, Lang::Js | Lang::Ts) && name.chars().any(|c| c.is_ascii_uppercase()) {
+        bail!(
+            "`{name}` cannot name a JavaScript handler: npm package names are lower case, e.g. `{}`",
+            name.to_ascii_lowercase()
+        );
+    }
     let dir = parent.join(name);
     if dir.exists() {
         bail!(
@@ -137,6 +194,8 @@ fn create(parent: &Path, name: &str, lang: Lang) -> Result<PathBuf> {
     let templates = match lang {
         Lang::Rust => RUST,
         Lang::Python => PYTHON,
+        Lang::Js => JS,
+        Lang::Ts => TS,
     };
     let files = templates
         .iter()
@@ -144,7 +203,11 @@ fn create(parent: &Path, name: &str, lang: Lang) -> Result<PathBuf> {
             let text = text
                 .replace("{{name}}", name)
                 .replace("{{crate}}", &crate_name)
-                .replace("{{componentize_py}}", COMPONENTIZE_PY_VERSION);
+                .replace("{{componentize_py}}", COMPONENTIZE_PY_VERSION)
+                .replace("{{componentize_js}}", COMPONENTIZE_JS_VERSION)
+                .replace("{{preview2_shim}}", PREVIEW2_SHIM_VERSION)
+                .replace("{{jco}}", JCO_VERSION)
+                .replace("{{typescript}}", TYPESCRIPT_VERSION);
             (path, text)
         })
         .chain(
@@ -171,6 +234,7 @@ fn build_command(name: &str, lang: Lang) -> String {
             "componentize-py -d wit -w plugin componentize app -o {}.wasm",
             name.replace('-', "_")
         ),
+        Lang::Js | Lang::Ts => "npm install && npm run build".to_string(),
     }
 }
 
@@ -182,7 +246,12 @@ mod tests {
     fn every_project_gets_the_whole_contract_as_the_repository_has_it() {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let parent = tempfile::tempdir().unwrap();
-        for (name, lang) in [("rusty", Lang::Rust), ("snaky", Lang::Python)] {
+        for (name, lang) in [
+            ("rusty", Lang::Rust),
+            ("snaky", Lang::Python),
+            ("jsy", Lang::Js),
+            ("tsy", Lang::Ts),
+        ] {
             let dir = create(parent.path(), name, lang).unwrap();
             // plugin.wit imports wasi:keyvalue: without its files no
             // project builds.
@@ -201,5 +270,69 @@ mod tests {
         }
         let lib = fs::read_to_string(parent.path().join("rusty/src/lib.rs")).unwrap();
         assert!(lib.contains("generate_all"), "{lib}");
+    }
+
+    /// A scaffold's package.json pins every package exactly (no `^` or `~`),
+    /// at the versions named here, and every placeholder is filled in.
+    #[test]
+    fn js_and_ts_projects_pin_exact_versions() {
+        let parent = tempfile::tempdir().unwrap();
+        for (name, lang) in [("my-js", Lang::Js), ("my-ts", Lang::Ts)] {
+            let dir = create(parent.path(), name, lang).unwrap();
+            let text = fs::read_to_string(dir.join("package.json")).unwrap();
+            assert!(!text.contains("{{"), "{text}");
+            let package: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(package["name"], name);
+            let script = package["scripts"]["build"].as_str().unwrap();
+            assert!(script.contains(&format!("-o {name}.wasm")), "{script}");
+            assert!(script.contains("-d http fetch-event"), "{script}");
+            let test = package["scripts"]["test"].as_str().unwrap();
+            assert_eq!(
+                test,
+                format!("hotsock test {name}.wasm tests/echo.transcript")
+            );
+            let pins = package["devDependencies"].as_object().unwrap();
+            assert_eq!(
+                pins["@bytecodealliance/componentize-js"],
+                COMPONENTIZE_JS_VERSION
+            );
+            for (package, version) in pins {
+                let version = version.as_str().unwrap();
+                assert!(
+                    version.chars().all(|c| c.is_ascii_digit() || c == '.'),
+                    "{name}: {package} {version} is not an exact version"
+                );
+            }
+        }
+    }
+
+    /// npm takes no capitals in a package name, which names the component.
+    #[test]
+    fn a_js_or_ts_handler_name_is_lower_case() {
+        let parent = tempfile::tempdir().unwrap();
+        for lang in [Lang::Js, Lang::Ts] {
+            let e = create(parent.path(), "My-Handler", lang).unwrap_err();
+            assert!(e.to_string().contains("e.g. `my-handler`"), "{e}");
+        }
+        assert!(!parent.path().join("My-Handler").exists());
+        create(parent.path(), "My-Handler", Lang::Rust).unwrap();
+    }
+
+    /// handlers/js-echo is built with the componentize-js (and WASI shim)
+    /// the templates pin: one version to bump, checked here.
+    #[test]
+    fn handlers_js_echo_pins_what_the_templates_pin() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let text = fs::read_to_string(repo.join("handlers/js-echo/package.json")).unwrap();
+        let package: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let pins = &package["devDependencies"];
+        assert_eq!(
+            pins["@bytecodealliance/componentize-js"],
+            COMPONENTIZE_JS_VERSION
+        );
+        assert_eq!(
+            pins["@bytecodealliance/preview2-shim"],
+            PREVIEW2_SHIM_VERSION
+        );
     }
 }

@@ -175,16 +175,25 @@ impl fmt::Display for HandlerError {
                 write!(
                     f,
                     "`{name}` does not export `{HANDLER_EXPORT}` (nor the older `{}`; it exports \
-                     {exports}): build it as a library against wit/plugin.wit, world `plugin`",
+                     {exports}): hotsock calls the function `handle` of the interface `handler` \
+                     (in JavaScript `export const handler = {{ handle(conn) {{ ... }} }}`, in \
+                     Python `class Handler(exports.Handler)`, in Rust `impl Guest` and `export!`); \
+                     build it as a library against wit/plugin.wit, world `plugin`",
                     OLDER_HANDLER_EXPORTS.join("`, `")
                 )
             }
-            Problem::UnsupportedImport(why) => write!(
-                f,
-                "`{name}` needs an import hotsock does not provide ({why}): a handler may import \
-                 only what wit/plugin.wit's world `plugin` does (`hotsock:plugin/types`, `rooms`, \
-                 `wasi:keyvalue` store and atomics) and WASI 0.2 interfaces"
-            ),
+            Problem::UnsupportedImport(why) => {
+                write!(
+                    f,
+                    "`{name}` needs an import hotsock does not provide ({why}): a handler may import \
+                     only what wit/plugin.wit's world `plugin` does (`hotsock:plugin/types`, `rooms`, \
+                     `wasi:keyvalue` store and atomics) and WASI 0.2 interfaces"
+                )?;
+                if why.contains("wasi:http/") {
+                    write!(f, "{WASI_HTTP_HINT}")?;
+                }
+                Ok(())
+            }
             Problem::WrongExportShape(why) => write!(
                 f,
                 "`{name}` exports `{HANDLER_EXPORT}` with the wrong shape ({why}): rebuild it against wit/plugin.wit"
@@ -194,6 +203,12 @@ impl fmt::Display for HandlerError {
         }
     }
 }
+
+/// What to change when a handler imports `wasi:http`, which hotsock does not
+/// give handlers: the likely author is componentize-js, whose defaults import it.
+const WASI_HTTP_HINT: &str = "; a JavaScript handler built by componentize-js imports wasi:http \
+     unless built with `-d http fetch-event` (the scaffold's `npm run build` does: \
+     `componentize-js app.js --wit wit --world-name plugin -d http fetch-event -o NAME.wasm`)";
 
 /// No `source`: the message already says everything, the I/O error included,
 /// and an error chain printed with `{:#}` would say it twice.
@@ -579,5 +594,23 @@ impl Handler {
     /// The interfaces the handler imports, as named in the component.
     pub fn imports(&self) -> &[String] {
         &self.imports
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The componentize-js hint is for a wasi:http import only: any other
+    /// refused import gets the general message alone.
+    #[test]
+    fn only_a_wasi_http_import_gets_the_componentize_js_hint() {
+        let message = |why: &str| {
+            HandlerError::new("h.wasm", Problem::UnsupportedImport(why.to_string())).to_string()
+        };
+        let http = message("component imports instance `wasi:http/types@0.2.10`");
+        assert!(http.ends_with(WASI_HTTP_HINT), "{http}");
+        let other = message("component imports instance `wasi:nn/graph@0.2.0`");
+        assert!(!other.contains("componentize-js"), "{other}");
     }
 }

@@ -128,6 +128,10 @@ const JS: &[Template] = &[
         "package.json",
         include_str!("../../templates/js/package.json"),
     ),
+    (
+        "package-lock.json",
+        include_str!("../../templates/js/package-lock.json"),
+    ),
     ("app.js", include_str!("../../templates/js/app.js")),
     ("tests/echo.transcript", ECHO_TRANSCRIPT),
     ("README.md", include_str!("../../templates/js/README.md")),
@@ -138,6 +142,10 @@ const TS: &[Template] = &[
     (
         "package.json",
         include_str!("../../templates/ts/package.json"),
+    ),
+    (
+        "package-lock.json",
+        include_str!("../../templates/ts/package-lock.json"),
     ),
     (
         "tsconfig.json",
@@ -302,6 +310,26 @@ mod tests {
                     version.chars().all(|c| c.is_ascii_digit() || c == '.'),
                     "{name}: {package} {version} is not an exact version"
                 );
+            }
+            // The lock file pins everything beneath, so that a fresh
+            // `npm install` gets what was tested; it must lock these pins.
+            let text = fs::read_to_string(dir.join("package-lock.json")).unwrap();
+            assert!(
+                !text.contains("{{"),
+                "{name}: the lock file keeps a placeholder"
+            );
+            let lock: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(lock["name"], name);
+            let root = &lock["packages"][""];
+            assert_eq!(root["name"], name);
+            assert_eq!(
+                &root["devDependencies"], &package["devDependencies"],
+                "{name}: the lock file is out of date: regenerate it with `npm install` in a \
+                 fresh project and put {{{{name}}}} back for the name"
+            );
+            for (package, version) in pins {
+                let locked = &lock["packages"][format!("node_modules/{package}")]["version"];
+                assert_eq!(locked, version, "{name}: {package} in the lock file");
             }
         }
     }

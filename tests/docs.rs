@@ -79,6 +79,7 @@ const OTHER_PROGRAMS: &[&str] = &[
     "sysctl",
     "systemctl",
     "ulimit",
+    "valgrind",
 ];
 
 /// Keys of a config file that are not `serve` options of the same name.

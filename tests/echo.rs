@@ -108,19 +108,18 @@ fn rust_echoes_all_of_a_message_larger_than_1024_bytes() {
     echoes_all_of_a_message_larger_than_1024_bytes(&Server::start("guest_handler"));
 }
 
-/// The Python handler passes the same tests, under the unchanged host. Its
-/// first start compiles 18 MB of component (seconds); the second loads the
-/// compiled code from the cache and must take well under a second.
-#[test]
-fn python_passes_the_echo_tests_and_starts_fast_from_the_cache() {
+/// `guest` passes the echo tests from a cold start, which compiles it; a
+/// second start loads the compiled code from the cache and must take well
+/// under a second.
+fn passes_the_echo_tests_and_starts_fast_from_the_cache(guest: &str) {
     let cache = tempfile::tempdir().unwrap();
     let args = ["--cache-dir", cache.path().to_str().unwrap()];
-    let cold = Server::start_with("python_echo", &args);
+    let cold = Server::start_with(guest, &args);
     passes_the_echo_tests(&cold);
     drop(cold);
 
     let started = Instant::now();
-    let warm = Server::start_with("python_echo", &args);
+    let warm = Server::start_with(guest, &args);
     let took = started.elapsed();
     assert!(
         took < Duration::from_secs(1),
@@ -129,25 +128,18 @@ fn python_passes_the_echo_tests_and_starts_fast_from_the_cache() {
     replies_echo_data_at_time(&warm);
 }
 
+/// The Python handler passes the same tests, under the unchanged host. Its
+/// first start compiles 18 MB of component (seconds).
+#[test]
+fn python_passes_the_echo_tests_and_starts_fast_from_the_cache() {
+    passes_the_echo_tests_and_starts_fast_from_the_cache("python_echo");
+}
+
 /// The JavaScript handler (componentize-js) passes the same tests. Its first
-/// start compiles 12 MB of component (7 to 14 s on two busy cores); the second
-/// loads the compiled code from the cache and must take well under a second.
+/// start compiles 12 MB of component (7 to 14 s on two busy cores).
 #[test]
 fn javascript_passes_the_echo_tests_and_starts_fast_from_the_cache() {
-    let cache = tempfile::tempdir().unwrap();
-    let args = ["--cache-dir", cache.path().to_str().unwrap()];
-    let cold = Server::start_with("js_echo", &args);
-    passes_the_echo_tests(&cold);
-    drop(cold);
-
-    let started = Instant::now();
-    let warm = Server::start_with("js_echo", &args);
-    let took = started.elapsed();
-    assert!(
-        took < Duration::from_secs(1),
-        "the second start took {took:?}"
-    );
-    replies_echo_data_at_time(&warm);
+    passes_the_echo_tests_and_starts_fast_from_the_cache("js_echo");
 }
 
 #[test]

@@ -2,13 +2,13 @@
 //! builds again and swaps the new build in; a build that fails leaves the
 //! last good one serving, with the compiler's error in the terminal.
 
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Lines};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{connect, echo_line, hotsock, repo_root};
+use crate::util::{connect, echo_line, hotsock, repo_root, system_tool, wasm};
 
 /// Upper bound on one build and swap: the first build of a scaffold
 /// compiles wit-bindgen, on a busy two-core machine.
@@ -17,12 +17,21 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(240);
 /// A `hotsock dev` process, killed when dropped.
 struct Dev {
     child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
     addr: SocketAddr,
     stderr: tempfile::NamedTempFile,
 }
 
 impl Dev {
+    /// Starts `hotsock dev` on `project` and waits until it serves.
     fn start(project: &Path, target: &Path, args: &[&str]) -> Self {
+        let mut dev = Self::spawn(project, target, args);
+        dev.served();
+        dev
+    }
+
+    /// Starts `hotsock dev` on `project`, building into `target`.
+    fn spawn(project: &Path, target: &Path, args: &[&str]) -> Self {
         let stderr = tempfile::NamedTempFile::new().unwrap();
         let mut child = hotsock()
             .args(["dev", "--addr", "127.0.0.1:0"])
@@ -35,26 +44,28 @@ impl Dev {
             .stderr(stderr.reopen().unwrap())
             .spawn()
             .unwrap();
-        // Blocks until the first build is served; the test's own timeout
-        // bounds it if the build hangs.
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(addr) = line.strip_prefix("listening on ") {
-                        break addr.parse().unwrap();
-                    }
-                }
-                _ => {
-                    let _ = child.kill();
-                    panic!("hotsock dev never served:\n{}", read(stderr.path()));
-                }
-            }
-        };
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
         Dev {
             child,
-            addr,
+            stdout,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             stderr,
+        }
+    }
+
+    /// Waits for the address it serves on: blocks until a build is served,
+    /// which the test's own timeout bounds if the build hangs.
+    fn served(&mut self) {
+        loop {
+            match self.stdout.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        self.addr = addr.parse().unwrap();
+                        return;
+                    }
+                }
+                _ => panic!("hotsock dev never served:\n{}", self.log()),
+            }
         }
     }
 
@@ -158,4 +169,33 @@ fn a_directory_that_is_not_a_project_is_refused_with_what_to_do() {
         stderr.contains("is not a handler project") && stderr.contains("hotsock new NAME"),
         "{stderr}"
     );
+}
+
+/// A build that hotsock refuses (here a component with no handler export)
+/// is shown like a failed one, and the next good build is served. The
+/// project is a package.json whose build copies a ready component, so the
+/// test needs npm and no compiler.
+#[test]
+fn a_build_hotsock_refuses_is_shown_and_the_next_good_one_served() {
+    if system_tool("npm", "npm").is_none() {
+        return; // said by system_tool: a skip outside CI, a failure under it
+    }
+    let parent = tempfile::tempdir().unwrap();
+    let project = parent.path().join("copied");
+    std::fs::create_dir_all(project.join("node_modules")).unwrap();
+    let manifest = project.join("package.json");
+    let package = |component: &Path| {
+        let build = format!("cp {} copied.wasm", component.display());
+        serde_json::json!({"name": "copied", "scripts": {"build": build}}).to_string()
+    };
+    std::fs::write(&manifest, package(&wasm("not-a-handler"))).unwrap();
+    let mut dev = Dev::spawn(&project, parent.path(), &[]);
+    dev.wait_for("the refusal shown", |dev| {
+        dev.log().contains("nothing is served until then")
+    });
+    assert!(dev.log().contains("does not export"), "{}", dev.log());
+
+    std::fs::write(&manifest, package(&wasm("guest_handler"))).unwrap();
+    dev.served();
+    assert!(dev.ask_new("hi").starts_with("Echo=>hi at "));
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use hotsock::runtime::ConnectGrant;
+use hotsock::runtime::{ConnectGrant, HandlerError};
 use hotsock::server::{Control, Reloader, Server, Takeover, WATCH_QUIET};
 use log::{info, warn};
 
@@ -83,13 +83,6 @@ pub fn run(args: DevArgs) -> Result<()> {
         project.describe(),
         project.output.display()
     );
-    // Nothing to serve until a build succeeds: keep trying on every save.
-    let mut seen = Sources::scan(&dir);
-    while !project.build() {
-        warn!("dev: fix the error above and save; nothing is served until a build succeeds");
-        seen = seen.next_change(&dir);
-    }
-
     let given = ServeOptions {
         handler: Some(project.output.clone()),
         addrs: Some(args.addrs),
@@ -99,8 +92,28 @@ pub fn run(args: DevArgs) -> Result<()> {
         env: (!args.env.is_empty()).then_some(args.env),
         ..ServeOptions::default()
     };
-    let plan = Plan::new(args.config.as_deref(), &given, CacheArgs::default_dir())?;
-    let server = Server::start(plan.config, Takeover::none())?;
+    // Nothing to serve until a build succeeds and hotsock accepts what it
+    // built (no import it does not provide, a `handle` to call): both are
+    // fixed in the sources, so keep trying on every save.
+    let mut seen = Sources::scan(&dir);
+    let mut built = project.build();
+    let server = loop {
+        if !built {
+            warn!("dev: fix the error above and save; nothing is served until then");
+            seen = seen.next_change(&dir);
+            built = project.build();
+            continue;
+        }
+        let plan = Plan::new(args.config.as_deref(), &given, CacheArgs::default_dir())?;
+        match Server::start(plan.config, Takeover::none()) {
+            Ok(server) => break server,
+            Err(e) if e.downcast_ref::<HandlerError>().is_some() => {
+                warn!("dev: {e:#}");
+                built = false;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let control = server.control();
     let on_signal = Arc::clone(&control);
     let reloader = Reloader::spawn(move || on_signal.reload("SIGHUP"), |_| {})?;

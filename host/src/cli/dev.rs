@@ -137,6 +137,9 @@ fn rebuild_on_change(dir: &Path, project: &Project, mut seen: Sources, control: 
     loop {
         seen = seen.next_change(dir);
         if project.build() {
+            // Compiling a component of megabytes (Python, JavaScript) takes
+            // seconds: say so, rather than seem stuck.
+            info!("dev: compiling and swapping in the new build");
             // Logs the swap, or why the new build was refused and which
             // version still serves.
             control.reload_handler(0, "dev");

@@ -46,7 +46,7 @@ use testkit::haproxy::{self, Haproxy};
 use testkit::http::Endpoint;
 use testkit::{Launch, ServerProcess, Stderr};
 
-use crate::cpu::{self, CpuMeter, CpuUse};
+use crate::cpu::CpuMeter;
 use crate::load::{self, SetupRound, Throughput};
 use crate::report::{self, Machine, median};
 use crate::servers::{self, Programs};
@@ -261,12 +261,8 @@ pub fn run(options: &Options) -> Result<()> {
     let stderr_lines = crate::stderr_lines(&logs, log_names());
     println!();
     println!(
-        "hotsock fleet bench, {}: {} cores ({}), Linux {}, git {}; {}",
-        machine.date,
-        machine.nproc,
-        machine.cpu,
-        machine.kernel,
-        machine.git.as_deref().unwrap_or("unknown"),
+        "hotsock fleet bench, {}; {}",
+        machine.describe(),
         haproxy_version
     );
     println!(
@@ -1108,35 +1104,7 @@ fn notes(options: &Options, rounds: &[Round], upgrade: &UpgradeUnderLoad) -> Vec
             UPGRADE_POLL
         ),
     ];
-    let disturbed: Vec<String> = rounds
-        .iter()
-        .flat_map(|round| {
-            round.setups.iter().flat_map(move |(setup, result)| {
-                [
-                    ("round trips", &result.round_trips),
-                    ("new connections", &result.new_connections),
-                ]
-                .into_iter()
-                .filter_map(move |(scenario, run)| {
-                    let cpu = run.as_ref()?.cpu.filter(CpuUse::disturbed)?;
-                    Some(format!(
-                        "round {} {} {scenario} ({:.0}%)",
-                        round.round,
-                        setup.name(),
-                        cpu.other_share * 100.0
-                    ))
-                })
-            })
-        })
-        .collect();
-    if !disturbed.is_empty() {
-        notes.push(format!(
-            "{} run(s) shared the machine with other busy processes (over {:.0}% of its CPU): {}",
-            disturbed.len(),
-            cpu::DISTURBED_SHARE * 100.0,
-            disturbed.join("; ")
-        ));
-    }
+    notes.extend(load::disturbed_note(rounds, Setup::name, "run(s)"));
     for problem in &upgrade.stop_problems {
         notes.push(format!("after the upgrade: {problem}"));
     }

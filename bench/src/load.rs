@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use serde::Serialize;
 
-use crate::cpu::CpuUse;
+use crate::cpu::{self, CpuUse};
 use crate::report::percentile;
 
 /// The message every round trip sends: 64 bytes, no line ending, so every
@@ -496,4 +496,44 @@ pub struct Round<S: Ord> {
     pub order: Vec<S>,
     /// What each did.
     pub setups: std::collections::BTreeMap<S, SetupRound>,
+}
+
+/// The note naming every run of `rounds` that shared the machine with other
+/// busy processes, as `round N SETUP SCENARIO (P%)` with `name` naming a
+/// set-up, counted as `runs` ("run(s)", "TLS run(s)"); none if no run did.
+pub fn disturbed_note<S: Ord + Copy>(
+    rounds: &[Round<S>],
+    name: impl Fn(S) -> &'static str,
+    runs: &str,
+) -> Option<String> {
+    let disturbed: Vec<String> = rounds
+        .iter()
+        .flat_map(|round| {
+            round.setups.iter().flat_map(|(&setup, result)| {
+                [
+                    ("round trips", &result.round_trips),
+                    ("new connections", &result.new_connections),
+                ]
+                .into_iter()
+                .filter_map(|(scenario, run)| {
+                    let cpu = run.as_ref()?.cpu.filter(CpuUse::disturbed)?;
+                    Some(format!(
+                        "round {} {} {scenario} ({:.0}%)",
+                        round.round,
+                        name(setup),
+                        cpu.other_share * 100.0
+                    ))
+                })
+                .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    (!disturbed.is_empty()).then(|| {
+        format!(
+            "{} {runs} shared the machine with other busy processes (over {:.0}% of its CPU): {}",
+            disturbed.len(),
+            cpu::DISTURBED_SHARE * 100.0,
+            disturbed.join("; ")
+        )
+    })
 }

@@ -312,12 +312,8 @@ fn run_soak(options: &Options, connections: usize) -> Result<()> {
     }
     println!();
     println!(
-        "hotsock soak, {}: {} cores ({}), Linux {}, git {}; {connections} idle connections per server",
-        machine.date,
-        machine.nproc,
-        machine.cpu,
-        machine.kernel,
-        machine.git.as_deref().unwrap_or("unknown")
+        "hotsock soak, {}; {connections} idle connections per server",
+        machine.describe()
     );
     print!("{}", soak::table(&soaks));
     for (path, lines) in stderr_lines(&logs, servers::log_names()) {
@@ -478,14 +474,7 @@ fn run_keyvalue(options: &Options) -> Result<()> {
         &options.out,
     )?;
     println!();
-    println!(
-        "hotsock key-value bench, {}: {} cores ({}), Linux {}, git {}",
-        machine.date,
-        machine.nproc,
-        machine.cpu,
-        machine.kernel,
-        machine.git.as_deref().unwrap_or("unknown")
-    );
+    println!("hotsock key-value bench, {}", machine.describe());
     print_keyvalue(&keyvalue);
     for (path, lines) in stderr_lines(&options.out.join("logs"), [keyvalue::LOG]) {
         println!("note: {path} has {lines} line(s) of server stderr");
@@ -513,14 +502,7 @@ fn run_tls(options: &Options) -> Result<()> {
         &options.out,
     )?;
     println!();
-    println!(
-        "hotsock TLS bench, {}: {} cores ({}), Linux {}, git {}",
-        machine.date,
-        machine.nproc,
-        machine.cpu,
-        machine.kernel,
-        machine.git.as_deref().unwrap_or("unknown")
-    );
+    println!("hotsock TLS bench, {}", machine.describe());
     print_tls(&tls);
     for (path, lines) in stderr_lines(&options.out.join("logs"), tls::log_names()) {
         println!("note: {path} has {lines} line(s) of server stderr");
@@ -1030,14 +1012,7 @@ fn print_report(
     options: &Options,
 ) {
     println!();
-    println!(
-        "hotsock bench, {}: {} cores ({}), Linux {}, git {}",
-        machine.date,
-        machine.nproc,
-        machine.cpu,
-        machine.kernel,
-        machine.git.as_deref().unwrap_or("unknown")
-    );
+    println!("hotsock bench, {}", machine.describe());
     println!(
         "servers: {}",
         Kind::ALL

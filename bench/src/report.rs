@@ -304,6 +304,19 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// When and where a run was made, for the line above its table:
+    /// `DATE: N cores (CPU), Linux KERNEL, git COMMIT`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}: {} cores ({}), Linux {}, git {}",
+            self.date,
+            self.nproc,
+            self.cpu,
+            self.kernel,
+            self.git.as_deref().unwrap_or("unknown")
+        )
+    }
+
     /// Looks the machine up.
     pub fn detect(open_files_limit: u64) -> Self {
         let read = |path: &str| std::fs::read_to_string(path).map(|s| s.trim().to_string());

@@ -50,7 +50,7 @@ use serde::Serialize;
 use testkit::haproxy::{self, Haproxy};
 use testkit::{Launch, ServerProcess, Stderr};
 
-use crate::cpu::{self, CpuMeter, CpuUse};
+use crate::cpu::CpuMeter;
 use crate::load::{self, SetupRound, Throughput};
 use crate::report::{self, median};
 use crate::servers::{self, Programs};
@@ -827,35 +827,7 @@ fn summary_notes(summary: &[Row], rounds: &[Round]) -> Vec<String> {
             plaintext
         ));
     }
-    let disturbed: Vec<String> = rounds
-        .iter()
-        .flat_map(|round| {
-            round.setups.iter().flat_map(move |(setup, result)| {
-                [
-                    ("round trips", &result.round_trips),
-                    ("new connections", &result.new_connections),
-                ]
-                .into_iter()
-                .filter_map(move |(scenario, run)| {
-                    let cpu = run.as_ref()?.cpu.filter(CpuUse::disturbed)?;
-                    Some(format!(
-                        "round {} {} {scenario} ({:.0}%)",
-                        round.round,
-                        setup.name(),
-                        cpu.other_share * 100.0
-                    ))
-                })
-            })
-        })
-        .collect();
-    if !disturbed.is_empty() {
-        notes.push(format!(
-            "{} TLS run(s) shared the machine with other busy processes (over {:.0}% of its CPU): {}",
-            disturbed.len(),
-            cpu::DISTURBED_SHARE * 100.0,
-            disturbed.join("; ")
-        ));
-    }
+    notes.extend(load::disturbed_note(rounds, Setup::name, "TLS run(s)"));
     notes
 }
 
